@@ -1,0 +1,1 @@
+"""Example landscapes that ship with Loglane; `loglane demo` runs `shop`."""

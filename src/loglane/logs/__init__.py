@@ -1,0 +1,1 @@
+"""The log: durable, partitioned topics that carry commands and events between services."""

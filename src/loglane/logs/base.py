@@ -1,0 +1,91 @@
+"""The interface every log backend implements, shaped after Kafka's consumer groups.
+
+A worker joins its service's consumer group with a `RebalanceListener`. `Consumer.poll` runs
+the group protocol and calls the listener, on the polling thread, whenever partitions are
+assigned to the member or taken from it. A partition is owned by one member at a time.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from loglane.records import Message, Position, Record, TopicPartition
+
+
+class RebalanceListener(Protocol):
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        """The member now owns `partitions`; seek them before the next poll returns records."""
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        """The member no longer owns `partitions` (handed over, or lost after a timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffsets:
+    """The oldest offset still held (retention) and the offset the next record will get."""
+
+    start: int
+    end: int
+
+
+class Consumer(ABC):
+    """One member of a consumer group, reading the partitions it owns."""
+
+    @abstractmethod
+    def poll(self, timeout: float, max_records: int) -> list[Record]:
+        """Records from owned partitions, each partition in offset order; [] after `timeout`."""
+
+    @abstractmethod
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Read `partition` from `offset` on; below the retained start, from the start."""
+
+    @abstractmethod
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record the next offsets to read, for lag monitoring. Ignored for unowned partitions."""
+
+    @abstractmethod
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member owns now."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave the group; owned partitions move to other members at once."""
+
+
+class Log(ABC):
+    """A set of partitioned topics: append, read from a position, consume as a group."""
+
+    @abstractmethod
+    def create_topic(self, name: str, partitions: int, *, retention_ms: int | None = None) -> int:
+        """Create `name` unless it exists; return its actual partition count."""
+
+    @abstractmethod
+    def partition_count(self, topic: str) -> int:
+        """How many partitions `topic` has; `ConfigurationError` if it does not exist."""
+
+    @abstractmethod
+    def append(self, messages: Sequence[Message]) -> list[Position]:
+        """Append durably, partitioning by key with murmur2; positions in `messages` order."""
+
+    @abstractmethod
+    def read(self, partition: TopicPartition, offset: int, max_records: int) -> list[Record]:
+        """Up to `max_records` records of `partition` from `offset` on."""
+
+    @abstractmethod
+    def offsets(self, topic: str) -> dict[int, PartitionOffsets]:
+        """Start and end offsets of every partition of `topic`."""
+
+    @abstractmethod
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The offsets `group` committed for the partitions of `topic` it has committed."""
+
+    @abstractmethod
+    def consumer(self, group: str, topics: Sequence[str], listener: RebalanceListener) -> Consumer:
+        """Join `group` as a new member consuming `topics`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the log's data stays."""

@@ -1,0 +1,472 @@
+"""The embedded log: topics, partitions, offsets and consumer groups in one SQLite file.
+
+Durable (WAL, `synchronous=FULL` by default) and safe for many processes at once: every write
+is one `BEGIN IMMEDIATE` transaction, so concurrent appenders get dense, unique offsets.
+Consumer groups work as Kafka's do in shape: members heartbeat into the file, partitions are
+spread round-robin over the live members, and each owned partition is a lease that a dead
+member loses after `session_timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from loglane._sqlite import SQLiteFile
+from loglane.errors import ConfigurationError
+from loglane.logs.base import Consumer, Log, PartitionOffsets, RebalanceListener
+from loglane.partitioner import partition_for
+from loglane.records import (
+    Message,
+    Position,
+    Record,
+    TopicPartition,
+    decode_headers,
+    encode_headers,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    partitions INTEGER NOT NULL,
+    retention_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS partitions (
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL DEFAULT 0,
+    end_offset INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (topic_id, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    key BLOB,
+    value BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS committed (
+    grp TEXT NOT NULL,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic_id, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+    grp TEXT NOT NULL,
+    member TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (grp, member)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    grp TEXT NOT NULL,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (grp, topic_id, partition)
+) WITHOUT ROWID;
+"""
+
+_RETENTION_CHECK_SECONDS = 60.0
+_IDLE_CHECK_SECONDS = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class _Topic:
+    id: int
+    name: str
+    partitions: int
+
+
+class EmbeddedLog(Log):
+    """A log in the SQLite file at `path`, shared by every process that opens it."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        session_timeout: float = 6.0,
+        heartbeat_interval: float = 1.0,
+        synchronous: str = "FULL",
+    ) -> None:
+        self.path = Path(path)
+        self.session_timeout = session_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self._file = SQLiteFile(self.path, synchronous=synchronous)
+        self._topics: dict[str, _Topic] = {}
+        self._appended = threading.Condition()
+        self._round_robin = itertools.count()
+        self._file.execute_script(_SCHEMA)
+
+    def connection(self) -> sqlite3.Connection:
+        return self._file.connection()
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._file.transaction()
+
+    def close(self) -> None:
+        self._file.close()
+
+    # -- topics ---------------------------------------------------------------------------------
+
+    def create_topic(self, name: str, partitions: int, *, retention_ms: int | None = None) -> int:
+        if partitions < 1:
+            raise ConfigurationError(f"topic {name!r}: partitions must be at least 1")
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO topics (name, partitions, retention_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET retention_ms = excluded.retention_ms",
+                (name, partitions, retention_ms),
+            )
+            topic_id, actual = db.execute(
+                "SELECT id, partitions FROM topics WHERE name = ?", (name,)
+            ).fetchone()
+            db.executemany(
+                "INSERT OR IGNORE INTO partitions (topic_id, partition) VALUES (?, ?)",
+                [(topic_id, p) for p in range(actual)],
+            )
+        self._topics[name] = _Topic(topic_id, name, actual)
+        return int(actual)
+
+    def _topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            row = (
+                self.connection()
+                .execute("SELECT id, partitions FROM topics WHERE name = ?", (name,))
+                .fetchone()
+            )
+            if row is None:
+                raise ConfigurationError(
+                    f"topic {name!r} does not exist in {self.path}; start the service's "
+                    "workers once (they create their topics) or create it first"
+                )
+            topic = self._topics[name] = _Topic(row[0], name, row[1])
+        return topic
+
+    def partition_count(self, topic: str) -> int:
+        return self._topic(topic).partitions
+
+    # -- append and read ------------------------------------------------------------------------
+
+    def append(self, messages: Sequence[Message]) -> list[Position]:
+        if not messages:
+            return []
+        now_ms = int(time.time() * 1000)
+        placed = [self._place(message) for message in messages]
+        counts: dict[tuple[_Topic, int], int] = defaultdict(int)
+        for topic, partition in placed:
+            counts[topic, partition] += 1
+        with self.transaction() as db:
+            next_offset: dict[tuple[_Topic, int], int] = {}
+            for (topic, partition), count in counts.items():
+                (end,) = db.execute(
+                    "UPDATE partitions SET end_offset = end_offset + ? "
+                    "WHERE topic_id = ? AND partition = ? RETURNING end_offset",
+                    (count, topic.id, partition),
+                ).fetchone()
+                next_offset[topic, partition] = end - count
+            rows = []
+            positions = []
+            for message, slot in zip(messages, placed, strict=True):
+                offset = next_offset[slot]
+                next_offset[slot] = offset + 1
+                topic, partition = slot
+                rows.append(
+                    (
+                        topic.id,
+                        partition,
+                        offset,
+                        message.key,
+                        message.value,
+                        encode_headers(message.headers),
+                        now_ms,
+                    )
+                )
+                positions.append(Position(topic.name, partition, offset))
+            db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        with self._appended:
+            self._appended.notify_all()
+        return positions
+
+    def _place(self, message: Message) -> tuple[_Topic, int]:
+        topic = self._topic(message.topic)
+        if message.key is None:
+            return topic, next(self._round_robin) % topic.partitions
+        return topic, partition_for(message.key, topic.partitions)
+
+    def read(self, partition: TopicPartition, offset: int, max_records: int) -> list[Record]:
+        topic = self._topic(partition.topic)
+        rows = self.connection().execute(
+            "SELECT offset, key, value, headers, timestamp_ms FROM records "
+            "WHERE topic_id = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
+            (topic.id, partition.partition, offset, max_records),
+        )
+        return [
+            Record(topic.name, partition.partition, off, key, value, decode_headers(hdr), ts)
+            for off, key, value, hdr, ts in rows
+        ]
+
+    def offsets(self, topic: str) -> dict[int, PartitionOffsets]:
+        meta = self._topic(topic)
+        rows = self.connection().execute(
+            "SELECT partition, start_offset, end_offset FROM partitions WHERE topic_id = ?",
+            (meta.id,),
+        )
+        return {partition: PartitionOffsets(start, end) for partition, start, end in rows}
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        meta = self._topic(topic)
+        rows = self.connection().execute(
+            "SELECT partition, offset FROM committed WHERE grp = ? AND topic_id = ?",
+            (group, meta.id),
+        )
+        return dict(rows.fetchall())
+
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Delete records older than their topic's retention; return how many went."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        deleted = 0
+        with self.transaction() as db:
+            topics = db.execute(
+                "SELECT id, retention_ms FROM topics WHERE retention_ms IS NOT NULL"
+            ).fetchall()
+            for topic_id, retention_ms in topics:
+                deleted += db.execute(
+                    "DELETE FROM records WHERE topic_id = ? AND timestamp_ms < ?",
+                    (topic_id, now_ms - retention_ms),
+                ).rowcount
+                db.execute(
+                    "UPDATE partitions SET start_offset = coalesce((SELECT min(offset) "
+                    "FROM records r WHERE r.topic_id = partitions.topic_id "
+                    "AND r.partition = partitions.partition), end_offset) WHERE topic_id = ?",
+                    (topic_id,),
+                )
+        return deleted
+
+    def wait_for_append(self, timeout: float) -> None:
+        """Block until this process appends, or `timeout` passes (other processes: poll)."""
+        with self._appended:
+            self._appended.wait(timeout)
+
+    def consumer(
+        self, group: str, topics: Sequence[str], listener: RebalanceListener
+    ) -> EmbeddedConsumer:
+        return EmbeddedConsumer(self, group, [self._topic(name) for name in topics], listener)
+
+
+class EmbeddedConsumer(Consumer):
+    """A consumer group member whose partition ownership is a lease row in the log file."""
+
+    def __init__(
+        self, log: EmbeddedLog, group: str, topics: list[_Topic], listener: RebalanceListener
+    ) -> None:
+        self._log = log
+        self._group = group
+        self._topics = {topic.id: topic for topic in topics}
+        self._listener = listener
+        self.member_id = str(uuid.uuid4())
+        self._owned: set[TopicPartition] = set()
+        self._fetch: dict[TopicPartition, int] = {}
+        self._next_heartbeat = 0.0
+        self._next_retention = time.monotonic() + _RETENTION_CHECK_SECONDS
+        self._start = 0
+        self._closed = False
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return frozenset(self._owned)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._fetch[partition] = offset
+
+    def poll(self, timeout: float, max_records: int) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        db = self._log.connection()
+        while True:
+            if time.monotonic() >= self._next_heartbeat:
+                self._heartbeat()
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            records = self._fetch_records(max_records)
+            remaining = deadline - time.monotonic()
+            if records or remaining <= 0:
+                return records
+            self._wait_for_news(version, min(remaining, self._next_heartbeat - time.monotonic()))
+
+    def _wait_for_news(self, version: int, timeout: float) -> None:
+        """Sleep until someone appends: at once for this process, within 5 ms for others."""
+        db = self._log.connection()
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while time.monotonic() < deadline:
+            self._log.wait_for_append(min(_IDLE_CHECK_SECONDS, deadline - time.monotonic()))
+            if db.execute("PRAGMA data_version").fetchone()[0] != version:
+                return
+
+    def _fetch_records(self, max_records: int) -> list[Record]:
+        owned = sorted(self._owned)
+        if not owned:
+            return []
+        ends = self._end_offsets()
+        records: list[Record] = []
+        self._start = (self._start + 1) % len(owned)
+        for partition in owned[self._start :] + owned[: self._start]:
+            position = self._fetch[partition]
+            if position >= ends.get(partition, 0):
+                continue
+            batch = self._log.read(partition, position, max_records - len(records))
+            if batch:
+                records.extend(batch)
+                self._fetch[partition] = batch[-1].offset + 1
+            if len(records) >= max_records:
+                break
+        return records
+
+    def _end_offsets(self) -> dict[TopicPartition, int]:
+        rows = self._log.connection().execute(
+            "SELECT topic_id, partition, end_offset FROM partitions WHERE topic_id IN "
+            f"({','.join('?' * len(self._topics))})",
+            tuple(self._topics),
+        )
+        return {
+            TopicPartition(self._topics[topic_id].name, partition): end
+            for topic_id, partition, end in rows
+        }
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        rows = [
+            (self._group, self._topic_id(tp), tp.partition, offset, self.member_id)
+            for tp, offset in offsets.items()
+        ]
+        with self._log.transaction() as db:
+            db.executemany(
+                "INSERT INTO committed (grp, topic_id, partition, offset) "
+                "SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM leases WHERE grp = ?1 "
+                "AND topic_id = ?2 AND partition = ?3 AND owner = ?5) "
+                "ON CONFLICT (grp, topic_id, partition) DO UPDATE SET offset = excluded.offset",
+                rows,
+            )
+
+    def _topic_id(self, partition: TopicPartition) -> int:
+        return self._log._topic(partition.topic).id
+
+    # -- the group protocol ---------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        """Renew membership, claim the partitions due to this member, give up the others."""
+        now = time.time()
+        expires = now + self._log.session_timeout
+        with self._log.transaction() as db:
+            db.execute("DELETE FROM members WHERE grp = ? AND expires_at < ?", (self._group, now))
+            db.execute(
+                "INSERT INTO members VALUES (?, ?, ?) ON CONFLICT (grp, member) "
+                "DO UPDATE SET expires_at = excluded.expires_at",
+                (self._group, self.member_id, expires),
+            )
+            members = [
+                row[0]
+                for row in db.execute(
+                    "SELECT member FROM members WHERE grp = ? ORDER BY member", (self._group,)
+                )
+            ]
+            leases = {
+                (topic_id, partition): (owner, epoch, lease_expiry)
+                for topic_id, partition, owner, epoch, lease_expiry in db.execute(
+                    "SELECT topic_id, partition, owner, epoch, expires_at FROM leases "
+                    "WHERE grp = ?",
+                    (self._group,),
+                )
+            }
+            everything = sorted(
+                (topic.id, partition)
+                for topic in self._topics.values()
+                for partition in range(topic.partitions)
+            )
+            me = members.index(self.member_id)
+            due = {slot for i, slot in enumerate(everything) if i % len(members) == me}
+            claimed: list[TopicPartition] = []
+            lost: list[TopicPartition] = []
+            for slot in everything:
+                tp = TopicPartition(self._topics[slot[0]].name, slot[1])
+                owner, epoch, lease_expiry = leases.get(slot, (None, 0, 0.0))
+                mine_now = owner == self.member_id and lease_expiry >= now
+                if tp in self._owned and not mine_now:
+                    lost.append(tp)
+                if slot in due and (owner is None or lease_expiry < now or mine_now):
+                    db.execute(
+                        "INSERT INTO leases VALUES (?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (grp, topic_id, partition) DO UPDATE SET "
+                        "owner = excluded.owner, epoch = excluded.epoch, "
+                        "expires_at = excluded.expires_at",
+                        (self._group, *slot, self.member_id, epoch + (not mine_now), expires),
+                    )
+                    if not mine_now or tp in lost:
+                        claimed.append(tp)
+                elif mine_now:
+                    db.execute(
+                        "UPDATE leases SET expires_at = ? WHERE grp = ? AND topic_id = ? "
+                        "AND partition = ?",
+                        (expires, self._group, *slot),
+                    )
+            committed = {
+                (topic_id, partition): offset
+                for topic_id, partition, offset in db.execute(
+                    "SELECT topic_id, partition, offset FROM committed WHERE grp = ?",
+                    (self._group,),
+                )
+            }
+        self._next_heartbeat = time.monotonic() + self._log.heartbeat_interval
+        surplus = [tp for tp in self._owned if tp not in lost and self._slot(tp) not in due]
+        self._revoke(lost)
+        if surplus:
+            self._release(surplus)
+        if claimed:
+            for tp in claimed:
+                self._owned.add(tp)
+                self._fetch[tp] = committed.get(self._slot(tp), 0)
+            self._listener.on_assigned(claimed)
+        if time.monotonic() >= self._next_retention:
+            self._next_retention = time.monotonic() + _RETENTION_CHECK_SECONDS
+            self._log.enforce_retention()
+
+    def _slot(self, tp: TopicPartition) -> tuple[int, int]:
+        return (self._topic_id(tp), tp.partition)
+
+    def _revoke(self, partitions: list[TopicPartition]) -> None:
+        if not partitions:
+            return
+        self._listener.on_revoked(partitions)
+        for tp in partitions:
+            self._owned.discard(tp)
+            self._fetch.pop(tp, None)
+
+    def _release(self, partitions: list[TopicPartition]) -> None:
+        """Hand `partitions` over: tell the listener first, then drop the leases."""
+        self._revoke(partitions)
+        with self._log.transaction() as db:
+            db.executemany(
+                "DELETE FROM leases WHERE grp = ? AND topic_id = ? AND partition = ? AND owner = ?",
+                [(self._group, *self._slot(tp), self.member_id) for tp in partitions],
+            )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._release(sorted(self._owned))
+        with self._log.transaction() as db:
+            db.execute(
+                "DELETE FROM members WHERE grp = ? AND member = ?", (self._group, self.member_id)
+            )

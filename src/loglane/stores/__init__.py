@@ -1,0 +1,1 @@
+"""The materialization DB: views, input positions, outbox and request tracking per service."""

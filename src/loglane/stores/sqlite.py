@@ -1,0 +1,369 @@
+"""The SQLite store: views and Loglane's bookkeeping in one WAL-mode database file.
+
+Tables users may query with their own SQL:
+
+    <view>                  one per view: the key field, `doc` (the row as JSON), and one
+                            column per indexed field, each named after its field
+    loglane_positions       service, topic, partition, offset (next offset to read)
+    loglane_outbox          seq, service, source_topic, source_partition, topic, key, value, headers
+    loglane_applied         seq, service, topic, event_id (recent ids, for dropping duplicates)
+    loglane_requests        service, request_id, status, event_ids (JSON), detail
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from loglane._sqlite import SQLiteFile
+from loglane.errors import ConfigurationError, StaleBatchError
+from loglane.records import Message, TopicPartition, decode_headers, encode_headers
+from loglane.stores.base import (
+    Batch,
+    OutboxEntry,
+    RequestOutcome,
+    RequestStatus,
+    Row,
+    Store,
+)
+from loglane.views import Key, View
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS loglane_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS loglane_positions (
+    service TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    PRIMARY KEY (service, topic, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS loglane_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    service TEXT NOT NULL,
+    source_topic TEXT NOT NULL,
+    source_partition INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    key BLOB,
+    value BLOB NOT NULL,
+    headers TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS loglane_outbox_by_source
+    ON loglane_outbox (service, source_topic, source_partition, seq);
+CREATE TABLE IF NOT EXISTS loglane_applied (
+    seq INTEGER PRIMARY KEY,
+    service TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    UNIQUE (service, topic, event_id)
+);
+CREATE TABLE IF NOT EXISTS loglane_requests (
+    service TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    event_ids TEXT NOT NULL,
+    detail TEXT,
+    PRIMARY KEY (service, request_id)
+) WITHOUT ROWID
+"""
+
+_SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
+_PRUNE_EVERY = 256
+
+
+class SQLiteStore(Store):
+    """A store in the SQLite file at `path`.
+
+    `dedupe_window` is how many recent event ids per file are kept to recognise duplicates;
+    re-published events arrive soon after their first copy, so a window suffices.
+    """
+
+    def __init__(
+        self, path: Path | str, *, dedupe_window: int = 200_000, synchronous: str = "NORMAL"
+    ) -> None:
+        self._file = SQLiteFile(path, synchronous=synchronous)
+        self.path = self._file.path
+        self.dedupe_window = dedupe_window
+        self._commits = 0
+        self._sql: dict[View[Any], _ViewSQL] = {}
+        self._file.execute_script(_SCHEMA)
+        with self._file.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO loglane_meta VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def prepare(self, service: str, views: Sequence[View[Any]]) -> None:
+        with self._file.transaction() as db:
+            for view in views:
+                self._sql[view] = _ViewSQL.create(db, view)
+
+    def _view(self, view: View[Any]) -> _ViewSQL:
+        sql = self._sql.get(view)
+        if sql is None:
+            sql = self._sql[view] = _ViewSQL(view)
+        return sql
+
+    def positions(self, service: str) -> dict[TopicPartition, int]:
+        rows = self._file.connection().execute(
+            "SELECT topic, partition, offset FROM loglane_positions WHERE service = ?", (service,)
+        )
+        return {TopicPartition(topic, partition): offset for topic, partition, offset in rows}
+
+    def get(self, view: View[Row], key: Key) -> Row | None:
+        row = self._file.connection().execute(self._view(view).select_one, (key,)).fetchone()
+        return None if row is None else view.load(row[0])
+
+    def query(
+        self,
+        view: View[Row],
+        *,
+        where: Mapping[str, Any] | None = None,
+        after: Key | None = None,
+        limit: int = 100,
+    ) -> list[Row]:
+        sql = self._view(view)
+        where = dict(where or {})
+        unknown = set(where) - {view.key, *view.indexes}
+        if unknown:
+            raise ConfigurationError(
+                f"view {view.name!r} cannot filter on {', '.join(sorted(unknown))}; "
+                f"indexed fields: {', '.join((view.key, *view.indexes))}"
+            )
+        clauses = [f'"{name}" = ?' for name in where]
+        params: list[Any] = list(where.values())
+        if after is not None:
+            clauses.append(f'"{view.key}" > ?')
+            params.append(after)
+        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._file.connection().execute(
+            f'SELECT doc FROM {sql.table} {condition} ORDER BY "{view.key}" LIMIT ?',
+            (*params, limit),
+        )
+        return [view.load(doc) for (doc,) in rows]
+
+    def applied(self, service: str, topic: str, event_ids: Collection[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        db = self._file.connection()
+        found: set[str] = set()
+        ids = list(event_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = db.execute(
+                "SELECT event_id FROM loglane_applied WHERE service = ? AND topic = ? "
+                f"AND event_id IN ({','.join('?' * len(chunk))})",
+                (service, topic, *chunk),
+            )
+            found.update(event_id for (event_id,) in rows)
+        return found
+
+    def commit(self, batch: Batch) -> int | None:
+        last_seq = None
+        with self._file.transaction() as db:
+            self._advance_position(db, batch)
+            for view, rows in batch.writes.items():
+                sql = self._view(view)
+                upserts = [
+                    (key, view.document(row).decode(), *view.column_values(row))
+                    for key, row in rows.items()
+                    if row is not None
+                ]
+                deletes = [(key,) for key, row in rows.items() if row is None]
+                if upserts:
+                    db.executemany(sql.upsert, upserts)
+                if deletes:
+                    db.executemany(sql.delete, deletes)
+            if batch.outbox:
+                db.executemany(
+                    "INSERT INTO loglane_outbox (service, source_topic, source_partition, "
+                    "topic, key, value, headers) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            batch.service,
+                            batch.source.topic,
+                            batch.source.partition,
+                            message.topic,
+                            message.key,
+                            message.value,
+                            encode_headers(message.headers),
+                        )
+                        for message in batch.outbox
+                    ],
+                )
+                (last_seq,) = db.execute("SELECT last_insert_rowid()").fetchone()
+            if batch.applied_ids:
+                db.executemany(
+                    "INSERT OR IGNORE INTO loglane_applied (service, topic, event_id) "
+                    "VALUES (?, ?, ?)",
+                    [(batch.service, batch.source.topic, eid) for eid in batch.applied_ids],
+                )
+            if batch.requests:
+                db.executemany(
+                    "INSERT INTO loglane_requests VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (service, request_id) DO UPDATE SET status = excluded.status, "
+                    "event_ids = excluded.event_ids, detail = excluded.detail",
+                    [
+                        (
+                            batch.service,
+                            outcome.request_id,
+                            outcome.status.value,
+                            json.dumps(outcome.event_ids),
+                            outcome.detail,
+                        )
+                        for outcome in batch.requests
+                    ],
+                )
+            if batch.published_upto is not None:
+                self._delete_outbox(db, batch.service, {batch.source: batch.published_upto})
+            self._commits += 1
+            if self._commits % _PRUNE_EVERY == 0:
+                db.execute(
+                    "DELETE FROM loglane_applied WHERE seq <= "
+                    "(SELECT max(seq) FROM loglane_applied) - ?",
+                    (self.dedupe_window,),
+                )
+        return last_seq
+
+    @staticmethod
+    def _advance_position(db: sqlite3.Connection, batch: Batch) -> None:
+        """Move the batch's position, only from where the batch began: the fence."""
+        source = batch.source
+        if batch.expected_position is None:
+            cursor = db.execute(
+                "INSERT INTO loglane_positions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (batch.service, source.topic, source.partition, batch.position),
+            )
+        else:
+            cursor = db.execute(
+                "UPDATE loglane_positions SET offset = ? WHERE service = ? AND topic = ? "
+                "AND partition = ? AND offset = ?",
+                (
+                    batch.position,
+                    batch.service,
+                    source.topic,
+                    source.partition,
+                    batch.expected_position,
+                ),
+            )
+        if cursor.rowcount != 1:
+            raise StaleBatchError(
+                f"{batch.service}: the stored position of {source} is no longer "
+                f"{batch.expected_position}; another worker owns the partition now"
+            )
+
+    def outbox(
+        self, service: str, sources: Collection[TopicPartition], limit: int
+    ) -> list[OutboxEntry]:
+        db = self._file.connection()
+        entries: list[OutboxEntry] = []
+        for source in sorted(sources):
+            rows = db.execute(
+                "SELECT seq, topic, key, value, headers FROM loglane_outbox WHERE service = ? "
+                "AND source_topic = ? AND source_partition = ? ORDER BY seq LIMIT ?",
+                (service, source.topic, source.partition, limit - len(entries)),
+            )
+            entries.extend(
+                OutboxEntry(
+                    seq=seq,
+                    source=source,
+                    message=Message(topic, key, value, decode_headers(headers)),
+                )
+                for seq, topic, key, value, headers in rows
+            )
+            if len(entries) >= limit:
+                break
+        return entries
+
+    def delete_outbox(self, service: str, published: Mapping[TopicPartition, int]) -> None:
+        with self._file.transaction() as db:
+            self._delete_outbox(db, service, published)
+
+    @staticmethod
+    def _delete_outbox(
+        db: sqlite3.Connection, service: str, published: Mapping[TopicPartition, int]
+    ) -> None:
+        db.executemany(
+            "DELETE FROM loglane_outbox WHERE service = ? AND source_topic = ? "
+            "AND source_partition = ? AND seq <= ?",
+            [(service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
+        )
+
+    def outbox_backlog(self, service: str) -> dict[TopicPartition, int]:
+        rows = self._file.connection().execute(
+            "SELECT source_topic, source_partition, count(*) FROM loglane_outbox "
+            "WHERE service = ? GROUP BY source_topic, source_partition",
+            (service,),
+        )
+        return {TopicPartition(topic, partition): n for topic, partition, n in rows}
+
+    def request(self, service: str, request_id: str) -> RequestOutcome | None:
+        row = (
+            self._file.connection()
+            .execute(
+                "SELECT status, event_ids, detail FROM loglane_requests "
+                "WHERE service = ? AND request_id = ?",
+                (service, request_id),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        status, event_ids, detail = row
+        return RequestOutcome(
+            request_id=request_id,
+            status=RequestStatus(status),
+            event_ids=tuple(json.loads(event_ids)),
+            detail=detail,
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _ViewSQL:
+    """The statements of one view's table, built once from its declaration."""
+
+    def __init__(self, view: View[Any]) -> None:
+        self.table = f'"{view.name}"'
+        names = [view.key, "doc", *(column.name for column in view.columns)]
+        quoted = ", ".join(f'"{name}"' for name in names)
+        updates = ", ".join(f'"{name}" = excluded."{name}"' for name in names[1:])
+        self.upsert = (
+            f"INSERT INTO {self.table} ({quoted}) VALUES ({', '.join('?' * len(names))}) "
+            f'ON CONFLICT ("{view.key}") DO UPDATE SET {updates}'
+        )
+        self.delete = f'DELETE FROM {self.table} WHERE "{view.key}" = ?'
+        self.select_one = f'SELECT doc FROM {self.table} WHERE "{view.key}" = ?'
+
+    @classmethod
+    def create(cls, db: sqlite3.Connection, view: View[Any]) -> _ViewSQL:
+        """Create the table and its indexes; add columns for indexes declared since."""
+        if "doc" in (view.key, *view.indexes):
+            raise ConfigurationError(
+                f"view {view.name!r}: 'doc' is the column holding the row; rename that field"
+            )
+        sql = cls(view)
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {sql.table} "
+            f'("{view.key}" {_SQL_TYPES[view.key_kind]} PRIMARY KEY, doc TEXT NOT NULL)'
+        )
+        existing = {row[1] for row in db.execute(f"PRAGMA table_info({sql.table})")}
+        for column in view.columns:
+            if column.name not in existing:
+                db.execute(
+                    f'ALTER TABLE {sql.table} ADD COLUMN "{column.name}" {_SQL_TYPES[column.kind]}'
+                )
+                db.execute(
+                    f'UPDATE {sql.table} SET "{column.name}" = json_extract(doc, ?)',
+                    (f"$.{column.name}",),
+                )
+            db.execute(
+                f'CREATE INDEX IF NOT EXISTS "{view.name}_by_{column.name}" '
+                f'ON {sql.table} ("{column.name}", "{view.key}")'
+            )
+        return sql

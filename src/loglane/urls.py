@@ -1,0 +1,65 @@
+"""Backends by URL: `--log` / `LOGLANE_LOG` and `--db` / `LOGLANE_DB`.
+
+    embedded:///.loglane/log.db      the embedded log (default); path relative to the cwd
+    embedded:////var/lib/app/log.db  the same with an absolute path (four slashes)
+    sqlite:///.loglane/{service}.db  the SQLite store (default); {service} is the service name
+    sqlite:////abs/path.db           an absolute path; without {service}, services share a file
+
+Relative and absolute paths follow SQLAlchemy's convention for SQLite URLs. Options go in the
+query string, e.g. `embedded:///log.db?session_timeout=3&synchronous=normal`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+from loglane.errors import BadURLError
+from loglane.logs.base import Log
+from loglane.stores.base import Store
+
+DEFAULT_LOG_URL = "embedded:///.loglane/log.db"
+DEFAULT_DB_URL = "sqlite:///.loglane/{service}.db"
+
+
+def _sqlite_path(url: str, scheme: str) -> str:
+    rest = url[len(scheme) + 3 :].split("?", 1)[0]
+    if not rest.startswith("/") or rest == "/":
+        raise BadURLError(f"{url!r}: write {scheme}:///relative/path or {scheme}:////absolute/path")
+    return rest[1:]
+
+
+def _options(url: str, allowed: dict[str, type]) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for name, value in parse_qsl(urlsplit(url).query, strict_parsing=False):
+        if name not in allowed:
+            raise BadURLError(f"{url!r}: unknown option {name!r}; known: {', '.join(allowed)}")
+        try:
+            options[name] = allowed[name](value)
+        except ValueError:
+            raise BadURLError(f"{url!r}: option {name}={value!r} is not a valid value") from None
+    return options
+
+
+def open_log(url: str) -> Log:
+    """The log backend `url` names; `BadURLError` says what is wrong with it."""
+    scheme = urlsplit(url).scheme
+    if scheme == "embedded":
+        from loglane.logs.embedded import EmbeddedLog
+
+        options = _options(
+            url, {"session_timeout": float, "heartbeat_interval": float, "synchronous": str}
+        )
+        return EmbeddedLog(_sqlite_path(url, scheme), **options)  # type: ignore[arg-type]
+    raise BadURLError(f"{url!r}: unknown log scheme {scheme!r}; use embedded:///path/to/log.db")
+
+
+def open_store(url: str, service: str) -> Store:
+    """The store backend `url` names, for `service`."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from loglane.stores.sqlite import SQLiteStore
+
+        options = _options(url, {"dedupe_window": int, "synchronous": str})
+        path = _sqlite_path(url, scheme).replace("{service}", service)
+        return SQLiteStore(path, **options)  # type: ignore[arg-type]
+    raise BadURLError(f"{url!r}: unknown store scheme {scheme!r}; use sqlite:///path/to/views.db")

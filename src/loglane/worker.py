@@ -1,0 +1,352 @@
+"""The worker: consume a service's topics in order and materialize them, exactly once in effect.
+
+One pass of the loop (`run_once`), top to bottom:
+
+1. poll records from the partitions this worker owns;
+2. per partition, run the handlers in offset order against a unit of work;
+3. commit the view changes, the new input position, the outbox rows, request outcomes and the
+   ids of applied events in ONE store transaction, fenced on the position the batch began at;
+4. publish the committed outbox rows to the log (`<service>.out`, `<service>.dlq`);
+5. commit the log's consumer offsets last, so they trail the store, never lead it.
+
+Positions live in the store: on start, or when a partition is assigned, the worker reads
+them there and seeks the log to them. A crash anywhere replays at most the uncommitted batch,
+whose effects were never written; outbox rows committed but not yet published are published
+again (same ids) when the partition is next assigned, and consumers drop the duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from loglane.envelope import Envelope, read_envelope
+from loglane.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    EnvelopeError,
+    StaleBatchError,
+)
+from loglane.events import Event
+from loglane.logs.base import Consumer, Log
+from loglane.records import Message, Record, TopicPartition
+from loglane.service import Handler, Service
+from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store
+from loglane.transaction import Transaction, UnitOfWork
+
+logger = logging.getLogger("loglane.worker")
+
+_OUTBOX_CHUNK = 1000
+
+
+class Worker:
+    """Runs one service's handlers over the partitions its consumer group member owns."""
+
+    def __init__(
+        self,
+        service: Service,
+        log: Log,
+        store: Store,
+        *,
+        batch_size: int = 1000,
+        poll_timeout: float = 0.5,
+    ) -> None:
+        self.service = service
+        self.log = log
+        self.store = store
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self._consumer: Consumer | None = None
+        self._positions: dict[TopicPartition, int | None] = {}
+        self._published: dict[TopicPartition, int] = {}
+        self._log_offsets: dict[TopicPartition, int] = {}
+        self._async: asyncio.Runner | None = None
+        self.handled = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the service's topics and tables, then join its consumer group."""
+        ensure_topics(self.log, [self.service])
+        self.store.prepare(self.service.name, list(self.service.views.values()))
+        self._consumer = self.log.consumer(self.service.name, self.service.topics, self)
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until `stop` is set; back off and recover while a backend is unreachable."""
+        self.start()
+        backoff = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    self.run_once()
+                    backoff = 0.1
+                except BackendUnavailableError as exc:
+                    logger.warning(
+                        "backend unavailable, retrying in %.1fs: %s",
+                        backoff,
+                        exc,
+                        extra={"service": self.service.name},
+                    )
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    self._resume(sorted(self._positions))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._async is not None:
+            self._async.close()
+            self._async = None
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run_once(self, timeout: float | None = None) -> int:
+        """One poll, handle, commit, publish pass; returns how many records it took."""
+        consumer = self._require_consumer()
+        records = consumer.poll(self.poll_timeout if timeout is None else timeout, self.batch_size)
+        committed: list[tuple[TopicPartition, int | None, list[Message]]] = []
+        for source, batch in _by_partition(records).items():
+            outcome = self._process(source, batch)
+            if outcome is not None:
+                committed.append(outcome)
+        self._publish(committed)
+        if self._log_offsets:
+            consumer.commit(self._log_offsets)
+            self._log_offsets = {}
+        if not records and self._published:
+            self.store.delete_outbox(self.service.name, self._published)
+            self._published = {}
+        return len(records)
+
+    def _process(
+        self, source: TopicPartition, records: list[Record]
+    ) -> tuple[TopicPartition, int | None, list[Message]] | None:
+        """Handle one partition's records and commit them; None if nothing was committed."""
+        if source not in self._positions:
+            return None  # revoked while these records were in flight
+        expected = self._positions[source]
+        records = [record for record in records if record.offset >= (expected or 0)]
+        if not records:
+            return None
+        batch = Batch(
+            service=self.service.name,
+            source=source,
+            expected_position=expected,
+            position=records[-1].offset + 1,
+            published_upto=self._published.pop(source, None),
+        )
+        unit = UnitOfWork(self.store)
+        envelopes = [_envelope_or_error(record) for record in records]
+        applied = self.store.applied(
+            self.service.name,
+            source.topic,
+            [envelope.id for envelope in envelopes if isinstance(envelope, Envelope)],
+        )
+        for record, envelope in zip(records, envelopes, strict=True):
+            if isinstance(envelope, EnvelopeError):
+                batch.outbox.append(self._dead_letter(record, str(envelope)))
+            elif envelope.id not in applied:
+                self._handle(record, envelope, unit, batch)
+                applied.add(envelope.id)
+        batch.writes = unit.writes
+        try:
+            last_seq = self.store.commit(batch)
+        except StaleBatchError as exc:
+            logger.warning("%s", exc, extra={"service": self.service.name})
+            self._resume([source])
+            return None
+        self._positions[source] = batch.position
+        self._log_offsets[source] = batch.position
+        self.handled += len(records)
+        return source, last_seq, batch.outbox
+
+    def _handle(self, record: Record, envelope: Envelope, unit: UnitOfWork, batch: Batch) -> None:
+        """Run the event's handler, with retries; what cannot be handled goes to the DLQ."""
+        handler = self.service.handler_for(record.topic, envelope.type)
+        is_command = record.topic == self.service.input_topic
+        if handler is None and not is_command:
+            return  # another service's event that this one does not subscribe to
+        batch.applied_ids.append(envelope.id)
+        if handler is None:
+            accepted = ", ".join(sorted(self.service.commands)) or "none"
+            self._fail(
+                record,
+                envelope,
+                batch,
+                f"unknown command type {envelope.type!r}; accepted: {accepted}",
+            )
+            return
+        try:
+            event = handler.event_type.model_validate_json(envelope.data)
+        except ValidationError as exc:
+            self._fail(record, envelope, batch, f"invalid {envelope.type}: {exc}")
+            return
+        retry = self.service.retry
+        for attempt in range(retry.attempts):
+            tx = Transaction(
+                unit=unit,
+                service=self.service.name,
+                output_topic=self.service.output_topic,
+                cause=envelope,
+                key=record.key,
+            )
+            try:
+                self._call(handler, event, tx)
+            except BackendUnavailableError:
+                raise
+            except Exception as exc:
+                if attempt + 1 < retry.attempts:
+                    time.sleep(retry.delay(attempt))
+                    continue
+                self._fail(
+                    record, envelope, batch, f"handler failed {retry.attempts} times: {exc!r}"
+                )
+                return
+            if tx.rejection is None:
+                unit.absorb(tx)
+            batch.outbox.extend(tx.messages)
+            if is_command:
+                batch.requests.append(
+                    RequestOutcome(
+                        request_id=tx.request_id,
+                        status=RequestStatus.DONE
+                        if tx.rejection is None
+                        else RequestStatus.REJECTED,
+                        event_ids=tuple(tx.event_ids),
+                        detail=tx.rejection,
+                    )
+                )
+            return
+
+    def _call(self, handler: Handler, event: Event, tx: Transaction) -> None:
+        if handler.is_async:
+            if self._async is None:
+                self._async = asyncio.Runner()
+            self._async.run(handler.func(event, tx))
+        else:
+            handler.func(event, tx)
+
+    def _fail(self, record: Record, envelope: Envelope, batch: Batch, error: str) -> None:
+        """Dead-letter the record and, for a command, mark its request failed."""
+        logger.warning(
+            "dead-lettered %s: %s",
+            record.topic_partition,
+            error,
+            extra={
+                "service": self.service.name,
+                "offset": record.offset,
+                "request_id": envelope.correlation_id or envelope.id,
+            },
+        )
+        batch.outbox.append(self._dead_letter(record, error))
+        if record.topic == self.service.input_topic:
+            batch.requests.append(
+                RequestOutcome(
+                    request_id=envelope.correlation_id or envelope.id,
+                    status=RequestStatus.FAILED,
+                    detail=error,
+                )
+            )
+
+    def _dead_letter(self, record: Record, error: str) -> Message:
+        """The record as it was, plus headers that say where it came from and why it failed."""
+        headers = (
+            *record.headers,
+            ("loglane_error", error.encode()),
+            ("loglane_source", f"{record.topic}:{record.partition}:{record.offset}".encode()),
+        )
+        return Message(self.service.dlq_topic, record.key, record.value, headers)
+
+    # -- after commit ---------------------------------------------------------------------------
+
+    def _publish(
+        self, committed: Sequence[tuple[TopicPartition, int | None, list[Message]]]
+    ) -> None:
+        """Publish what the batches committed; their outbox rows are deleted with the next batch."""
+        messages = [message for _, _, batch_messages in committed for message in batch_messages]
+        if messages:
+            self.log.append(messages)
+        for source, last_seq, _ in committed:
+            if last_seq is not None:
+                self._published[source] = last_seq
+
+    # -- partitions coming and going ------------------------------------------------------------
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        logger.info(
+            "assigned %s", ", ".join(map(str, partitions)), extra={"service": self.service.name}
+        )
+        self._resume(partitions)
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        logger.info(
+            "revoked %s", ", ".join(map(str, partitions)), extra={"service": self.service.name}
+        )
+        published = {tp: self._published.pop(tp) for tp in partitions if tp in self._published}
+        if published:
+            self.store.delete_outbox(self.service.name, published)
+        for tp in partitions:
+            self._positions.pop(tp, None)
+            self._log_offsets.pop(tp, None)
+
+    def _resume(self, partitions: Sequence[TopicPartition]) -> None:
+        """Seek `partitions` to their stored positions and publish what their outbox holds."""
+        consumer = self._require_consumer()
+        stored = self.store.positions(self.service.name)
+        for tp in partitions:
+            self._positions[tp] = stored.get(tp)
+            consumer.seek(tp, stored.get(tp, 0))
+            self._published.pop(tp, None)
+        self._flush_outbox(partitions)
+
+    def _flush_outbox(self, partitions: Sequence[TopicPartition]) -> None:
+        """Publish outbox rows a crash left behind (same ids as before), then delete them."""
+        while entries := self.store.outbox(self.service.name, partitions, _OUTBOX_CHUNK):
+            self.log.append([entry.message for entry in entries])
+            last: dict[TopicPartition, int] = {}
+            for entry in entries:
+                last[entry.source] = entry.seq
+            self.store.delete_outbox(self.service.name, last)
+            logger.info(
+                "republished %d outbox rows", len(entries), extra={"service": self.service.name}
+            )
+
+    def _require_consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise RuntimeError("the worker is not started; call start() first")
+        return self._consumer
+
+
+def _by_partition(records: list[Record]) -> dict[TopicPartition, list[Record]]:
+    batches: dict[TopicPartition, list[Record]] = {}
+    for record in records:
+        batches.setdefault(record.topic_partition, []).append(record)
+    return batches
+
+
+def _envelope_or_error(record: Record) -> Envelope | EnvelopeError:
+    try:
+        return read_envelope(record)
+    except EnvelopeError as exc:
+        return exc
+
+
+def ensure_topics(log: Log, services: Sequence[Service]) -> None:
+    """Create each service's input, output and DLQ topics, and the outputs they consume."""
+    for service in services:
+        for topic in (service.input_topic, service.output_topic, service.dlq_topic):
+            log.create_topic(topic, service.partitions)
+    for service in services:
+        for topic in service.topics[1:]:
+            try:
+                log.partition_count(topic)
+            except ConfigurationError:
+                log.create_topic(topic, service.partitions)
