@@ -1,0 +1,21 @@
+"""Shared helpers for the whole suite."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def eventually(
+    condition: Callable[[], bool],
+    *,
+    timeout: float = 60.0,
+    step: float = 0.01,
+    message: str = "condition",
+) -> None:
+    """Wait until `condition()` holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} did not hold within {timeout}s")
+        time.sleep(step)

@@ -1,0 +1,254 @@
+"""The behaviour every store backend must show; backends subclass `StoreContract`.
+
+A subclass provides the `store` fixture (a fresh, open store). Each test declares its own
+service with a unique name, so backends that keep one schema per service stay isolated.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from pydantic import BaseModel
+
+from loglane.errors import ConfigurationError, StaleBatchError
+from loglane.records import Message, TopicPartition
+from loglane.service import Service
+from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store
+from loglane.views import View
+
+
+class Account(BaseModel):
+    account_id: str
+    owner: str
+    balance: int
+    active: bool = True
+
+
+class Counter(BaseModel):
+    number: int
+    hits: int
+
+
+@dataclass
+class Declared:
+    service: Service
+    accounts: View[Account]
+    counters: View[Counter]
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    def batch(self, expected: int | None, position: int, **changes: object) -> Batch:
+        return Batch(
+            service=self.name,
+            source=SOURCE,
+            expected_position=expected,
+            position=position,
+            **changes,  # type: ignore[arg-type]
+        )
+
+
+SOURCE = TopicPartition("bank.in", 2)
+
+
+def declare_bank(store: Store) -> Declared:
+    """A service with a uniquely named schema, its views prepared in `store`."""
+    service = Service(f"bank_{uuid.uuid4().hex[:8]}")
+    declared = Declared(
+        service,
+        service.view("accounts", Account, key="account_id", indexes=["owner", "active"]),
+        service.view("counters", Counter, key="number"),
+    )
+    store.prepare(service.name, list(service.views.values()))
+    return declared
+
+
+def message(value: str) -> Message:
+    return Message("bank.out", b"k", value.encode(), (("ce_id", value.encode()),))
+
+
+class StoreContract:
+    @pytest.fixture
+    def store(self) -> Iterator[Store]:
+        raise NotImplementedError("a backend's test class provides the store fixture")
+
+    @pytest.fixture
+    def bank(self, store: Store) -> Declared:
+        return declare_bank(store)
+
+    def test_a_new_service_has_no_positions(self, store: Store, bank: Declared) -> None:
+        assert store.positions(bank.name) == {}
+
+    def test_a_batch_commits_rows_position_outbox_and_outcomes_together(
+        self, store: Store, bank: Declared
+    ) -> None:
+        ada = Account(account_id="a1", owner="ada", balance=10)
+        batch = bank.batch(
+            None,
+            5,
+            writes={bank.accounts: {"a1": ada}},
+            outbox=[message("e1"), message("e2")],
+            requests=[
+                RequestOutcome(request_id="r1", status=RequestStatus.DONE, event_ids=("e1", "e2"))
+            ],
+            applied_ids=["in-1"],
+        )
+        last_seq = store.commit(batch)
+        assert store.positions(bank.name) == {SOURCE: 5}
+        assert store.get(bank.accounts, "a1") == ada
+        entries = store.outbox(bank.name, [SOURCE], 10)
+        assert [e.message for e in entries] == [message("e1"), message("e2")]
+        assert entries[-1].seq == last_seq
+        assert all(e.source == SOURCE for e in entries)
+        assert store.request(bank.name, "r1") == RequestOutcome(
+            request_id="r1", status=RequestStatus.DONE, event_ids=("e1", "e2")
+        )
+        assert store.applied(bank.name, SOURCE.topic, ["in-1", "in-2"]) == {"in-1"}
+
+    def test_a_batch_from_a_stale_position_changes_nothing(
+        self, store: Store, bank: Declared
+    ) -> None:
+        store.commit(bank.batch(None, 10))
+        stale = bank.batch(
+            4,
+            12,
+            writes={bank.accounts: {"a1": Account(account_id="a1", owner="z", balance=1)}},
+            outbox=[message("zombie")],
+            requests=[RequestOutcome(request_id="r", status=RequestStatus.DONE)],
+            applied_ids=["z"],
+        )
+        with pytest.raises(StaleBatchError):
+            store.commit(stale)
+        assert store.positions(bank.name) == {SOURCE: 10}
+        assert store.get(bank.accounts, "a1") is None
+        assert store.outbox(bank.name, [SOURCE], 10) == []
+        assert store.request(bank.name, "r") is None
+        assert store.applied(bank.name, SOURCE.topic, ["z"]) == set()
+
+    def test_a_first_batch_loses_to_a_position_committed_meanwhile(
+        self, store: Store, bank: Declared
+    ) -> None:
+        store.commit(bank.batch(None, 3))
+        with pytest.raises(StaleBatchError):
+            store.commit(bank.batch(None, 7))
+        assert store.positions(bank.name) == {SOURCE: 3}
+
+    def test_positions_advance_batch_after_batch(self, store: Store, bank: Declared) -> None:
+        store.commit(bank.batch(None, 3))
+        store.commit(bank.batch(3, 9))
+        other = TopicPartition("other.out", 0)
+        store.commit(Batch(service=bank.name, source=other, expected_position=None, position=1))
+        assert store.positions(bank.name) == {SOURCE: 9, other: 1}
+
+    def test_rows_are_replaced_and_deleted(self, store: Store, bank: Declared) -> None:
+        first = Account(account_id="a1", owner="ada", balance=1)
+        second = Account(account_id="a1", owner="ada", balance=2)
+        store.commit(bank.batch(None, 1, writes={bank.accounts: {"a1": first}}))
+        store.commit(bank.batch(1, 2, writes={bank.accounts: {"a1": second}}))
+        assert store.get(bank.accounts, "a1") == second
+        store.commit(bank.batch(2, 3, writes={bank.accounts: {"a1": None}}))
+        assert store.get(bank.accounts, "a1") is None
+
+    def test_integer_keys_round_trip(self, store: Store, bank: Declared) -> None:
+        rows = {n: Counter(number=n, hits=n * 10) for n in (1, 2, 30)}
+        store.commit(bank.batch(None, 1, writes={bank.counters: rows}))
+        assert store.get(bank.counters, 30) == Counter(number=30, hits=300)
+        assert [c.number for c in store.query(bank.counters, after=1)] == [2, 30]
+
+    def test_queries_filter_on_indexed_fields_and_page_by_key(
+        self, store: Store, bank: Declared
+    ) -> None:
+        rows = {
+            f"a{i:02}": Account(
+                account_id=f"a{i:02}", owner="ada" if i % 2 else "bob", balance=i, active=i % 3 != 0
+            )
+            for i in range(20)
+        }
+        store.commit(bank.batch(None, 1, writes={bank.accounts: rows}))
+        page = store.query(bank.accounts, where={"owner": "ada"}, limit=4)
+        assert [a.account_id for a in page] == ["a01", "a03", "a05", "a07"]
+        after = store.query(bank.accounts, where={"owner": "ada"}, after="a07", limit=100)
+        assert [a.account_id for a in after] == ["a09", "a11", "a13", "a15", "a17", "a19"]
+        inactive = store.query(bank.accounts, where={"active": False, "owner": "bob"})
+        assert [a.account_id for a in inactive] == ["a00", "a06", "a12", "a18"]
+        assert len(store.query(bank.accounts, limit=100)) == 20
+
+    def test_a_query_on_an_unindexed_field_is_refused(self, store: Store, bank: Declared) -> None:
+        with pytest.raises(ConfigurationError, match="cannot filter on balance"):
+            store.query(bank.accounts, where={"balance": 3})
+
+    def test_published_outbox_entries_are_deleted_up_to_a_seq(
+        self, store: Store, bank: Declared
+    ) -> None:
+        first = store.commit(bank.batch(None, 1, outbox=[message("a"), message("b")]))
+        assert first is not None
+        store.commit(bank.batch(1, 2, outbox=[message("c")], published_upto=first))
+        assert [e.message.value for e in store.outbox(bank.name, [SOURCE], 10)] == [b"c"]
+        assert store.outbox_backlog(bank.name) == {SOURCE: 1}
+        (entry,) = store.outbox(bank.name, [SOURCE], 10)
+        store.delete_outbox(bank.name, {SOURCE: entry.seq})
+        assert store.outbox(bank.name, [SOURCE], 10) == []
+        assert store.outbox_backlog(bank.name) == {}
+
+    def test_outbox_seqs_keep_growing_after_everything_was_deleted(
+        self, store: Store, bank: Declared
+    ) -> None:
+        first = store.commit(bank.batch(None, 1, outbox=[message("a")]))
+        assert first is not None
+        store.delete_outbox(bank.name, {SOURCE: first})
+        second = store.commit(bank.batch(1, 2, outbox=[message("b")]))
+        assert second is not None
+        assert second > first
+
+    def test_outbox_entries_are_listed_per_source_oldest_first_up_to_a_limit(
+        self, store: Store, bank: Declared
+    ) -> None:
+        store.commit(bank.batch(None, 1, outbox=[message(str(i)) for i in range(5)]))
+        other = TopicPartition("bank.in", 0)
+        store.commit(
+            Batch(
+                service=bank.name,
+                source=other,
+                expected_position=None,
+                position=1,
+                outbox=[message("other")],
+            )
+        )
+        entries = store.outbox(bank.name, [SOURCE], 3)
+        assert [e.message.value for e in entries] == [b"0", b"1", b"2"]
+        assert [e.message.value for e in store.outbox(bank.name, [other], 10)] == [b"other"]
+
+    def test_a_request_outcome_can_be_replaced(self, store: Store, bank: Declared) -> None:
+        failed = RequestOutcome(request_id="r", status=RequestStatus.FAILED, detail="boom")
+        store.commit(bank.batch(None, 1, requests=[failed]))
+        assert store.request(bank.name, "r") == failed
+        done = RequestOutcome(
+            request_id="r", status=RequestStatus.REJECTED, event_ids=("x",), detail="exists"
+        )
+        store.commit(bank.batch(1, 2, requests=[done]))
+        assert store.request(bank.name, "r") == done
+        assert store.request(bank.name, "unknown") is None
+
+    def test_prepare_is_idempotent_and_adds_columns_for_new_indexes(
+        self, store: Store, bank: Declared
+    ) -> None:
+        row = Account(account_id="a1", owner="ada", balance=42)
+        store.commit(bank.batch(None, 1, writes={bank.accounts: {"a1": row}}))
+        store.prepare(bank.name, list(bank.service.views.values()))
+        wider = Service(bank.name)
+        accounts = wider.view(
+            "accounts", Account, key="account_id", indexes=["owner", "active", "balance"]
+        )
+        store.prepare(wider.name, [accounts])
+        assert [a.account_id for a in store.query(accounts, where={"balance": 42})] == ["a1"]
+        assert store.get(accounts, "a1") == row
+
+    def test_applied_ids_are_kept_per_topic(self, store: Store, bank: Declared) -> None:
+        store.commit(bank.batch(None, 1, applied_ids=["x", "y"]))
+        assert store.applied(bank.name, SOURCE.topic, ["x", "y", "z"]) == {"x", "y"}
+        assert store.applied(bank.name, "other.out", ["x"]) == set()
+        assert store.applied(bank.name, SOURCE.topic, []) == set()

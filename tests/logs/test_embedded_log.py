@@ -1,0 +1,106 @@
+"""The embedded log passes the log contract, and holds up under concurrent processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loglane.logs.base import Log
+from loglane.logs.embedded import EmbeddedLog
+from loglane.records import Message, TopicPartition
+from tests.contracts.log_contract import LogContract, Owner, poll_until, unique
+
+
+class TestEmbeddedLog(LogContract):
+    @pytest.fixture
+    def log(self, tmp_path: Path) -> Iterator[Log]:
+        log = EmbeddedLog(tmp_path / "log.db", session_timeout=1.0, heartbeat_interval=0.1)
+        yield log
+        log.close()
+
+
+def _append_many(path: str, topic: str, writer: int, count: int) -> None:
+    log = EmbeddedLog(path)
+    for i in range(count):
+        log.append([Message(topic, f"w{writer}-{i % 7}".encode(), f"{writer}:{i}".encode())])
+    log.close()
+
+
+def test_concurrent_writer_processes_get_unique_dense_offsets(tmp_path: Path) -> None:
+    path = str(tmp_path / "log.db")
+    log = EmbeddedLog(path)
+    log.create_topic("shared", 3)
+    context = multiprocessing.get_context("spawn")
+    writers = [
+        context.Process(target=_append_many, args=(path, "shared", w, 300)) for w in range(4)
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    values: list[bytes] = []
+    for partition, offsets in log.offsets("shared").items():
+        records = log.read(TopicPartition("shared", partition), 0, 10_000)
+        assert [r.offset for r in records] == list(range(offsets.end))
+        values += [r.value for r in records]
+    assert sorted(values) == sorted(f"{w}:{i}".encode() for w in range(4) for i in range(300))
+    # per writer and key, the log keeps the order the writer appended in
+    for partition in range(3):
+        records = log.read(TopicPartition("shared", partition), 0, 10_000)
+        for writer in range(4):
+            mine = [
+                int(r.value.split(b":")[1]) for r in records if r.value.startswith(b"%d:" % writer)
+            ]
+            assert mine == sorted(mine)
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    log.close()
+
+
+def test_a_dead_members_partitions_move_to_a_live_one_after_the_session_timeout(
+    tmp_path: Path,
+) -> None:
+    log = EmbeddedLog(tmp_path / "log.db", session_timeout=0.5, heartbeat_interval=0.05)
+    log.create_topic("t", 4)
+    group = unique("group")
+    a, b = Owner(), Owner()
+    dead = log.consumer(group, ["t"], a)
+    live = log.consumer(group, ["t"], b)
+    poll_until([dead, live], lambda: len(a.owned) == 2 and len(b.owned) == 2)
+    # `dead` never polls again, like a killed process: its leases simply expire
+    poll_until([live], lambda: len(b.owned) == 4)
+    assert live.assignment() == {TopicPartition("t", p) for p in range(4)}
+    live.close()
+    log.close()
+
+
+def test_a_member_that_lost_its_lease_cannot_commit_offsets(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.db", session_timeout=0.5, heartbeat_interval=0.05)
+    log.create_topic("t", 2)
+    group = unique("group")
+    a, b = Owner(), Owner()
+    zombie = log.consumer(group, ["t"], a)
+    poll_until([zombie], lambda: len(a.owned) == 2)
+    heir = log.consumer(group, ["t"], b)
+    poll_until([heir], lambda: len(b.owned) == 2)
+    heir.commit({TopicPartition("t", 0): 5})
+    zombie.commit({TopicPartition("t", 0): 1})
+    assert log.committed(group, "t") == {0: 5}
+    heir.close()
+    log.close()
+
+
+def test_retention_deletes_old_records_and_moves_the_start_offset(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.db")
+    log.create_topic("t", 1, retention_ms=1000)
+    log.append([Message("t", b"k", b"old")] * 3)
+    (now_ms,) = [r.timestamp_ms for r in log.read(TopicPartition("t", 0), 2, 1)]
+    assert log.enforce_retention(now_ms=now_ms + 5000) == 3
+    log.append([Message("t", b"k", b"new")])
+    assert log.offsets("t")[0].start == 3
+    assert [r.value for r in log.read(TopicPartition("t", 0), 0, 10)] == [b"new"]
+    log.close()
