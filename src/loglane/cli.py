@@ -1,0 +1,205 @@
+"""The `loglane` command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from loglane import diagnostics
+from loglane.commands import post
+from loglane.errors import LoglaneError
+from loglane.landscape import Landscape, load_landscape
+from loglane.runner import WorkerThreads
+from loglane.service import Service
+from loglane.status import service_status
+from loglane.urls import DEFAULT_DB_URL, DEFAULT_LOG_URL, open_log, open_store
+
+app = typer.Typer(
+    help="Loglane: event-driven microservices on a log.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+App = Annotated[str, typer.Argument(help="The landscape: module, module:attribute or file.py")]
+LogURL = Annotated[str, typer.Option("--log", envvar="LOGLANE_LOG", help="Log backend URL")]
+DbURL = Annotated[str, typer.Option("--db", envvar="LOGLANE_DB", help="Store backend URL")]
+LogFormat = Annotated[str, typer.Option("--log-format", help="text or json")]
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Turn Loglane's errors into one red line and exit status 2, never a traceback."""
+    try:
+        yield
+    except LoglaneError as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _until_signalled(threads: WorkerThreads) -> None:
+    """Run until SIGINT or SIGTERM, then let every worker finish its batch and leave."""
+
+    def stop(signum: int, frame: object) -> None:
+        threads.stop.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while not threads.stop.wait(0.5):
+        pass
+    threads.join(timeout=60)
+    if threads.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    app_path: App,
+    log: LogURL = DEFAULT_LOG_URL,
+    db: DbURL = DEFAULT_DB_URL,
+    log_format: LogFormat = "text",
+    batch_size: int = 1000,
+) -> None:
+    """Run the workers of every service in APP in this process."""
+    diagnostics.configure(log_format)
+    with _clear_errors():
+        landscape = load_landscape(app_path)
+        threads = WorkerThreads(list(landscape), log_url=log, db_url=db, batch_size=batch_size)
+        threads.start()
+    _until_signalled(threads)
+
+
+@app.command()
+def worker(
+    app_path: App,
+    service: Annotated[str, typer.Option(help="The service whose worker this is")],
+    log: LogURL = DEFAULT_LOG_URL,
+    db: DbURL = DEFAULT_DB_URL,
+    log_format: LogFormat = "text",
+    batch_size: int = 1000,
+) -> None:
+    """Run one worker of one service; start several to split its partitions."""
+    diagnostics.configure(log_format)
+    with _clear_errors():
+        chosen = load_landscape(app_path).service(service)
+        threads = WorkerThreads([chosen], log_url=log, db_url=db, batch_size=batch_size)
+        threads.start()
+    _until_signalled(threads)
+
+
+@app.command()
+def status(app_path: App, log: LogURL = DEFAULT_LOG_URL, db: DbURL = DEFAULT_DB_URL) -> None:
+    """Per service and partition: log end, stored position, committed offset, lag, outbox."""
+    with _clear_errors():
+        landscape = load_landscape(app_path)
+        event_log = open_log(log)
+        table = Table(title="Loglane status")
+        for column in ("service", "partition", "log end", "stored", "committed", "lag", "outbox"):
+            table.add_column(
+                column, justify="left" if column in ("service", "partition") else "right"
+            )
+        dead: list[str] = []
+        for service in landscape:
+            store = open_store(db, service.name)
+            found = service_status(service, event_log, store)
+            store.close()
+            for row in found.partitions:
+                table.add_row(
+                    service.name,
+                    str(row.partition),
+                    str(row.log_end),
+                    _dash(row.stored),
+                    _dash(row.committed),
+                    str(row.lag),
+                    str(row.outbox),
+                )
+            dead.append(f"{service.name}: {found.dead_letters}")
+        event_log.close()
+    console.print(table)
+    console.print("dead letters  " + "  ".join(dead))
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+@app.command()
+def send(
+    app_path: App,
+    command_type: Annotated[str, typer.Argument(help="e.g. CreateCustomer")],
+    body: Annotated[str, typer.Argument(help="The command as JSON")],
+    service: Annotated[str | None, typer.Option(help="The service to post to")] = None,
+    request_id: Annotated[str | None, typer.Option(help="Your own request id")] = None,
+    log: LogURL = DEFAULT_LOG_URL,
+) -> None:
+    """Post one command to a service's input topic and print its request id and position."""
+    with _clear_errors():
+        landscape = load_landscape(app_path)
+        target = _service_accepting(landscape, command_type, service)
+        try:
+            command = target.commands[command_type].model_validate_json(body)
+        except ValidationError as exc:
+            errors.print(f"[red]error:[/red] invalid {command_type}: {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        event_log = open_log(log)
+        rid, position = post(event_log, target, command, request_id=request_id)
+        event_log.close()
+    console.print_json(
+        json.dumps(
+            {
+                "request_id": rid,
+                "topic": position.topic,
+                "partition": position.partition,
+                "offset": position.offset,
+            }
+        )
+    )
+
+
+def _service_accepting(landscape: Landscape, command_type: str, name: str | None) -> Service:
+    candidates = [landscape.service(name)] if name else list(landscape)
+    owners = [s for s in candidates if command_type in s.commands]
+    if len(owners) != 1:
+        accepted = sorted({t for s in candidates for t in s.commands})
+        raise LoglaneError(
+            f"{command_type!r} is accepted by {len(owners)} services; "
+            f"commands here: {', '.join(accepted)} (use --service)"
+        )
+    return owners[0]
+
+
+@app.command()
+def demo(
+    commands: Annotated[int, typer.Option(help="How many commands to generate")] = 2000,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Keep the log and views here (default: a new temp folder)"),
+    ] = None,
+) -> None:
+    """Run the example shop (customers and orders) on the embedded log and SQLite views."""
+    from loglane.demo import print_result, run_demo
+
+    diagnostics.configure("text", "WARNING")
+    folder = directory or Path(tempfile.mkdtemp(prefix="loglane-demo-"))
+    with _clear_errors():
+        result = run_demo(folder, commands, console)
+    print_result(result, folder, console)
+
+
+def main() -> None:
+    threading.current_thread().name = "main"
+    sys.exit(app())

@@ -1,0 +1,65 @@
+"""Run the workers of several services in one process, one thread each, until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from loglane.service import Service
+from loglane.urls import open_log, open_store
+from loglane.worker import Worker, ensure_topics
+
+logger = logging.getLogger("loglane.runner")
+
+
+class WorkerThreads:
+    """One `Worker` thread per service, each with its own log and store connections."""
+
+    def __init__(
+        self, services: Sequence[Service], *, log_url: str, db_url: str, batch_size: int = 1000
+    ) -> None:
+        self.services = list(services)
+        self.log_url = log_url
+        self.db_url = db_url
+        self.batch_size = batch_size
+        self.stop = threading.Event()
+        self.failures: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+        self.workers: list[Worker] = []
+
+    def start(self) -> None:
+        """Open the backends (errors surface here, before any thread starts), then run."""
+        log = open_log(self.log_url)
+        ensure_topics(log, self.services)
+        log.close()
+        for service in self.services:
+            worker = Worker(
+                service,
+                open_log(self.log_url),
+                open_store(self.db_url, service.name),
+                batch_size=self.batch_size,
+            )
+            self.workers.append(worker)
+            thread = threading.Thread(
+                target=self._run, args=(worker,), name=f"worker-{service.name}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, worker: Worker) -> None:
+        try:
+            worker.run(self.stop)
+        except BaseException as exc:
+            logger.exception("worker stopped on an error", extra={"service": worker.service.name})
+            self.failures.append(exc)
+            self.stop.set()
+        finally:
+            worker.store.close()
+            worker.log.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Stop every worker after its current batch and wait for the threads."""
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
