@@ -1,0 +1,151 @@
+"""Worker processes for crash tests: started with the real CLI, killed for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loglane.errors import ConfigurationError
+from loglane.logs.embedded import EmbeddedLog
+from loglane.records import TopicPartition
+from loglane.stores.sqlite import SQLiteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Stack:
+    """An embedded log and per-service SQLite stores in one folder, by URL."""
+
+    folder: Path
+    session_timeout: float = 1.0
+
+    @property
+    def log_url(self) -> str:
+        return (
+            f"embedded:///{self.folder}/log.db?session_timeout={self.session_timeout}"
+            "&heartbeat_interval=0.1&synchronous=normal"
+        )
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.folder}/{{service}}.db"
+
+    def store(self, service: str) -> SQLiteStore:
+        return SQLiteStore(self.folder / f"{service}.db")
+
+    def log(self) -> EmbeddedLog:
+        return EmbeddedLog(self.folder / "log.db")
+
+    def lease_owners(self, group: str) -> dict[str, int]:
+        """Live lease owners of `group` and how many partitions each holds."""
+        with sqlite3.connect(self.folder / "log.db", timeout=60) as db:
+            rows = db.execute(
+                "SELECT owner, count(*) FROM leases WHERE grp = ? AND expires_at > ? "
+                "GROUP BY owner",
+                (group, time.time()),
+            ).fetchall()
+        return dict(rows)
+
+
+class WorkerProcess:
+    """`python -m loglane <args>` in a child process, output kept in a file."""
+
+    def __init__(self, stack: Stack, *args: str, name: str = "worker") -> None:
+        self.output = stack.folder / f"{name}-{time.monotonic_ns()}.log"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with self.output.open("w") as sink:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "loglane",
+                    *args,
+                    "--log",
+                    stack.log_url,
+                    "--db",
+                    stack.db_url,
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=60)
+
+    def stop(self) -> int:
+        """SIGTERM and wait: a clean shutdown exits 0."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def describe(self) -> str:
+        return self.output.read_text()[-4000:]
+
+
+@dataclass
+class PositionWatch:
+    """Samples stored positions and committed offsets in the background.
+
+    It records every time a stored position moves backwards, or the log's committed offset
+    runs ahead of the stored position (the log must trail the store).
+    """
+
+    stack: Stack
+    services: list[str]
+    violations: list[str] = field(default_factory=list)
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        stores = {name: self.stack.store(name) for name in self.services}
+        log = self.stack.log()
+        highest: dict[tuple[str, TopicPartition], int] = {}
+        while not self._stop.wait(0.02):
+            for name, store in stores.items():
+                # committed offsets first: a commit after this read cannot pass the stored
+                # position read next, since the worker commits the log after the store
+                committed = {
+                    TopicPartition(topic, p): offset
+                    for topic in (f"{name}.in", "ledger.out")
+                    for p, offset in self._committed(log, name, topic).items()
+                }
+                stored = store.positions(name)
+                for tp, offset in stored.items():
+                    if offset < highest.get((name, tp), 0):
+                        self.violations.append(f"{name} {tp} moved back to {offset}")
+                    highest[name, tp] = max(offset, highest.get((name, tp), 0))
+                for tp, offset in committed.items():
+                    if offset > stored.get(tp, 0):
+                        self.violations.append(f"{name} {tp} committed {offset} > stored")
+            self.samples += 1
+        for store in stores.values():
+            store.close()
+        log.close()
+
+    @staticmethod
+    def _committed(log: EmbeddedLog, group: str, topic: str) -> dict[int, int]:
+        try:
+            return log.committed(group, topic)
+        except ConfigurationError:  # the topic may not exist yet in the first samples
+            return {}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)

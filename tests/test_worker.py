@@ -1,0 +1,310 @@
+"""The worker loop, in-process on the embedded stack: order, exactly-once, outbox, DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from loglane import Event, RequestStatus, Retry, Service, Transaction
+from loglane.commands import command_message
+from loglane.envelope import output_event_id, read_envelope
+from loglane.errors import StaleBatchError
+from loglane.logs.embedded import EmbeddedLog
+from loglane.records import Message, Position, TopicPartition
+from loglane.stores.base import Batch
+from loglane.stores.sqlite import SQLiteStore
+from loglane.testing import LandscapeTest
+from loglane.worker import Worker
+from tests.apps.ledger import Deposit, accounts, audit, deposits, ledger, tallies
+from tests.conftest import eventually
+
+
+@pytest.fixture
+def test_landscape() -> Iterator[LandscapeTest]:
+    with LandscapeTest(ledger, audit, batch_size=50) as landscape:
+        yield landscape
+
+
+def assert_folded(landscape: LandscapeTest, accounts_count: int, per_account: int) -> None:
+    """Every account holds exactly the fold of its deposits, applied in order, once."""
+    total = per_account * (per_account + 1) // 2
+    for a in range(accounts_count):
+        account = landscape.view(accounts).get(f"acct-{a}")
+        assert account is not None
+        assert (account.balance, account.last_seq, account.applied, account.out_of_order) == (
+            total,
+            per_account,
+            per_account,
+            0,
+        )
+        tally = landscape.view(tallies).get(f"acct-{a}")
+        assert tally is not None
+        assert (tally.events, tally.last_seq, tally.out_of_order) == (per_account, per_account, 0)
+
+
+def test_a_command_is_materialized_and_its_event_emitted(test_landscape: LandscapeTest) -> None:
+    request_id = test_landscape.send(Deposit(account="a", seq=1, amount=5))
+    test_landscape.run_until_quiet()
+    assert test_landscape.view(accounts).get("a") == ledger_account("a", balance=5, seq=1)
+    outcome = test_landscape.outcome(request_id)
+    assert outcome is not None
+    assert outcome.status is RequestStatus.DONE
+    (event,) = test_landscape.events("ledger")
+    assert outcome.event_ids == (event.id,)
+    assert event.id == output_event_id("ledger", request_id, 0)
+    assert (event.type, event.source, event.correlation_id, event.causation_id) == (
+        "Deposited",
+        "ledger",
+        request_id,
+        request_id,
+    )
+
+
+def ledger_account(name: str, *, balance: int, seq: int) -> BaseModel:
+    return accounts.model(account=name, balance=balance, last_seq=seq, applied=seq)
+
+
+def test_reads_in_a_handler_see_the_batchs_own_earlier_writes(
+    test_landscape: LandscapeTest,
+) -> None:
+    for command in deposits(accounts_count=3, per_account=10):
+        test_landscape.send(command)
+    test_landscape.run_until_quiet()
+    assert_folded(test_landscape, 3, 10)
+
+
+def test_per_key_order_holds_across_a_restart(tmp_path: Path) -> None:
+    urls = {
+        "log_url": f"embedded:///{tmp_path}/log.db",
+        "db_url": f"sqlite:///{tmp_path}/{{service}}.db",
+    }
+    commands = deposits(accounts_count=10, per_account=30)
+    with LandscapeTest(ledger, audit, batch_size=7, **urls) as first:
+        for command in commands[:150]:
+            first.send(command)
+        for worker in first.workers:
+            worker.run_once(timeout=0.5)
+    with LandscapeTest(ledger, audit, batch_size=7, **urls) as second:
+        for command in commands[150:]:
+            second.send(command)
+        second.run_until_quiet()
+        assert_folded(second, 10, 30)
+
+
+class CrashOnPublish(EmbeddedLog):
+    """A log whose next append of output events dies, as a process killed right then would."""
+
+    armed = True
+
+    def append(self, messages: Sequence[Message]) -> list[Position]:
+        if self.armed and any(m.topic == "ledger.out" for m in messages):
+            CrashOnPublish.armed = False
+            raise SystemExit("killed between commit and publish")
+        return super().append(messages)
+
+
+def test_events_committed_but_not_published_are_published_after_a_crash(tmp_path: Path) -> None:
+    log = CrashOnPublish(tmp_path / "log.db", session_timeout=0.5, heartbeat_interval=0.05)
+    store = SQLiteStore(tmp_path / "ledger.db")
+    worker = Worker(ledger, log, store)
+    worker.start()
+    message = command_message(ledger, Deposit(account="a", seq=1, amount=3))[1]
+    request_id = read_envelope_of(message)
+    log.append([message])
+    with pytest.raises(SystemExit):
+        worker.run_once(timeout=5)
+    assert store.positions("ledger") != {}, "the batch was committed before the crash"
+    assert sum(o.end for o in log.offsets("ledger.out").values()) == 0
+    assert store.outbox_backlog("ledger") != {}
+
+    # the crashed member never leaves the group; its partitions come free when its lease ends
+    new_log = EmbeddedLog(tmp_path / "log.db", session_timeout=0.5, heartbeat_interval=0.05)
+    restarted = Worker(ledger, new_log, SQLiteStore(tmp_path / "ledger.db"))
+    restarted.start()
+    eventually(
+        lambda: (
+            restarted.run_once(timeout=0.05) >= 0 and restarted.store.outbox_backlog("ledger") == {}
+        ),
+        message="the outbox was republished",
+    )
+    out = [
+        read_envelope(r)
+        for p in range(ledger.partitions)
+        for r in log.read(TopicPartition("ledger.out", p), 0, 100)
+    ]
+    assert [e.id for e in out] == [output_event_id("ledger", request_id, 0)]
+    assert restarted.store.outbox_backlog("ledger") == {}
+    assert restarted.store.get(accounts, "a") == ledger_account("a", balance=3, seq=1)
+    restarted.close()
+    worker.close()
+
+
+def read_envelope_of(message: Message) -> str:
+    return dict(message.headers)["ce_id"].decode()
+
+
+def test_a_republished_duplicate_is_dropped_by_the_consumer(test_landscape: LandscapeTest) -> None:
+    test_landscape.send(Deposit(account="a", seq=1, amount=5))
+    test_landscape.run_until_quiet()
+    (record,) = test_landscape.records("ledger.out")
+    test_landscape.log.append([Message(record.topic, record.key, record.value, record.headers)])
+    test_landscape.run_until_quiet()
+    assert len(test_landscape.records("ledger.out")) == 2
+    tally = test_landscape.view(tallies).get("a")
+    assert tally is not None
+    assert tally.events == 1
+
+
+def test_a_batch_that_lost_its_partition_commits_nothing(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.db")
+    zombie = Worker(ledger, log, SQLiteStore(tmp_path / "ledger.db"))
+    heir = Worker(ledger, log, SQLiteStore(tmp_path / "ledger.db"))
+    zombie.start()
+    log.append([command_message(ledger, d)[1] for d in deposits(accounts_count=1, per_account=5)])
+    real_commit = zombie.store.commit
+
+    def heir_takes_over_first(batch: Batch) -> int | None:
+        # while the zombie's batch is in flight, the heir handles the same records and commits
+        heir.start()
+        heir.run_once(timeout=5)
+        return real_commit(batch)
+
+    zombie.store.commit = heir_takes_over_first  # type: ignore[method-assign]
+    zombie.run_once(timeout=5)
+    account = heir.store.get(accounts, "acct-0")
+    assert account is not None
+    assert (account.balance, account.applied, account.out_of_order) == (15, 5, 0)
+    heir.close()
+    zombie.close()
+
+
+def test_a_stale_store_commit_is_refused_and_leaves_the_batch_unapplied(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "ledger.db")
+    store.prepare("ledger", [accounts])
+    source = TopicPartition("ledger.in", 0)
+    store.commit(Batch(service="ledger", source=source, expected_position=None, position=10))
+    with pytest.raises(StaleBatchError, match="another worker owns the partition"):
+        store.commit(
+            Batch(
+                service="ledger",
+                source=source,
+                expected_position=5,
+                position=12,
+                writes={accounts: {"x": accounts.model(account="x")}},
+            )
+        )
+    assert store.get(accounts, "x") is None
+
+
+flaky = Service("flaky", partitions=1, retry=Retry(attempts=3, backoff_seconds=0.001))
+
+
+class Work(Event):
+    item: str
+    fail_times: int = 0
+
+
+class Done(BaseModel):
+    item: str
+    attempts: int
+
+
+done = flaky.view("done", Done, key="item")
+attempts: dict[str, int] = {}
+
+
+@flaky.handles(Work, key="item")
+def work(command: Work, tx: Transaction) -> None:
+    attempts[command.item] = attempts.get(command.item, 0) + 1
+    tx[done].put(Done(item=command.item, attempts=attempts[command.item]))
+    if attempts[command.item] <= command.fail_times:
+        raise RuntimeError(f"attempt {attempts[command.item]} failed")
+
+
+def test_a_failing_handler_is_retried_and_its_failed_attempts_leave_nothing() -> None:
+    with LandscapeTest(flaky) as landscape:
+        request_id = landscape.send(Work(item="w1", fail_times=2))
+        landscape.run_until_quiet()
+        assert landscape.view(done).get("w1") == Done(item="w1", attempts=3)
+        outcome = landscape.outcome(request_id)
+        assert outcome is not None
+        assert outcome.status is RequestStatus.DONE
+        assert landscape.dead_letters("flaky") == []
+
+
+def cloudevent_headers(event_id: str, event_type: str) -> tuple[tuple[str, bytes], ...]:
+    return (
+        ("ce_specversion", b"1.0"),
+        ("ce_id", event_id.encode()),
+        ("ce_source", b"test"),
+        ("ce_type", event_type.encode()),
+    )
+
+
+def test_bad_input_goes_to_the_dlq_and_the_partition_moves_on() -> None:
+    with LandscapeTest(flaky) as landscape:
+        failing = landscape.send(Work(item="w2", fail_times=99))
+        unknown = Message("flaky.in", b"k", b"{}", cloudevent_headers("e1", "Nope"))
+        invalid = Message("flaky.in", b"k", b'{"item": 5', cloudevent_headers("e2", "Work"))
+        headless = Message("flaky.in", b"k", b'{"item": "x"}', ())
+        landscape.log.append([unknown, invalid, headless])
+        after = landscape.send(Work(item="w3"))
+        landscape.run_until_quiet()
+        letters = landscape.dead_letters("flaky")
+        errors = [dict(r.headers)["loglane_error"].decode() for r in letters]
+        assert len(letters) == 4
+        assert errors[0].startswith("handler failed 3 times: RuntimeError")
+        assert errors[1].startswith("unknown command type 'Nope'; accepted: Work")
+        assert errors[2].startswith("invalid Work:")
+        assert "no ce_id, ce_source, ce_type header" in errors[3]
+        assert [r.value for r in letters[1:]] == [unknown.value, invalid.value, headless.value]
+        assert dict(letters[0].headers)["loglane_source"].startswith(b"flaky.in:0:")
+        failed = landscape.outcome(failing)
+        assert failed is not None
+        assert failed.status is RequestStatus.FAILED
+        assert landscape.view(done).get("w2") is None
+        finished = landscape.outcome(after)
+        assert finished is not None
+        assert finished.status is RequestStatus.DONE
+
+
+shop_like = Service("registry", partitions=2)
+
+
+class Register(Event):
+    name: str
+
+
+class Entry(BaseModel):
+    name: str
+
+
+entries = shop_like.view("entries", Entry, key="name")
+
+
+@shop_like.handles(Register, key="name")
+async def register(command: Register, tx: Transaction) -> None:
+    await asyncio.sleep(0)
+    if tx[entries].get(command.name) is not None:
+        tx.reject(f"{command.name} is taken")
+        return
+    tx[entries].put(Entry(name=command.name))
+
+
+def test_async_handlers_run_and_a_rejection_is_correlated_with_its_request() -> None:
+    with LandscapeTest(shop_like) as landscape:
+        first = landscape.send(Register(name="ada"))
+        second = landscape.send(Register(name="ada"))
+        landscape.run_until_quiet()
+        accepted, rejected = landscape.outcome(first), landscape.outcome(second)
+        assert accepted is not None
+        assert rejected is not None
+        assert (accepted.status, rejected.status) == (RequestStatus.DONE, RequestStatus.REJECTED)
+        assert rejected.detail == "ada is taken"
+        (event,) = landscape.events("registry")
+        assert (event.type, event.correlation_id) == ("loglane.Rejected", second)
+        assert rejected.event_ids == (event.id,)
