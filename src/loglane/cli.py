@@ -25,6 +25,7 @@ from loglane.runner import WorkerThreads
 from loglane.service import Service
 from loglane.status import service_status
 from loglane.urls import DEFAULT_DB_URL, DEFAULT_LOG_URL, open_log, open_store
+from loglane.worker import ensure_topics
 
 app = typer.Typer(
     help="Loglane: event-driven microservices on a log.",
@@ -51,14 +52,16 @@ def _clear_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _until_signalled(threads: WorkerThreads) -> None:
-    """Run until SIGINT or SIGTERM, then let every worker finish its batch and leave."""
+def _run_until_signalled(threads: WorkerThreads) -> None:
+    """Start the workers and run until SIGINT or SIGTERM; then each finishes its batch."""
 
     def stop(signum: int, frame: object) -> None:
         threads.stop.set()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    with _clear_errors():
+        threads.start()
     while not threads.stop.wait(0.5):
         pass
     threads.join(timeout=60)
@@ -79,8 +82,7 @@ def run(
     with _clear_errors():
         landscape = load_landscape(app_path)
         threads = WorkerThreads(list(landscape), log_url=log, db_url=db, batch_size=batch_size)
-        threads.start()
-    _until_signalled(threads)
+    _run_until_signalled(threads)
 
 
 @app.command()
@@ -97,8 +99,7 @@ def worker(
     with _clear_errors():
         chosen = load_landscape(app_path).service(service)
         threads = WorkerThreads([chosen], log_url=log, db_url=db, batch_size=batch_size)
-        threads.start()
-    _until_signalled(threads)
+    _run_until_signalled(threads)
 
 
 @app.command()
@@ -156,6 +157,7 @@ def send(
             errors.print(f"[red]error:[/red] invalid {command_type}: {exc}", highlight=False)
             raise typer.Exit(2) from None
         event_log = open_log(log)
+        ensure_topics(event_log, list(landscape))
         rid, position = post(event_log, target, command, request_id=request_id)
         event_log.close()
     console.print_json(

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,10 @@ class SQLiteStore(Store):
         return {TopicPartition(topic, partition): offset for topic, partition, offset in rows}
 
     def get(self, view: View[Row], key: Key) -> Row | None:
-        row = self._file.connection().execute(self._view(view).select_one, (key,)).fetchone()
-        return None if row is None else view.load(row[0])
+        with _absent_table_is_empty():
+            row = self._file.connection().execute(self._view(view).select_one, (key,)).fetchone()
+            return None if row is None else view.load(row[0])
+        return None
 
     def query(
         self,
@@ -140,11 +143,13 @@ class SQLiteStore(Store):
             clauses.append(f'"{view.key}" > ?')
             params.append(after)
         condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._file.connection().execute(
-            f'SELECT doc FROM {sql.table} {condition} ORDER BY "{view.key}" LIMIT ?',
-            (*params, limit),
-        )
-        return [view.load(doc) for (doc,) in rows]
+        with _absent_table_is_empty():
+            rows = self._file.connection().execute(
+                f'SELECT doc FROM {sql.table} {condition} ORDER BY "{view.key}" LIMIT ?',
+                (*params, limit),
+            )
+            return [view.load(doc) for (doc,) in rows]
+        return []
 
     def applied(self, service: str, topic: str, event_ids: Collection[str]) -> set[str]:
         if not event_ids:
@@ -323,6 +328,16 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._file.close()
+
+
+@contextmanager
+def _absent_table_is_empty() -> Iterator[None]:
+    """A view whose worker has not created its table yet reads as empty."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if not str(exc).startswith("no such table"):
+            raise
 
 
 class _ViewSQL:
