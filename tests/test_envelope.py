@@ -54,3 +54,19 @@ def test_output_ids_are_stable_and_distinct_per_service_cause_and_index() -> Non
     assert output_event_id("a", "x", 0) == output_event_id("a", "x", 0)
     ids = {output_event_id(s, c, i) for s in "ab" for c in "xy" for i in range(2)}
     assert len(ids) == 8
+
+
+def test_output_ids_are_name_based_uuids_anyone_can_recompute() -> None:
+    import uuid
+
+    from loglane.envelope import _OUTPUT_ID_NAMESPACE
+
+    assert output_event_id("orders", "req-1", 2) == str(
+        uuid.uuid5(_OUTPUT_ID_NAMESPACE, "orders\x00req-1\x002")
+    )
+
+
+def test_a_header_that_is_not_text_is_refused() -> None:
+    headers = (("ce_id", b"\xff"), ("ce_source", b"s"), ("ce_type", b"T"))
+    with pytest.raises(EnvelopeError, match="not UTF-8"):
+        read_envelope(record(headers))

@@ -40,6 +40,7 @@ class SQLiteFile:
             db.execute("PRAGMA busy_timeout = 60000")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            db.execute("PRAGMA cache_size = -65536")
             self._local.db = db
             with self._lock:
                 self._connections.append(db)

@@ -12,7 +12,7 @@ from typing import Any, Generic
 
 from pydantic_core import to_json
 
-from loglane.envelope import Envelope, now_rfc3339, output_event_id
+from loglane.envelope import Envelope, output_event_id
 from loglane.events import Event, Rejected
 from loglane.records import Message
 from loglane.stores.base import Row, Store
@@ -80,6 +80,7 @@ class Transaction:
         output_topic: str,
         cause: Envelope,
         key: bytes | None,
+        time: str,
     ) -> None:
         self.unit = unit
         self.writes: dict[View[Any], dict[Key, Any]] = {}
@@ -90,6 +91,7 @@ class Transaction:
         self._output_topic = output_topic
         self._cause = cause
         self._key = key
+        self._time = time
 
     @property
     def event_id(self) -> str:
@@ -120,7 +122,7 @@ class Transaction:
             id=output_event_id(self._service, self._cause.id, len(self.event_ids)),
             type=event.event_type,
             source=self._service,
-            time=now_rfc3339(),
+            time=self._time,
             data=to_json(event),
             correlation_id=self.request_id,
             causation_id=self._cause.id,

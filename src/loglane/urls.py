@@ -59,7 +59,7 @@ def open_store(url: str, service: str) -> Store:
     if scheme == "sqlite":
         from loglane.stores.sqlite import SQLiteStore
 
-        options = _options(url, {"dedupe_window": int, "synchronous": str})
+        options = _options(url, {"synchronous": str})
         path = _sqlite_path(url, scheme).replace("{service}", service)
         return SQLiteStore(path, **options)  # type: ignore[arg-type]
     raise BadURLError(f"{url!r}: unknown store scheme {scheme!r}; use sqlite:///path/to/views.db")

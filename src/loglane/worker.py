@@ -25,7 +25,8 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from loglane.envelope import Envelope, read_envelope
+from loglane.dedupe import AppliedWindow
+from loglane.envelope import Envelope, now_rfc3339, read_envelope
 from loglane.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -55,15 +56,18 @@ class Worker:
         *,
         batch_size: int = 1000,
         poll_timeout: float = 0.5,
+        dedupe_window: int = 100_000,
     ) -> None:
         self.service = service
         self.log = log
         self.store = store
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
+        self.dedupe_window = dedupe_window
         self._consumer: Consumer | None = None
         self._positions: dict[TopicPartition, int | None] = {}
         self._published: dict[TopicPartition, int] = {}
+        self._applied: dict[TopicPartition, AppliedWindow] = {}
         self._log_offsets: dict[TopicPartition, int] = {}
         self._async: asyncio.Runner | None = None
         self.handled = 0
@@ -144,19 +148,19 @@ class Worker:
             published_upto=self._published.pop(source, None),
         )
         unit = UnitOfWork(self.store)
-        envelopes = [_envelope_or_error(record) for record in records]
-        applied = self.store.applied(
-            self.service.name,
-            source.topic,
-            [envelope.id for envelope in envelopes if isinstance(envelope, Envelope)],
-        )
-        for record, envelope in zip(records, envelopes, strict=True):
-            if isinstance(envelope, EnvelopeError):
-                batch.outbox.append(self._dead_letter(record, str(envelope)))
-            elif envelope.id not in applied:
-                self._handle(record, envelope, unit, batch)
-                applied.add(envelope.id)
+        batch_time = now_rfc3339()
+        applied = self._applied[source]
+        for record in records:
+            try:
+                envelope = read_envelope(record)
+            except EnvelopeError as exc:
+                batch.outbox.append(self._dead_letter(record, str(exc)))
+                continue
+            if envelope.id in applied or envelope.id in batch.applied_ids:
+                continue  # a duplicate: the event was applied already
+            self._handle(record, envelope, unit, batch, batch_time)
         batch.writes = unit.writes
+        batch.forget_applied_before = applied.horizon(batch.position)
         try:
             last_seq = self.store.commit(batch)
         except StaleBatchError as exc:
@@ -165,10 +169,13 @@ class Worker:
             return None
         self._positions[source] = batch.position
         self._log_offsets[source] = batch.position
+        applied.add(batch.position, batch.applied_ids)
         self.handled += len(records)
         return source, last_seq, batch.outbox
 
-    def _handle(self, record: Record, envelope: Envelope, unit: UnitOfWork, batch: Batch) -> None:
+    def _handle(
+        self, record: Record, envelope: Envelope, unit: UnitOfWork, batch: Batch, time_: str
+    ) -> None:
         """Run the event's handler, with retries; what cannot be handled goes to the DLQ."""
         handler = self.service.handler_for(record.topic, envelope.type)
         is_command = record.topic == self.service.input_topic
@@ -197,6 +204,7 @@ class Worker:
                 output_topic=self.service.output_topic,
                 cause=envelope,
                 key=record.key,
+                time=time_,
             )
             try:
                 self._call(handler, event, tx)
@@ -296,15 +304,19 @@ class Worker:
         for tp in partitions:
             self._positions.pop(tp, None)
             self._log_offsets.pop(tp, None)
+            self._applied.pop(tp, None)
 
     def _resume(self, partitions: Sequence[TopicPartition]) -> None:
         """Seek `partitions` to their stored positions and publish what their outbox holds."""
         consumer = self._require_consumer()
         stored = self.store.positions(self.service.name)
         for tp in partitions:
+            position = stored.get(tp, 0)
             self._positions[tp] = stored.get(tp)
-            consumer.seek(tp, stored.get(tp, 0))
+            consumer.seek(tp, position)
             self._published.pop(tp, None)
+            recent = self.store.applied(self.service.name, tp, position - self.dedupe_window)
+            self._applied[tp] = AppliedWindow(self.dedupe_window, recent)
         self._flush_outbox(partitions)
 
     def _flush_outbox(self, partitions: Sequence[TopicPartition]) -> None:
@@ -330,13 +342,6 @@ def _by_partition(records: list[Record]) -> dict[TopicPartition, list[Record]]:
     for record in records:
         batches.setdefault(record.topic_partition, []).append(record)
     return batches
-
-
-def _envelope_or_error(record: Record) -> Envelope | EnvelopeError:
-    try:
-        return read_envelope(record)
-    except EnvelopeError as exc:
-        return exc
 
 
 def ensure_topics(log: Log, services: Sequence[Service]) -> None:

@@ -107,7 +107,7 @@ class StoreContract:
         assert store.request(bank.name, "r1") == RequestOutcome(
             request_id="r1", status=RequestStatus.DONE, event_ids=("e1", "e2")
         )
-        assert store.applied(bank.name, SOURCE.topic, ["in-1", "in-2"]) == {"in-1"}
+        assert store.applied(bank.name, SOURCE, 0) == [(5, ["in-1"])]
 
     def test_a_batch_from_a_stale_position_changes_nothing(
         self, store: Store, bank: Declared
@@ -127,7 +127,7 @@ class StoreContract:
         assert store.get(bank.accounts, "a1") is None
         assert store.outbox(bank.name, [SOURCE], 10) == []
         assert store.request(bank.name, "r") is None
-        assert store.applied(bank.name, SOURCE.topic, ["z"]) == set()
+        assert store.applied(bank.name, SOURCE, 0) == []
 
     def test_a_first_batch_loses_to_a_position_committed_meanwhile(
         self, store: Store, bank: Declared
@@ -247,8 +247,23 @@ class StoreContract:
         assert [a.account_id for a in store.query(accounts, where={"balance": 42})] == ["a1"]
         assert store.get(accounts, "a1") == row
 
-    def test_applied_ids_are_kept_per_topic(self, store: Store, bank: Declared) -> None:
-        store.commit(bank.batch(None, 1, applied_ids=["x", "y"]))
-        assert store.applied(bank.name, SOURCE.topic, ["x", "y", "z"]) == {"x", "y"}
-        assert store.applied(bank.name, "other.out", ["x"]) == set()
-        assert store.applied(bank.name, SOURCE.topic, []) == set()
+    def test_applied_ids_are_kept_per_partition_until_forgotten(
+        self, store: Store, bank: Declared
+    ) -> None:
+        store.commit(bank.batch(None, 10, applied_ids=["a", "b"]))
+        store.commit(bank.batch(10, 20, applied_ids=["c"]))
+        other = TopicPartition("bank.in", 0)
+        store.commit(
+            Batch(
+                service=bank.name,
+                source=other,
+                expected_position=None,
+                position=5,
+                applied_ids=["x"],
+            )
+        )
+        assert store.applied(bank.name, SOURCE, 0) == [(10, ["a", "b"]), (20, ["c"])]
+        assert store.applied(bank.name, SOURCE, 10) == [(20, ["c"])]
+        assert store.applied(bank.name, other, 0) == [(5, ["x"])]
+        store.commit(bank.batch(20, 30, applied_ids=["d"], forget_applied_before=20))
+        assert store.applied(bank.name, SOURCE, 0) == [(20, ["c"]), (30, ["d"])]

@@ -9,7 +9,7 @@ import pytest
 
 from loglane.stores.base import Store
 from loglane.stores.sqlite import SQLiteStore
-from tests.contracts.store_contract import StoreContract, declare_bank
+from tests.contracts.store_contract import StoreContract
 
 
 class TestSQLiteStore(StoreContract):
@@ -18,14 +18,3 @@ class TestSQLiteStore(StoreContract):
         store = SQLiteStore(tmp_path / "views.db")
         yield store
         store.close()
-
-
-def test_old_applied_ids_are_pruned_beyond_the_dedupe_window(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "views.db", dedupe_window=10)
-    bank = declare_bank(store)
-    position = None
-    for n in range(300):
-        store.commit(bank.batch(position, n + 1, applied_ids=[f"id{n}"]))
-        position = n + 1
-    assert store.applied(bank.name, "bank.in", ["id0", "id299"]) == {"id299"}
-    store.close()

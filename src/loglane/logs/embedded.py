@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS records (
     offset INTEGER NOT NULL,
     key BLOB,
     value BLOB NOT NULL,
-    headers TEXT NOT NULL,
+    headers BLOB NOT NULL,
     timestamp_ms INTEGER NOT NULL,
     PRIMARY KEY (topic_id, partition, offset)
 ) WITHOUT ROWID;

@@ -5,7 +5,7 @@ A store keeps, for each service, in one database and under one transaction per b
 - the views' rows,
 - the input positions (next offset to read, per consumed topic partition),
 - the outbox (events and DLQ records written with the batch, published after commit),
-- the ids of events applied recently (to drop re-published duplicates),
+- the ids of events applied recently, one row per batch (to drop re-published duplicates),
 - request tracking (request id -> status, output event ids).
 
 `commit` is the single write of the hot path. It is fenced: the position update only succeeds
@@ -67,11 +67,8 @@ class Batch:
     outbox: list[Message] = field(default_factory=list)
     requests: list[RequestOutcome] = field(default_factory=list)
     applied_ids: list[str] = field(default_factory=list)
+    forget_applied_before: int | None = None
     published_upto: int | None = None
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.writes or self.outbox or self.requests or self.applied_ids)
 
 
 class Store(ABC):
@@ -101,8 +98,11 @@ class Store(ABC):
         """Rows whose indexed fields equal `where`, in key order, with keys after `after`."""
 
     @abstractmethod
-    def applied(self, service: str, topic: str, event_ids: Collection[str]) -> set[str]:
-        """Which of `event_ids` from `topic` the service applied already (duplicates)."""
+    def applied(
+        self, service: str, source: TopicPartition, since: int
+    ) -> list[tuple[int, list[str]]]:
+        """Ids applied from `source` by batches ending after position `since`, oldest first,
+        as (batch end position, ids)."""
 
     @abstractmethod
     def commit(self, batch: Batch) -> int | None:

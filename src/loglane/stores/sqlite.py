@@ -6,7 +6,8 @@ Tables users may query with their own SQL:
                             column per indexed field, each named after its field
     loglane_positions       service, topic, partition, offset (next offset to read)
     loglane_outbox          seq, service, source_topic, source_partition, topic, key, value, headers
-    loglane_applied         seq, service, topic, event_id (recent ids, for dropping duplicates)
+    loglane_applied         service, topic, partition, position, event_ids (MessagePack list:
+                            the ids a batch applied, kept a while to drop duplicates)
     loglane_requests        service, request_id, status, event_ids (JSON), detail
 """
 
@@ -18,6 +19,8 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import msgpack
 
 from loglane._sqlite import SQLiteFile
 from loglane.errors import ConfigurationError, StaleBatchError
@@ -51,17 +54,18 @@ CREATE TABLE IF NOT EXISTS loglane_outbox (
     topic TEXT NOT NULL,
     key BLOB,
     value BLOB NOT NULL,
-    headers TEXT NOT NULL
+    headers BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS loglane_outbox_by_source
     ON loglane_outbox (service, source_topic, source_partition, seq);
 CREATE TABLE IF NOT EXISTS loglane_applied (
-    seq INTEGER PRIMARY KEY,
     service TEXT NOT NULL,
     topic TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    UNIQUE (service, topic, event_id)
-);
+    partition INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    event_ids BLOB NOT NULL,
+    PRIMARY KEY (service, topic, partition, position)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS loglane_requests (
     service TEXT NOT NULL,
     request_id TEXT NOT NULL,
@@ -73,23 +77,14 @@ CREATE TABLE IF NOT EXISTS loglane_requests (
 """
 
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
-_PRUNE_EVERY = 256
 
 
 class SQLiteStore(Store):
-    """A store in the SQLite file at `path`.
+    """A store in the SQLite file at `path`."""
 
-    `dedupe_window` is how many recent event ids per file are kept to recognise duplicates;
-    re-published events arrive soon after their first copy, so a window suffices.
-    """
-
-    def __init__(
-        self, path: Path | str, *, dedupe_window: int = 200_000, synchronous: str = "NORMAL"
-    ) -> None:
+    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL") -> None:
         self._file = SQLiteFile(path, synchronous=synchronous)
         self.path = self._file.path
-        self.dedupe_window = dedupe_window
-        self._commits = 0
         self._sql: dict[View[Any], _ViewSQL] = {}
         self._file.execute_script(_SCHEMA)
         with self._file.transaction() as db:
@@ -151,24 +146,19 @@ class SQLiteStore(Store):
             return [view.load(doc) for (doc,) in rows]
         return []
 
-    def applied(self, service: str, topic: str, event_ids: Collection[str]) -> set[str]:
-        if not event_ids:
-            return set()
-        db = self._file.connection()
-        found: set[str] = set()
-        ids = list(event_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = db.execute(
-                "SELECT event_id FROM loglane_applied WHERE service = ? AND topic = ? "
-                f"AND event_id IN ({','.join('?' * len(chunk))})",
-                (service, topic, *chunk),
-            )
-            found.update(event_id for (event_id,) in rows)
-        return found
+    def applied(
+        self, service: str, source: TopicPartition, since: int
+    ) -> list[tuple[int, list[str]]]:
+        rows = self._file.connection().execute(
+            "SELECT position, event_ids FROM loglane_applied WHERE service = ? AND topic = ? "
+            "AND partition = ? AND position > ? ORDER BY position",
+            (service, source.topic, source.partition, since),
+        )
+        return [(position, list(msgpack.unpackb(ids))) for position, ids in rows]
 
     def commit(self, batch: Batch) -> int | None:
         last_seq = None
+        source_row = (batch.service, batch.source.topic, batch.source.partition)
         with self._file.transaction() as db:
             self._advance_position(db, batch)
             for view, rows in batch.writes.items():
@@ -202,10 +192,15 @@ class SQLiteStore(Store):
                 )
                 (last_seq,) = db.execute("SELECT last_insert_rowid()").fetchone()
             if batch.applied_ids:
-                db.executemany(
-                    "INSERT OR IGNORE INTO loglane_applied (service, topic, event_id) "
-                    "VALUES (?, ?, ?)",
-                    [(batch.service, batch.source.topic, eid) for eid in batch.applied_ids],
+                db.execute(
+                    "INSERT INTO loglane_applied VALUES (?, ?, ?, ?, ?)",
+                    (*source_row, batch.position, msgpack.packb(batch.applied_ids)),
+                )
+            if batch.forget_applied_before is not None:
+                db.execute(
+                    "DELETE FROM loglane_applied WHERE service = ? AND topic = ? "
+                    "AND partition = ? AND position < ?",
+                    (*source_row, batch.forget_applied_before),
                 )
             if batch.requests:
                 db.executemany(
@@ -225,13 +220,6 @@ class SQLiteStore(Store):
                 )
             if batch.published_upto is not None:
                 self._delete_outbox(db, batch.service, {batch.source: batch.published_upto})
-            self._commits += 1
-            if self._commits % _PRUNE_EVERY == 0:
-                db.execute(
-                    "DELETE FROM loglane_applied WHERE seq <= "
-                    "(SELECT max(seq) FROM loglane_applied) - ?",
-                    (self.dedupe_window,),
-                )
         return last_seq
 
     @staticmethod

@@ -1,0 +1,180 @@
+"""PRODUCT §6 E1: events/s of one worker process on the embedded stack, against a raw loop.
+
+Both sides start from the same backlog of commands in an embedded log and do the same work per
+event: read it, decode it, upsert a view row, emit an output event to `<service>.out`, and
+commit the view rows with the input position; the raw side is a hand-written loop over plain
+`sqlite3` and `json` with none of Loglane's machinery (no envelope parsing, no validation, no
+outbox, no duplicate tracking, no request tracking).
+
+    .venv/bin/python bench/e1_embedded.py --events 50000 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from loglane import Event, Service, Transaction
+from loglane.commands import command_message
+from loglane.logs.embedded import EmbeddedLog
+from loglane.stores.sqlite import SQLiteStore
+from loglane.worker import Worker, ensure_topics
+
+PARTITIONS = 4
+BATCH = 1000
+
+bench = Service("bench", partitions=PARTITIONS)
+
+
+class SetValue(Event):
+    key: str
+    value: int
+
+
+class ValueSet(Event):
+    key: str
+    value: int
+
+
+class Item(BaseModel):
+    key: str
+    value: int
+
+
+items = bench.view("items", Item, key="key")
+
+
+@bench.handles(SetValue, key="key")
+def set_value(command: SetValue, tx: Transaction) -> None:
+    tx[items].put(Item(key=command.key, value=command.value))
+    tx.emit(ValueSet(key=command.key, value=command.value))
+
+
+def prepare_backlog(folder: Path, events: int) -> None:
+    log = EmbeddedLog(folder / "log.db", synchronous="NORMAL")
+    ensure_topics(log, [bench])
+    for start in range(0, events, 5000):
+        log.append(
+            [
+                command_message(bench, SetValue(key=f"k{i % 10_000}", value=i))[1]
+                for i in range(start, min(start + 5000, events))
+            ]
+        )
+    log.close()
+
+
+def run_loglane(folder: Path, events: int) -> float:
+    log = EmbeddedLog(folder / "log.db", synchronous="NORMAL")
+    store = SQLiteStore(folder / "bench.db")
+    worker = Worker(bench, log, store, batch_size=BATCH)
+    worker.start()
+    started = time.perf_counter()
+    while worker.handled < events:
+        worker.run_once(timeout=0.1)
+    elapsed = time.perf_counter() - started
+    worker.close()
+    store.close()
+    log.close()
+    return events / elapsed
+
+
+def run_raw(folder: Path, events: int) -> float:
+    """The same work by hand: what the SQLite calls alone cost."""
+    log = sqlite3.connect(folder / "log.db", isolation_level=None)
+    log.execute("PRAGMA journal_mode = WAL")
+    log.execute("PRAGMA synchronous = NORMAL")
+    views = sqlite3.connect(folder / "raw.db", isolation_level=None)
+    views.execute("PRAGMA journal_mode = WAL")
+    views.execute("PRAGMA synchronous = NORMAL")
+    views.execute("CREATE TABLE items (key TEXT PRIMARY KEY, doc TEXT NOT NULL)")
+    views.execute("CREATE TABLE positions (partition INTEGER PRIMARY KEY, offset INTEGER)")
+    (in_id,) = log.execute("SELECT id FROM topics WHERE name = 'bench.in'").fetchone()
+    (out_id,) = log.execute("SELECT id FROM topics WHERE name = 'bench.out'").fetchone()
+    positions = dict.fromkeys(range(PARTITIONS), 0)
+    handled = 0
+    started = time.perf_counter()
+    while handled < events:
+        for partition in range(PARTITIONS):
+            rows = log.execute(
+                "SELECT offset, key, value, headers FROM records WHERE topic_id = ? "
+                "AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                (in_id, partition, positions[partition], BATCH // PARTITIONS),
+            ).fetchall()
+            if not rows:
+                continue
+            upserts, outputs = [], []
+            for _, key, value, headers in rows:
+                command = json.loads(value)
+                document = json.dumps({"key": command["key"], "value": command["value"]})
+                upserts.append((command["key"], document))
+                outputs.append((key, document.encode(), headers))
+            positions[partition] = rows[-1][0] + 1
+            views.execute("BEGIN")
+            views.executemany(
+                "INSERT INTO items VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc",
+                upserts,
+            )
+            views.execute(
+                "INSERT OR REPLACE INTO positions VALUES (?, ?)", (partition, positions[partition])
+            )
+            views.execute("COMMIT")
+            log.execute("BEGIN IMMEDIATE")
+            (end,) = log.execute(
+                "UPDATE partitions SET end_offset = end_offset + ? WHERE topic_id = ? "
+                "AND partition = ? RETURNING end_offset",
+                (len(outputs), out_id, partition),
+            ).fetchone()
+            now_ms = int(time.time() * 1000)
+            log.executemany(
+                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (out_id, partition, end - len(outputs) + i, key, value, headers, now_ms)
+                    for i, (key, value, headers) in enumerate(outputs)
+                ],
+            )
+            log.execute("COMMIT")
+            handled += len(rows)
+    elapsed = time.perf_counter() - started
+    log.close()
+    views.close()
+    return events / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    console = Console()
+    results: dict[str, list[float]] = {"loglane": [], "raw sqlite3 loop": []}
+    for run in range(args.runs):
+        for name, runner in (("loglane", run_loglane), ("raw sqlite3 loop", run_raw)):
+            with tempfile.TemporaryDirectory(prefix="loglane-e1-") as folder:
+                prepare_backlog(Path(folder), args.events)
+                results[name].append(runner(Path(folder), args.events))
+        console.print(
+            f"run {run + 1}: loglane {results['loglane'][-1]:,.0f}/s, "
+            f"raw {results['raw sqlite3 loop'][-1]:,.0f}/s"
+        )
+    table = Table(title=f"E1: {args.events:,} events, one worker process, median of {args.runs}")
+    table.add_column("loop")
+    table.add_column("events/s", justify="right")
+    table.add_column("vs raw", justify="right")
+    raw = statistics.median(results["raw sqlite3 loop"])
+    for name, rates in results.items():
+        median = statistics.median(rates)
+        table.add_row(name, f"{median:,.0f}", f"{median / raw:.2f}x")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
