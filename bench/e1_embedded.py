@@ -120,7 +120,8 @@ def run_raw(folder: Path, events: int) -> float:
             positions[partition] = rows[-1][0] + 1
             views.execute("BEGIN")
             views.executemany(
-                "INSERT INTO items VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc",
+                "INSERT INTO items VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET doc = excluded.doc",
                 upserts,
             )
             views.execute(
