@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from loglane.dedupe import AppliedWindow
+from loglane.dlq import ERROR_HEADER, ORIGIN_HEADER, SOURCE_HEADER
 from loglane.envelope import Envelope, now_rfc3339, read_envelope
 from loglane.errors import (
     BackendUnavailableError,
@@ -179,6 +180,10 @@ class Worker:
         """Run the event's handler, with retries; what cannot be handled goes to the DLQ."""
         handler = self.service.handler_for(record.topic, envelope.type)
         is_command = record.topic == self.service.input_topic
+        origin = record.header(ORIGIN_HEADER) if handler is None and is_command else None
+        if origin is not None:  # a re-driven dead letter from another service's output
+            handler = self.service.handler_for(origin.decode(), envelope.type)
+            is_command = False
         if handler is None and not is_command:
             return  # another service's event that this one does not subscribe to
         batch.applied_ids.append(envelope.id)
@@ -268,8 +273,8 @@ class Worker:
         """The record as it was, plus headers that say where it came from and why it failed."""
         headers = (
             *record.headers,
-            ("loglane_error", error.encode()),
-            ("loglane_source", f"{record.topic}:{record.partition}:{record.offset}".encode()),
+            (ERROR_HEADER, error.encode()),
+            (SOURCE_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode()),
         )
         return Message(self.service.dlq_topic, record.key, record.value, headers)
 

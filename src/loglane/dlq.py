@@ -1,0 +1,68 @@
+"""The dead-letter queue of a service: list what failed, and re-drive it once fixed.
+
+Re-driving appends each dead letter back to the service's input topic. It keeps the correlation
+id (its request is tracked as before) and gets a new event id derived from its place in the DLQ,
+so duplicate detection lets it through once, and a re-drive repeated after a crash is dropped.
+A dead letter that came from another service's output topic carries `loglane_origin`, so the
+worker routes it to the handler of that topic. How far the DLQ was re-driven is a fenced
+position in the service's store, like any input position.
+"""
+
+from __future__ import annotations
+
+from loglane.envelope import output_event_id
+from loglane.logs.base import Log
+from loglane.records import Message, Record, TopicPartition
+from loglane.service import Service
+from loglane.stores.base import Batch, Store
+
+ERROR_HEADER = "loglane_error"
+SOURCE_HEADER = "loglane_source"
+ORIGIN_HEADER = "loglane_origin"
+
+
+def dead_letters(log: Log, service: Service, store: Store | None = None) -> list[Record]:
+    """The records in `service`'s DLQ; given the store, only those not re-driven yet."""
+    redriven = store.positions(service.name) if store is not None else {}
+    letters: list[Record] = []
+    for partition, offsets in sorted(log.offsets(service.dlq_topic).items()):
+        tp = TopicPartition(service.dlq_topic, partition)
+        start = max(offsets.start, redriven.get(tp, 0))
+        while start < offsets.end and (chunk := log.read(tp, start, 1000)):
+            letters.extend(chunk)
+            start = chunk[-1].offset + 1
+    return letters
+
+
+def redrive(log: Log, store: Store, service: Service) -> int:
+    """Append every dead letter not re-driven yet to the input topic; return how many."""
+    positions = store.positions(service.name)
+    letters = dead_letters(log, service, store)
+    if not letters:
+        return 0
+    log.append([_as_input(letter, service) for letter in letters])
+    ends: dict[TopicPartition, int] = {}
+    for letter in letters:
+        ends[letter.topic_partition] = letter.offset + 1
+    for tp, end in ends.items():
+        store.commit(
+            Batch(
+                service=service.name, source=tp, expected_position=positions.get(tp), position=end
+            )
+        )
+    return len(letters)
+
+
+def _as_input(letter: Record, service: Service) -> Message:
+    place = f"{letter.topic}:{letter.partition}:{letter.offset}"
+    headers: list[tuple[str, bytes]] = []
+    for name, value in letter.headers:
+        if name == "ce_id":
+            headers.append((name, output_event_id(service.name, place, 0).encode()))
+        elif name == SOURCE_HEADER:
+            origin = value.decode().rsplit(":", 2)[0]
+            if origin != service.input_topic:
+                headers.append((ORIGIN_HEADER, origin.encode()))
+        elif name != ERROR_HEADER:
+            headers.append((name, value))
+    return Message(service.input_topic, letter.key, letter.value, tuple(headers))
