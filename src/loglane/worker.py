@@ -85,9 +85,13 @@ class Worker:
         """Loop until `stop` is set; back off and recover while a backend is unreachable."""
         self.start()
         backoff = 0.1
+        recovering = False
         try:
             while not stop.is_set():
                 try:
+                    if recovering:  # the failed batch may or may not have committed
+                        self._resume(sorted(self._positions))
+                        recovering = False
                     self.run_once()
                     backoff = 0.1
                 except BackendUnavailableError as exc:
@@ -99,7 +103,7 @@ class Worker:
                     )
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
-                    self._resume(sorted(self._positions))
+                    recovering = True
         finally:
             self.close()
 
@@ -151,14 +155,16 @@ class Worker:
         unit = UnitOfWork(self.store)
         batch_time = now_rfc3339()
         applied = self._applied[source]
+        in_batch: set[str] = set()
         for record in records:
             try:
                 envelope = read_envelope(record)
             except EnvelopeError as exc:
                 batch.outbox.append(self._dead_letter(record, str(exc)))
                 continue
-            if envelope.id in applied or envelope.id in batch.applied_ids:
+            if envelope.id in applied or envelope.id in in_batch:
                 continue  # a duplicate: the event was applied already
+            in_batch.add(envelope.id)
             self._handle(record, envelope, unit, batch, batch_time)
         batch.writes = unit.writes
         batch.forget_applied_before = applied.horizon(batch.position)
