@@ -21,7 +21,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
@@ -58,7 +58,11 @@ class Worker:
         batch_size: int = 1000,
         poll_timeout: float = 0.5,
         dedupe_window: int = 100_000,
+        on_commit: Callable[[Batch], None] | None = None,
     ) -> None:
+        """`on_commit`, if given, is called on the worker's thread with every batch right
+        after the store committed it (before its events are published): an HTTP API in the
+        same process uses it to answer waiting requests without polling the store."""
         self.service = service
         self.log = log
         self.store = store
@@ -71,6 +75,7 @@ class Worker:
         self._applied: dict[TopicPartition, AppliedWindow] = {}
         self._log_offsets: dict[TopicPartition, int] = {}
         self._async: asyncio.Runner | None = None
+        self.on_commit = on_commit
         self.handled = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -178,7 +183,17 @@ class Worker:
         self._log_offsets[source] = batch.position
         applied.add(batch.position, batch.applied_ids)
         self.handled += len(records)
+        if self.on_commit is not None:
+            self._tell_committed(self.on_commit, batch)
         return source, last_seq, batch.outbox
+
+    def _tell_committed(self, listener: Callable[[Batch], None], batch: Batch) -> None:
+        # The batch is durable whatever the listener does; a failing listener must not stop
+        # the partition, so its error is logged and the loop goes on.
+        try:
+            listener(batch)
+        except Exception:
+            logger.exception("on_commit listener failed", extra={"service": self.service.name})
 
     def _handle(
         self, record: Record, envelope: Envelope, unit: UnitOfWork, batch: Batch, time_: str
@@ -241,6 +256,7 @@ class Worker:
                         else RequestStatus.REJECTED,
                         event_ids=tuple(tx.event_ids),
                         detail=tx.rejection,
+                        events=tuple(tx.messages),
                     )
                 )
             return

@@ -6,7 +6,10 @@ A store keeps, for each service, in one database and under one transaction per b
 - the input positions (next offset to read, per consumed topic partition),
 - the outbox (events and DLQ records written with the batch, published after commit),
 - the ids of events applied recently, one row per batch (to drop re-published duplicates),
-- request tracking (request id -> status, output event ids).
+- request tracking (request id -> status, output event ids and the events themselves),
+- the command ledger: commands the HTTP API appended to the input, by request id, so a
+  retried POST with the same `Idempotency-Key` is not appended twice and a request is known
+  (pending) before any worker handles it.
 
 `commit` is the single write of the hot path. It is fenced: the position update only succeeds
 if the stored position is still the one the batch started from, so a worker that lost its
@@ -23,7 +26,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from loglane.records import Message, TopicPartition
+from loglane.errors import ConfigurationError
+from loglane.records import Message, Position, TopicPartition
 from loglane.views import Key, View
 
 Row = TypeVar("Row", bound=BaseModel)
@@ -38,12 +42,32 @@ class RequestStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestOutcome:
-    """What became of a command: its status, the events it emitted, and why if not done."""
+    """What became of a command: its status, the events it emitted, and why if not done.
+
+    `events` holds the emitted messages themselves (a rejection's `Rejected` event included),
+    so the HTTP API can answer without reading `<service>.out`; a store that does not keep
+    them leaves it empty and the ids still tell which events belong to the request.
+    """
 
     request_id: str
     status: RequestStatus
     event_ids: tuple[str, ...] = ()
     detail: str | None = None
+    events: tuple[Message, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptedCommand:
+    """A command the HTTP API appended to a service's input, or is about to (a claim).
+
+    `position` is None while the command is claimed but not yet appended. `fingerprint`
+    identifies the command's type and body, so a key reused for another command is caught.
+    """
+
+    request_id: str
+    fingerprint: str
+    position: Position | None
+    accepted_at: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,6 +153,56 @@ class Store(ABC):
     @abstractmethod
     def request(self, service: str, request_id: str) -> RequestOutcome | None:
         """The outcome of a request, or None while no worker has handled it."""
+
+    def requests(self, service: str, request_ids: Collection[str]) -> dict[str, RequestOutcome]:
+        """The outcomes of those of `request_ids` that a worker handled, in one round trip.
+
+        The HTTP API asks this for every waiting request at once; backends override the
+        one-by-one default with a single query.
+        """
+        found = {request_id: self.request(service, request_id) for request_id in request_ids}
+        return {request_id: outcome for request_id, outcome in found.items() if outcome}
+
+    def change_marker(self) -> int | None:
+        """A number that changes whenever another connection commits, or None if unknown.
+
+        Waiters in the HTTP API poll it cheaply and query outcomes only when it moves;
+        without it they re-query on a fixed interval.
+        """
+        return None
+
+    # -- the command ledger (used by the HTTP API) ---------------------------------------------
+
+    def claim(
+        self, service: str, request_id: str, fingerprint: str, *, stale_after: float
+    ) -> AcceptedCommand | None:
+        """Reserve `request_id` before its command is appended; atomic across processes.
+
+        Returns None when the caller now holds the claim: it must append the command and
+        then `record_accepted` it, or `release` the claim if the append failed. Otherwise
+        returns the existing entry: appended (with a position), or claimed by someone else
+        (position None). A claim left without a position for `stale_after` seconds (its
+        holder crashed) is taken over, and None is returned.
+        """
+        raise self._no_ledger()
+
+    def record_accepted(self, service: str, commands: Sequence[AcceptedCommand]) -> None:
+        """Record appended commands (each with its position), replacing their claims."""
+        raise self._no_ledger()
+
+    def release(self, service: str, request_id: str) -> None:
+        """Drop a claim whose command was not appended, so a retry can claim it again."""
+        raise self._no_ledger()
+
+    def accepted(self, service: str, request_id: str) -> AcceptedCommand | None:
+        """The ledger entry of `request_id`, or None if the API never accepted it."""
+        raise self._no_ledger()
+
+    def _no_ledger(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"{type(self).__name__} keeps no command ledger, which the HTTP API needs; "
+            "serve the API with a store that does (sqlite://)"
+        )
 
     @abstractmethod
     def close(self) -> None:

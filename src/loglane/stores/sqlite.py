@@ -8,13 +8,19 @@ Tables users may query with their own SQL:
     loglane_outbox          seq, service, source_topic, source_partition, topic, key, value, headers
     loglane_applied         service, topic, partition, position, event_ids (MessagePack list:
                             the ids a batch applied, kept a while to drop duplicates)
-    loglane_requests        service, request_id, status, event_ids (JSON), detail
+    loglane_requests        service, request_id, status, event_ids (JSON), detail,
+                            events (MessagePack: [topic, key, value, headers] per
+                            emitted message, so the HTTP API can answer with them)
+    loglane_accepted        service, request_id, fingerprint, topic, partition, offset,
+                            accepted_at: the HTTP API's command ledger (pruned after
+                            `ledger_retention` seconds)
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +30,9 @@ import msgpack
 
 from loglane._sqlite import SQLiteFile
 from loglane.errors import ConfigurationError, StaleBatchError
-from loglane.records import Message, TopicPartition, decode_headers, encode_headers
+from loglane.records import Message, Position, TopicPartition, decode_headers, encode_headers
 from loglane.stores.base import (
+    AcceptedCommand,
     Batch,
     OutboxEntry,
     RequestOutcome,
@@ -73,18 +80,36 @@ CREATE TABLE IF NOT EXISTS loglane_requests (
     event_ids TEXT NOT NULL,
     detail TEXT,
     PRIMARY KEY (service, request_id)
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS loglane_accepted (
+    service TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    topic TEXT,
+    partition INTEGER,
+    offset INTEGER,
+    accepted_at REAL NOT NULL,
+    PRIMARY KEY (service, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS loglane_accepted_by_time ON loglane_accepted (accepted_at)
 """
 
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
+_PRUNE_LEDGER_EVERY = 256
 
 
 class SQLiteStore(Store):
     """A store in the SQLite file at `path`."""
 
-    def __init__(self, path: Path | str, *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: Path | str, *, ledger_retention: float = 86_400.0, synchronous: str = "NORMAL"
+    ) -> None:
+        """`ledger_retention` is how many seconds the HTTP API's command ledger remembers a
+        request id: a retry with the same `Idempotency-Key` later than that is a new command."""
         self._file = SQLiteFile(path, synchronous=synchronous)
         self.path = self._file.path
+        self.ledger_retention = ledger_retention
+        self._ledger_writes = 0
         self._sql: dict[View[Any], _ViewSQL] = {}
         self._file.execute_script(_SCHEMA)
         with self._file.transaction() as db:
@@ -92,6 +117,9 @@ class SQLiteStore(Store):
                 "INSERT OR IGNORE INTO loglane_meta VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(loglane_requests)")}
+            if "events" not in columns:
+                db.execute("ALTER TABLE loglane_requests ADD COLUMN events BLOB")
 
     def prepare(self, service: str, views: Sequence[View[Any]]) -> None:
         with self._file.transaction() as db:
@@ -204,9 +232,12 @@ class SQLiteStore(Store):
                 )
             if batch.requests:
                 db.executemany(
-                    "INSERT INTO loglane_requests VALUES (?, ?, ?, ?, ?) "
+                    "INSERT INTO loglane_requests "
+                    "(service, request_id, status, event_ids, detail, events) "
+                    "VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (service, request_id) DO UPDATE SET status = excluded.status, "
-                    "event_ids = excluded.event_ids, detail = excluded.detail",
+                    "event_ids = excluded.event_ids, detail = excluded.detail, "
+                    "events = excluded.events",
                     [
                         (
                             batch.service,
@@ -214,6 +245,7 @@ class SQLiteStore(Store):
                             outcome.status.value,
                             json.dumps(outcome.event_ids),
                             outcome.detail,
+                            _encode_messages(outcome.events),
                         )
                         for outcome in batch.requests
                     ],
@@ -295,24 +327,114 @@ class SQLiteStore(Store):
         return {TopicPartition(topic, partition): n for topic, partition, n in rows}
 
     def request(self, service: str, request_id: str) -> RequestOutcome | None:
+        return self.requests(service, [request_id]).get(request_id)
+
+    def requests(self, service: str, request_ids: Collection[str]) -> dict[str, RequestOutcome]:
+        db = self._file.connection()
+        ids = list(request_ids)
+        found: dict[str, RequestOutcome] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = db.execute(
+                "SELECT request_id, status, event_ids, detail, events FROM loglane_requests "
+                f"WHERE service = ? AND request_id IN ({','.join('?' * len(chunk))})",
+                (service, *chunk),
+            )
+            for request_id, status, event_ids, detail, events in rows:
+                found[request_id] = RequestOutcome(
+                    request_id=request_id,
+                    status=RequestStatus(status),
+                    event_ids=tuple(json.loads(event_ids)),
+                    detail=detail,
+                    events=_decode_messages(events),
+                )
+        return found
+
+    def change_marker(self) -> int | None:
+        # SQLite's data_version moves when another connection (thread or process) commits;
+        # each thread has its own connection, so the caller must poll from one thread.
+        (version,) = self._file.connection().execute("PRAGMA data_version").fetchone()
+        return int(version)
+
+    # -- the command ledger ---------------------------------------------------------------------
+
+    def claim(
+        self, service: str, request_id: str, fingerprint: str, *, stale_after: float
+    ) -> AcceptedCommand | None:
+        now = time.time()
+        with self._file.transaction() as db:
+            row = db.execute(
+                "SELECT fingerprint, topic, partition, offset, accepted_at FROM loglane_accepted "
+                "WHERE service = ? AND request_id = ?",
+                (service, request_id),
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO loglane_accepted (service, request_id, fingerprint, accepted_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (service, request_id, fingerprint, now),
+                )
+                return None
+            entry = _accepted(request_id, *row)
+            if entry.position is None and entry.accepted_at < now - stale_after:
+                db.execute(
+                    "UPDATE loglane_accepted SET fingerprint = ?, accepted_at = ? "
+                    "WHERE service = ? AND request_id = ?",
+                    (fingerprint, now, service, request_id),
+                )
+                return None
+            return entry
+
+    def record_accepted(self, service: str, commands: Sequence[AcceptedCommand]) -> None:
+        rows = []
+        for command in commands:
+            if command.position is None:
+                raise ValueError(f"request {command.request_id} has no position to record")
+            position = command.position
+            rows.append(
+                (
+                    service,
+                    command.request_id,
+                    command.fingerprint,
+                    position.topic,
+                    position.partition,
+                    position.offset,
+                    command.accepted_at,
+                )
+            )
+        with self._file.transaction() as db:
+            db.executemany(
+                "INSERT INTO loglane_accepted VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (service, request_id) DO UPDATE SET topic = excluded.topic, "
+                "partition = excluded.partition, offset = excluded.offset",
+                rows,
+            )
+            self._ledger_writes += 1
+            if self._ledger_writes % _PRUNE_LEDGER_EVERY == 0:
+                db.execute(
+                    "DELETE FROM loglane_accepted WHERE accepted_at < ?",
+                    (time.time() - self.ledger_retention,),
+                )
+
+    def release(self, service: str, request_id: str) -> None:
+        with self._file.transaction() as db:
+            db.execute(
+                "DELETE FROM loglane_accepted WHERE service = ? AND request_id = ? "
+                "AND topic IS NULL",
+                (service, request_id),
+            )
+
+    def accepted(self, service: str, request_id: str) -> AcceptedCommand | None:
         row = (
             self._file.connection()
             .execute(
-                "SELECT status, event_ids, detail FROM loglane_requests "
+                "SELECT fingerprint, topic, partition, offset, accepted_at FROM loglane_accepted "
                 "WHERE service = ? AND request_id = ?",
                 (service, request_id),
             )
             .fetchone()
         )
-        if row is None:
-            return None
-        status, event_ids, detail = row
-        return RequestOutcome(
-            request_id=request_id,
-            status=RequestStatus(status),
-            event_ids=tuple(json.loads(event_ids)),
-            detail=detail,
-        )
+        return None if row is None else _accepted(request_id, *row)
 
     def close(self) -> None:
         self._file.close()
@@ -326,6 +448,39 @@ def _absent_table_is_empty() -> Iterator[None]:
     except sqlite3.OperationalError as exc:
         if not str(exc).startswith("no such table"):
             raise
+
+
+def _accepted(
+    request_id: str,
+    fingerprint: str,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
+    accepted_at: float,
+) -> AcceptedCommand:
+    position = None
+    if topic is not None and partition is not None and offset is not None:
+        position = Position(topic, partition, offset)
+    return AcceptedCommand(
+        request_id=request_id, fingerprint=fingerprint, position=position, accepted_at=accepted_at
+    )
+
+
+def _encode_messages(messages: Sequence[Message]) -> bytes | None:
+    if not messages:
+        return None
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [(m.topic, m.key, m.value, m.headers) for m in messages]
+    )
+
+
+def _decode_messages(blob: bytes | None) -> tuple[Message, ...]:
+    if not blob:
+        return ()
+    return tuple(
+        Message(topic, key, value, tuple(map(tuple, headers)))
+        for topic, key, value, headers in msgpack.unpackb(blob)
+    )
 
 
 class _ViewSQL:

@@ -1,0 +1,230 @@
+"""`POST /<service>/commands/<Type>`: one route per command type the service accepts.
+
+A command is answered only once it is durably appended to `<service>.in`: 202 with its
+request id and position, or, with `?wait=SECONDS`, 200 with its outcome and events when
+a worker handles it in time. A rejection is an outcome like any other (200, status
+`rejected`), not an HTTP error: the request was valid, the service said no.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, HTTPException, Query
+from fastapi.responses import JSONResponse, Response
+
+from loglane.api.metrics import ApiMetrics
+from loglane.api.models import CommandAccepted, Problem, RequestState, output_event
+from loglane.api.positions import encode_position
+from loglane.api.runtime import KeyInUseError, ServiceRuntime, fingerprint
+from loglane.api.signatures import parameter, with_signature
+from loglane.api.waiting import settled
+from loglane.commands import command_message
+from loglane.envelope import new_event_id
+from loglane.events import Event
+from loglane.records import Position
+from loglane.stores.base import AcceptedCommand, RequestOutcome
+
+logger = logging.getLogger("loglane.api")
+
+COMMAND_SOURCE = "loglane.api"
+IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:~-]{1,200}$"
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def command_router(runtime: ServiceRuntime, metrics: ApiMetrics) -> APIRouter:
+    router = APIRouter(tags=[runtime.name])
+    for type_name, command_type in sorted(runtime.service.commands.items()):
+        router.add_api_route(
+            f"/commands/{type_name}",
+            _post_endpoint(runtime, metrics, type_name, command_type),
+            methods=["POST"],
+            status_code=202,
+            response_model=None,
+            summary=f"Post a {type_name} command",
+            description=(command_type.__doc__ or "").strip(),
+            operation_id=f"post_{runtime.name}_{type_name}",
+            responses={
+                200: {"model": RequestState, "description": "Handled within `wait`"},
+                202: {"model": CommandAccepted, "description": "Appended; still in flight"},
+                409: {"model": Problem, "description": "Same key still being appended"},
+                413: {"model": Problem, "description": "Body too large"},
+                503: {"model": Problem, "description": "Log or store unavailable"},
+            },
+        )
+
+    async def unknown_command(command_type: str) -> None:
+        accepted = ", ".join(sorted(runtime.service.commands)) or "no commands"
+        raise HTTPException(
+            404, f"{runtime.name} has no command type {command_type!r}; it accepts {accepted}"
+        )
+
+    router.add_api_route(
+        "/commands/{command_type}", unknown_command, methods=["POST"], include_in_schema=False
+    )
+    return router
+
+
+def _post_endpoint(
+    runtime: ServiceRuntime, metrics: ApiMetrics, type_name: str, command_type: type[Event]
+) -> Any:
+    max_wait = runtime.settings.max_wait
+
+    async def post_command(**params: Any) -> Response:
+        started = time.perf_counter()
+        wait: float = params["wait"]
+        try:
+            return await _post(runtime, metrics, params["command"], wait, params)
+        finally:
+            metrics.command_seconds.labels(runtime.name, type_name, str(wait > 0).lower()).observe(
+                time.perf_counter() - started
+            )
+
+    return with_signature(
+        post_command,
+        [
+            parameter("command", Annotated[command_type, Body()]),
+            parameter(
+                "wait",
+                Annotated[
+                    float,
+                    Query(
+                        ge=0,
+                        le=max_wait,
+                        description="Seconds to wait for the outcome (200) before answering "
+                        f"202; at most {max_wait:g}",
+                    ),
+                ],
+                0.0,
+            ),
+            parameter(
+                "idempotency_key",
+                Annotated[
+                    str | None,
+                    Header(
+                        alias="Idempotency-Key",
+                        pattern=IDEMPOTENCY_KEY,
+                        description="Your request id: a retry with the same key is not "
+                        "appended again and gets the same request id",
+                    ),
+                ],
+                None,
+            ),
+            parameter(
+                "traceparent",
+                Annotated[str | None, Header(description="W3C trace context, passed on")],
+                None,
+            ),
+        ],
+    )
+
+
+async def _post(
+    runtime: ServiceRuntime,
+    metrics: ApiMetrics,
+    command: Event,
+    wait: float,
+    params: dict[str, Any],
+) -> Response:
+    await runtime.open()
+    key: str | None = params["idempotency_key"]
+    request_id = key or new_event_id()
+    print_ = fingerprint(command)
+    if key is not None:
+        existing = await runtime.claim(key, print_)
+        if existing is not None:
+            if existing.fingerprint != print_:
+                raise HTTPException(
+                    422,
+                    f"Idempotency-Key {key!r} was used for a different command; "
+                    "send a new key for a new command",
+                )
+            if existing.position is None:  # claim() waits until the first request appended
+                raise KeyInUseError(f"Idempotency-Key {key!r} is still being accepted")
+            metrics.commands.labels(runtime.name, command.event_type, "replayed").inc()
+            outcome = None
+            if wait > 0:
+                outcome = await runtime.watcher.outcome(request_id, wait)
+            return _answer(runtime, metrics, request_id, existing.position, outcome, wait)
+    traceparent = params["traceparent"]
+    if traceparent is not None and not _TRACEPARENT.match(traceparent):
+        traceparent = None  # W3C: an invalid traceparent is ignored, not an error
+    _, message = command_message(
+        runtime.service,
+        command,
+        request_id=request_id,
+        source=COMMAND_SOURCE,
+        traceparent=traceparent,
+    )
+    accepted = AcceptedCommand(
+        request_id=request_id, fingerprint=print_, position=None, accepted_at=time.time()
+    )
+    with runtime.watcher.request(request_id) as future:
+        # shielded: once the append starts, a client hanging up must not leave the command
+        # appended but unrecorded, or its claim released while the append goes through
+        position = await asyncio.shield(
+            _accept(runtime, accepted, message, claimed=key is not None)
+        )
+        metrics.commands.labels(runtime.name, command.event_type, "accepted").inc()
+        outcome = future.result() if wait > 0 and await settled(future, wait) else None
+    return _answer(runtime, metrics, request_id, position, outcome, wait)
+
+
+async def _accept(
+    runtime: ServiceRuntime, accepted: AcceptedCommand, message: Any, *, claimed: bool
+) -> Position:
+    try:
+        position = await runtime.appender.submit(message)
+    except Exception:
+        if claimed:
+            await _release(runtime, accepted.request_id)
+        raise
+    await runtime.record_accepted(
+        AcceptedCommand(
+            request_id=accepted.request_id,
+            fingerprint=accepted.fingerprint,
+            position=position,
+            accepted_at=accepted.accepted_at,
+        )
+    )
+    return position
+
+
+async def _release(runtime: ServiceRuntime, request_id: str) -> None:
+    try:
+        await runtime.call(runtime.store.release, runtime.name, request_id)
+    except Exception as exc:
+        # the claim then goes stale and is taken over after claim_timeout
+        logger.warning("%s: cannot release the claim of %s: %s", runtime.name, request_id, exc)
+
+
+def _answer(
+    runtime: ServiceRuntime,
+    metrics: ApiMetrics,
+    request_id: str,
+    position: Position,
+    outcome: RequestOutcome | None,
+    wait: float,
+) -> Response:
+    token = encode_position(position)
+    if outcome is None:
+        if wait > 0:
+            metrics.waits.labels(runtime.name, "timeout").inc()
+        body = CommandAccepted(request_id=request_id, position=token)
+        return JSONResponse(body.model_dump(mode="json"), status_code=202)
+    metrics.waits.labels(runtime.name, outcome.status.value).inc()
+    return JSONResponse(request_state(outcome, token).model_dump(mode="json"), status_code=200)
+
+
+def request_state(outcome: RequestOutcome, position: str | None) -> RequestState:
+    return RequestState(
+        request_id=outcome.request_id,
+        status=outcome.status,
+        position=position,
+        detail=outcome.detail,
+        events=[output_event(message) for message in outcome.events],
+    )

@@ -1,0 +1,54 @@
+"""`/healthz` (the process is up), `/readyz` (log and stores reachable), `/metrics`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from loglane.api.metrics import ApiMetrics
+from loglane.api.runtime import ServiceRuntime
+
+
+def health_router(runtimes: Mapping[str, ServiceRuntime], metrics: ApiMetrics) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="Is the process up", operation_id="healthz")
+    async def healthz() -> dict[str, str]:
+        """Always 200 while the server answers; needs no token."""
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        summary="Can every service reach its log and store",
+        operation_id="readyz",
+        responses={503: {"description": "Some service cannot reach its log or store"}},
+    )
+    async def readyz() -> JSONResponse:
+        """200 when every service's log and store answer; 503 naming those that do not."""
+        checks = {name: await _check(runtime) for name, runtime in runtimes.items()}
+        ready = all(result == "ok" for result in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "services": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @router.get("/metrics", summary="Prometheus metrics", operation_id="metrics")
+    async def prometheus() -> Response:
+        body = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def _check(runtime: ServiceRuntime) -> str:
+    try:
+        await runtime.open()
+        await runtime.call(runtime.log.offsets, runtime.service.input_topic)
+        await runtime.call(runtime.store.positions, runtime.name)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
