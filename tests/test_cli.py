@@ -58,7 +58,7 @@ def test_an_unknown_service_is_named_with_the_ones_that_exist(tmp_path: Path) ->
 
 
 def test_the_demo_runs_the_shop_and_reports_every_command(tmp_path: Path) -> None:
-    result = loglane("demo", "--commands", "400", "--dir", str(tmp_path / "demo"))
+    result = loglane("demo", "--commands", "400", "--dir", str(tmp_path / "demo"), "--no-serve")
     assert result.returncode == 0, result.stderr
     assert "customers" in result.stdout
     assert "400 commands handled" in result.stdout
@@ -93,7 +93,7 @@ def test_a_command_sent_from_the_cli_is_handled_by_run(tmp_path: Path) -> None:
     assert invalid.returncode == 2
     assert "invalid CreateCustomer" in invalid.stderr
     stack = Stack(tmp_path)
-    worker = WorkerProcess(stack, "run", "loglane.examples.shop")
+    worker = WorkerProcess(stack, "run", "loglane.examples.shop", "--port", "0")
     store = stack.store("customers")
     try:
         eventually(lambda: store.get(customers_view, "c1") is not None, message="c1 was created")

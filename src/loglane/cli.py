@@ -7,7 +7,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +41,16 @@ App = Annotated[str, typer.Argument(help="The landscape: module, module:attribut
 LogURL = Annotated[str, typer.Option("--log", envvar="LOGLANE_LOG", help="Log backend URL")]
 DbURL = Annotated[str, typer.Option("--db", envvar="LOGLANE_DB", help="Store backend URL")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="text or json")]
+Host = Annotated[str, typer.Option(help="Address the HTTP API listens on")]
+Port = Annotated[int, typer.Option(help="Port the HTTP API listens on")]
+Tokens = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--api-token",
+        help="A bearer token the API accepts; repeat for several. Default: the "
+        "comma-separated LOGLANE_API_TOKENS; none means no auth",
+    ),
+]
 
 
 @contextmanager
@@ -77,13 +87,90 @@ def run(
     db: DbURL = DEFAULT_DB_URL,
     log_format: LogFormat = "text",
     batch_size: int = 1000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker threads per service")] = 1,
+    api: Annotated[bool, typer.Option(help="Serve the HTTP API next to the workers")] = True,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    api_token: Tokens = None,
 ) -> None:
-    """Run the workers of every service in APP in this process."""
+    """Run every service in APP in this process: its workers and its HTTP API on one port."""
     diagnostics.configure(log_format)
     with _clear_errors():
         landscape = load_landscape(app_path)
-        threads = WorkerThreads(list(landscape), log_url=log, db_url=db, batch_size=batch_size)
-    _run_until_signalled(threads)
+        threads = WorkerThreads(
+            list(landscape) * workers, log_url=log, db_url=db, batch_size=batch_size
+        )
+    if not api:
+        _run_until_signalled(threads)
+        return
+    _serve(list(landscape), log=log, db=db, host=host, port=port, tokens=api_token, threads=threads)
+
+
+@app.command(name="api")
+def serve_api(
+    app_path: App,
+    service: Annotated[
+        list[str] | None,
+        typer.Option(help="A service to serve; repeat for several. Default: every service"),
+    ] = None,
+    log: LogURL = DEFAULT_LOG_URL,
+    db: DbURL = DEFAULT_DB_URL,
+    log_format: LogFormat = "text",
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    api_token: Tokens = None,
+) -> None:
+    """Serve the HTTP API of services in APP, without workers (run those with `worker`)."""
+    diagnostics.configure(log_format)
+    with _clear_errors():
+        landscape = load_landscape(app_path)
+        chosen = [landscape.service(name) for name in service] if service else list(landscape)
+    _serve(chosen, log=log, db=db, host=host, port=port, tokens=api_token, threads=None)
+
+
+def _serve(
+    services: list[Service],
+    *,
+    log: str,
+    db: str,
+    host: str,
+    port: int,
+    tokens: list[str] | None,
+    threads: WorkerThreads | None,
+    banner: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the API of `services` in the main thread, with `threads` running beside it.
+
+    Returns on SIGINT or SIGTERM (uvicorn handles them), or when a worker fails.
+    """
+    from loglane.api import create_app
+    from loglane.api.serve import api_tokens, listen, serve, stop_on_signals, url_of
+
+    stop = threads.stop if threads is not None else threading.Event()
+    stop_on_signals(stop)
+    with _clear_errors():
+        sock = listen(host, port)
+        event_log = open_log(log)
+        ensure_topics(event_log, services)
+        application = create_app(
+            services, event_log, lambda name: open_store(db, name), tokens=api_tokens(tokens)
+        )
+        if threads is not None:
+            threads.on_commit = application.state.loglane.committed
+            threads.start()
+    url = url_of(sock)
+    names = ", ".join(service.name for service in services)
+    console.print(f"serving the API of {names} on {url} (docs: {url}/docs); Ctrl-C stops")
+    if banner is not None:
+        banner(url)
+    try:
+        serve(application, sock, stop)
+    finally:
+        if threads is not None:
+            threads.join(timeout=60)
+        event_log.close()
+    if threads is not None and threads.failures:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -192,15 +279,47 @@ def demo(
         Path | None,
         typer.Option("--dir", help="Keep the log and views here (default: a new temp folder)"),
     ] = None,
+    serve: Annotated[bool, typer.Option(help="Then serve the shop's HTTP API until Ctrl-C")] = True,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
 ) -> None:
-    """Run the example shop (customers and orders) on the embedded log and SQLite views."""
+    """Run the example shop (customers and orders) on the embedded log and SQLite views,
+    then serve its HTTP API with its workers."""
     from loglane.demo import print_result, run_demo
+    from loglane.examples import shop
 
     diagnostics.configure("text", "WARNING")
     folder = directory or Path(tempfile.mkdtemp(prefix="loglane-demo-"))
     with _clear_errors():
         result = run_demo(folder, commands, console)
     print_result(result, folder, console)
+    if not serve:
+        return
+    log = f"embedded:///{folder}/log.db?synchronous=normal"
+    db = f"sqlite:///{folder}/{{service}}.db"
+    threads = WorkerThreads(list(shop.landscape), log_url=log, db_url=db)
+    _serve(
+        list(shop.landscape),
+        log=log,
+        db=db,
+        host=host,
+        port=port,
+        tokens=[],
+        threads=threads,
+        banner=_demo_banner,
+    )
+
+
+def _demo_banner(url: str) -> None:
+    console.print("try:", style="bold")
+    console.print(
+        f"  curl -s -X POST '{url}/customers/commands/CreateCustomer?wait=5' "
+        '-H \'content-type: application/json\' -d \'{"customer_id": "ada", "name": '
+        '"Ada Lovelace"}\'',
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"  curl -s {url}/customers/views/customers/ada", highlight=False)
 
 
 dlq_app = typer.Typer(help="List and re-drive a service's dead letters.", no_args_is_help=True)

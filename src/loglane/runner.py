@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from loglane.service import Service
+from loglane.stores.base import Batch
 from loglane.urls import open_log, open_store
 from loglane.worker import Worker, ensure_topics
 
@@ -17,12 +18,21 @@ class WorkerThreads:
     """One `Worker` thread per service, each with its own log and store connections."""
 
     def __init__(
-        self, services: Sequence[Service], *, log_url: str, db_url: str, batch_size: int = 1000
+        self,
+        services: Sequence[Service],
+        *,
+        log_url: str,
+        db_url: str,
+        batch_size: int = 1000,
+        on_commit: Callable[[Batch], None] | None = None,
     ) -> None:
+        """A service listed twice gets two workers (members of its group) and so on;
+        `on_commit` is handed to every worker (an HTTP API in this process passes its own)."""
         self.services = list(services)
         self.log_url = log_url
         self.db_url = db_url
         self.batch_size = batch_size
+        self.on_commit = on_commit
         self.stop = threading.Event()
         self.failures: list[BaseException] = []
         self._threads: list[threading.Thread] = []
@@ -39,6 +49,7 @@ class WorkerThreads:
                 open_log(self.log_url),
                 open_store(self.db_url, service.name),
                 batch_size=self.batch_size,
+                on_commit=self.on_commit,
             )
             self.workers.append(worker)
             thread = threading.Thread(
