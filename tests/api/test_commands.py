@@ -116,7 +116,9 @@ def test_an_idempotency_key_reused_for_another_command_is_refused(shop: httpx.Cl
     )
 
     assert response.status_code == 422
-    assert "different command" in response.json()["detail"]
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["header", "Idempotency-Key"]
+    assert "different command" in problem["msg"]
 
 
 def test_a_request_accepted_while_the_workers_are_stopped_completes_when_they_restart(

@@ -15,6 +15,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from loglane.api.metrics import ApiMetrics
@@ -138,10 +139,17 @@ async def _post(
         existing = await runtime.claim(key, print_)
         if existing is not None:
             if existing.fingerprint != print_:
-                raise HTTPException(
-                    422,
-                    f"Idempotency-Key {key!r} was used for a different command; "
-                    "send a new key for a new command",
+                # 422 as the IETF Idempotency-Key draft asks, shaped like any validation error
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "idempotency_key_reused",
+                            "loc": ("header", "Idempotency-Key"),
+                            "msg": f"Idempotency-Key {key!r} was used for a different "
+                            "command; send a new key for a new command",
+                            "input": key,
+                        }
+                    ]
                 )
             if existing.position is None:  # claim() waits until the first request appended
                 raise KeyInUseError(f"Idempotency-Key {key!r} is still being accepted")

@@ -27,8 +27,10 @@ from loglane.views import Key, View
 
 _PAGE_PARAMETERS = ("limit", "cursor", "position")
 
+_TOKEN = r"^[A-Za-z0-9_-]+$"
 _POSITION = Query(
     max_length=512,
+    pattern=_TOKEN,
     description="A position token from a POST: wait until this view has applied it",
 )
 
@@ -137,7 +139,11 @@ def _add_list_rows(router: APIRouter, runtime: ServiceRuntime, view: View[Any]) 
                     "cursor",
                     Annotated[
                         str | None,
-                        Query(max_length=1024, description="next_cursor of the previous page"),
+                        Query(
+                            max_length=1024,
+                            pattern=_TOKEN,
+                            description="next_cursor of the previous page",
+                        ),
                     ],
                     None,
                 ),
