@@ -92,6 +92,18 @@ class _Topic:
     partitions: int
 
 
+_APPEND_SIGNALS: dict[Path, threading.Condition] = {}
+_APPEND_SIGNALS_LOCK = threading.Lock()
+
+
+def _append_signal(path: Path) -> threading.Condition:
+    """One condition per log file and process, shared by every `EmbeddedLog` opened on it:
+    `loglane run` opens one per worker thread and one for the HTTP API, and a consumer must
+    wake at once when any of them appends, not on its next poll of the file."""
+    with _APPEND_SIGNALS_LOCK:
+        return _APPEND_SIGNALS.setdefault(path.resolve(), threading.Condition())
+
+
 class EmbeddedLog(Log):
     """A log in the SQLite file at `path`, shared by every process that opens it."""
 
@@ -108,7 +120,7 @@ class EmbeddedLog(Log):
         self.heartbeat_interval = heartbeat_interval
         self._file = SQLiteFile(self.path, synchronous=synchronous)
         self._topics: dict[str, _Topic] = {}
-        self._appended = threading.Condition()
+        self._appended = _append_signal(self.path)
         self._round_robin = itertools.count()
         self._file.execute_script(_SCHEMA)
 
