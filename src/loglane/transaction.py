@@ -8,6 +8,7 @@ changes stay in its own `Transaction` until its handler returns, so a handler th
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Generic
 
 from pydantic_core import to_json
@@ -15,7 +16,7 @@ from pydantic_core import to_json
 from loglane.envelope import Envelope, output_event_id
 from loglane.events import Event, Rejected
 from loglane.records import Message
-from loglane.stores.base import Row, Store
+from loglane.stores.base import Row, Statement, Store
 from loglane.views import Key, View
 
 _ABSENT: Any = object()
@@ -27,6 +28,7 @@ class UnitOfWork:
     def __init__(self, store: Store) -> None:
         self._store = store
         self.writes: dict[View[Any], dict[Key, Any]] = {}
+        self.statements: list[Statement] = []
 
     def read(self, view: View[Row], key: Key) -> Row | None:
         rows = self.writes.get(view)
@@ -39,6 +41,7 @@ class UnitOfWork:
     def absorb(self, tx: Transaction) -> None:
         for view, rows in tx.writes.items():
             self.writes.setdefault(view, {}).update(rows)
+        self.statements.extend(tx.statements)
 
 
 class ViewAccess(Generic[Row]):
@@ -85,6 +88,7 @@ class Transaction:
         self.unit = unit
         self.writes: dict[View[Any], dict[Key, Any]] = {}
         self.messages: list[Message] = []
+        self.statements: list[Statement] = []
         self.event_ids: list[str] = []
         self.rejection: str | None = None
         self._service = service
@@ -117,6 +121,18 @@ class Transaction:
             raise RuntimeError("the command was rejected; return from the handler after reject()")
         self._append(event, key)
 
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
+        """Run `sql` in the batch's store transaction, for what the view API cannot express.
+
+        The statement runs at commit, after the batch's view writes, together with the input
+        position: once in effect, like every view change. It is written in the store's dialect
+        and parameter style (SQLite `?`, PostgreSQL `%s`); `tx[view].get` does not see its
+        effects, and a rejection drops it.
+        """
+        if self.rejection is not None:
+            raise RuntimeError("the command was rejected; return from the handler after reject()")
+        self.statements.append(Statement(sql, params))
+
     def _append(self, event: Event, key: str | None) -> None:
         envelope = Envelope(
             id=output_event_id(self._service, self._cause.id, len(self.event_ids)),
@@ -138,6 +154,7 @@ class Transaction:
         """Refuse the command: its view changes and events are dropped, and a `Rejected`
         event correlated with the request is emitted instead."""
         self.writes.clear()
+        self.statements.clear()
         self.messages.clear()
         self.event_ids.clear()
         self._append(Rejected(reason=reason), None)

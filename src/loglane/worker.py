@@ -173,6 +173,7 @@ class Worker:
             self._handle(record, envelope, unit, batch, batch_time)
         batch.writes = unit.writes
         batch.forget_applied_before = applied.horizon(batch.position)
+        batch.statements = unit.statements
         try:
             last_seq = self.store.commit(batch)
         except StaleBatchError as exc:

@@ -79,6 +79,14 @@ class OutboxEntry:
     message: Message
 
 
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A handler's own SQL (`tx.execute`), in the store's dialect and parameter style."""
+
+    sql: str
+    params: Sequence[Any] | Mapping[str, Any] = ()
+
+
 @dataclass(slots=True, kw_only=True)
 class Batch:
     """Everything one batch of one input partition changes, committed in one transaction."""
@@ -93,6 +101,7 @@ class Batch:
     applied_ids: list[str] = field(default_factory=list)
     forget_applied_before: int | None = None
     published_upto: int | None = None
+    statements: list[Statement] = field(default_factory=list)
 
 
 class Store(ABC):
@@ -131,6 +140,8 @@ class Store(ABC):
     @abstractmethod
     def commit(self, batch: Batch) -> int | None:
         """Apply `batch` atomically, or raise `StaleBatchError` and change nothing.
+
+        The batch's `statements` run after its view writes, in order, in the same transaction.
 
         Returns the seq of the batch's last outbox entry (None without any), so the worker
         can publish the entries it holds in memory and later delete them by seq.

@@ -201,6 +201,8 @@ class SQLiteStore(Store):
                     db.executemany(sql.upsert, upserts)
                 if deletes:
                     db.executemany(sql.delete, deletes)
+            for statement in batch.statements:
+                db.execute(statement.sql, statement.params)
             if batch.outbox:
                 db.executemany(
                     "INSERT INTO loglane_outbox (service, source_topic, source_partition, "
