@@ -4,6 +4,12 @@
     embedded:////var/lib/app/log.db  the same with an absolute path (four slashes)
     sqlite:///.loglane/{service}.db  the SQLite store (default); {service} is the service name
     sqlite:////abs/path.db           an absolute path; without {service}, services share a file
+    postgresql://user:pass@host:5432/db?schema={service}
+                                     the PostgreSQL store; a schema per service by default.
+                                     Missing parts come from PGHOST, PGPORT, PGUSER, PGPASSWORD,
+                                     PGDATABASE (`postgresql://` alone uses them all); Loglane's
+                                     options are schema, pool_size, pool_timeout, dedupe_window,
+                                     and other query parameters go to libpq (e.g. sslmode)
 
 Relative and absolute paths follow SQLAlchemy's convention for SQLite URLs. Options go in the
 query string, e.g. `embedded:///log.db?session_timeout=3&synchronous=normal`.
@@ -11,7 +17,7 @@ query string, e.g. `embedded:///log.db?session_timeout=3&synchronous=normal`.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from loglane.errors import BadURLError
 from loglane.logs.base import Log
@@ -62,4 +68,31 @@ def open_store(url: str, service: str) -> Store:
         options = _options(url, {"synchronous": str})
         path = _sqlite_path(url, scheme).replace("{service}", service)
         return SQLiteStore(path, **options)  # type: ignore[arg-type]
-    raise BadURLError(f"{url!r}: unknown store scheme {scheme!r}; use sqlite:///path/to/views.db")
+    if scheme in ("postgresql", "postgres"):
+        from loglane.stores.postgres import PostgresStore
+
+        conninfo, options = _postgres_url(url)
+        return PostgresStore(conninfo, **options)  # type: ignore[arg-type]
+    raise BadURLError(
+        f"{url!r}: unknown store scheme {scheme!r}; use sqlite:///path/to/views.db or "
+        "postgresql://user:password@host:5432/dbname"
+    )
+
+
+_POSTGRES_OPTIONS: dict[str, type] = {
+    "schema": str,
+    "pool_size": int,
+    "pool_timeout": float,
+    "dedupe_window": int,
+}
+
+
+def _postgres_url(url: str) -> tuple[str, dict[str, object]]:
+    """Split Loglane's options off a PostgreSQL URL; libpq gets the rest as it was."""
+    parts = urlsplit(url)
+    ours: list[tuple[str, str]] = []
+    theirs: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        (ours if name in _POSTGRES_OPTIONS else theirs).append((name, value))
+    options = _options(urlunsplit(parts._replace(query=urlencode(ours))), _POSTGRES_OPTIONS)
+    return urlunsplit(parts._replace(query=urlencode(theirs))), options
