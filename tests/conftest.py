@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 
 def eventually(
     condition: Callable[[], bool],
@@ -19,3 +21,11 @@ def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} did not hold within {timeout}s")
         time.sleep(step)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A PostgreSQL server for the tests marked `postgres` (see tests/postgres.py)."""
+    from tests.postgres import server_url
+
+    return server_url()

@@ -8,8 +8,8 @@
                                      the PostgreSQL store; a schema per service by default.
                                      Missing parts come from PGHOST, PGPORT, PGUSER, PGPASSWORD,
                                      PGDATABASE (`postgresql://` alone uses them all); Loglane's
-                                     options are schema, pool_size, pool_timeout, dedupe_window,
-                                     and other query parameters go to libpq (e.g. sslmode)
+                                     options are schema, pool_size and pool_timeout; other
+                                     query parameters go to libpq (e.g. sslmode)
 
 Relative and absolute paths follow SQLAlchemy's convention for SQLite URLs. Options go in the
 query string, e.g. `embedded:///log.db?session_timeout=3&synchronous=normal`.
@@ -17,7 +17,7 @@ query string, e.g. `embedded:///log.db?session_timeout=3&synchronous=normal`.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from loglane.errors import BadURLError
 from loglane.logs.base import Log
@@ -83,16 +83,16 @@ _POSTGRES_OPTIONS: dict[str, type] = {
     "schema": str,
     "pool_size": int,
     "pool_timeout": float,
-    "dedupe_window": int,
 }
 
 
 def _postgres_url(url: str) -> tuple[str, dict[str, object]]:
     """Split Loglane's options off a PostgreSQL URL; libpq gets the rest as it was."""
-    parts = urlsplit(url)
+    # split by hand: urlunsplit would turn a bare `postgresql://` into `postgresql:`
+    base, _, query = url.partition("?")
     ours: list[tuple[str, str]] = []
     theirs: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in parse_qsl(query, keep_blank_values=True):
         (ours if name in _POSTGRES_OPTIONS else theirs).append((name, value))
-    options = _options(urlunsplit(parts._replace(query=urlencode(ours))), _POSTGRES_OPTIONS)
-    return urlunsplit(parts._replace(query=urlencode(theirs))), options
+    options = _options(f"{base}?{urlencode(ours)}", _POSTGRES_OPTIONS)
+    return (f"{base}?{urlencode(theirs)}" if theirs else base), options

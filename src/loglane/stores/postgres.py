@@ -9,7 +9,8 @@ with their own SQL, named as in the SQLite store:
                             a btree index `<view>_by_<field>`
     loglane_positions       service, topic, partition, "offset" (next offset to read)
     loglane_outbox          seq, service, source_topic, source_partition, topic, key, value, headers
-    loglane_applied         seq, service, topic, event_id (recent ids, for dropping duplicates)
+    loglane_applied         service, topic, partition, position, event_ids (TEXT[]: the ids a
+                            batch applied, kept a while to drop duplicates)
     loglane_requests        service, request_id, status, event_ids (JSON text), detail
     loglane_schema_version  version, description, applied_at: the migrations applied
 
@@ -27,7 +28,7 @@ import os
 import threading
 import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,16 +83,17 @@ MIGRATIONS = (
                 topic TEXT NOT NULL,
                 key BYTEA,
                 value BYTEA NOT NULL,
-                headers TEXT NOT NULL
+                headers BYTEA NOT NULL
             )""",
             """CREATE INDEX loglane_outbox_by_source
                 ON loglane_outbox (service, source_topic, source_partition, seq)""",
             """CREATE TABLE loglane_applied (
-                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                 service TEXT NOT NULL,
                 topic TEXT NOT NULL,
-                event_id TEXT NOT NULL,
-                UNIQUE (service, topic, event_id)
+                partition INTEGER NOT NULL,
+                position BIGINT NOT NULL,
+                event_ids TEXT[] NOT NULL,
+                PRIMARY KEY (service, topic, partition, position)
             )""",
             """CREATE TABLE loglane_requests (
                 service TEXT NOT NULL,
@@ -117,7 +119,8 @@ _OUTBOX_COLUMNS = (
     "value",
     "headers",
 )
-_PRUNE_EVERY = 256
+# A view whose worker has not created its table (or schema) yet reads as empty.
+_NOT_YET_CREATED = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 # NOTIFY payloads must stay under 8000 bytes; past this, request ids are left out.
 _NOTIFY_BYTES = 7000
 
@@ -150,13 +153,11 @@ class PostgresStore(Store):
         schema: str = "{service}",
         pool_size: int = 4,
         pool_timeout: float = 10.0,
-        dedupe_window: int = 200_000,
         copy_threshold: int = 64,
     ) -> None:
         if not schema.replace("{service}", "x"):
             raise ConfigurationError("schema must not be empty")
         self.schema_template = schema
-        self.dedupe_window = dedupe_window
         self.copy_threshold = copy_threshold
         self._where = describe(conninfo)
         given = conninfo_to_dict(conninfo)
@@ -164,7 +165,6 @@ class PostgresStore(Store):
         self._conninfo = make_conninfo(
             conninfo, **{name: value for name, value in defaults.items() if name not in given}
         )
-        self._commits = 0
         self._lock = threading.Lock()
         self._schemas: set[str] = set()
         self._tables: dict[View[Any], _ViewTable] = {}
@@ -226,11 +226,12 @@ class PostgresStore(Store):
             for view in views:
                 self._tables[view] = _ViewTable.create(conn, schema, view)
 
-    def _table(self, view: View[Any]) -> _ViewTable:
+    def _view_table(self, view: View[Any]) -> _ViewTable:
+        """The statements of `view`; a view no worker prepared yet reads as empty."""
         table = self._tables.get(view)
         if table is None:
-            self.prepare(view.service, [view])
-            table = self._tables[view]
+            name = self.schema_template.replace("{service}", view.service)
+            table = self._tables[view] = _ViewTable(name, view)
         return table
 
     # -- reads ----------------------------------------------------------------------------------
@@ -246,10 +247,11 @@ class PostgresStore(Store):
         return {TopicPartition(topic, partition): offset for topic, partition, offset in rows}
 
     def get(self, view: View[Row], key: Key) -> Row | None:
-        table = self._table(view)
-        with self._connection() as conn:
+        table = self._view_table(view)
+        with self._connection() as conn, suppress(*_NOT_YET_CREATED):
             row = conn.execute(table.select_one, (table.key_param(key),)).fetchone()
-        return None if row is None else view.load(row[0])
+            return None if row is None else view.load(row[0])
+        return None
 
     def query(
         self,
@@ -259,7 +261,7 @@ class PostgresStore(Store):
         after: Key | None = None,
         limit: int = 100,
     ) -> list[Row]:
-        table = self._table(view)
+        table = self._view_table(view)
         where = dict(where or {})
         unknown = set(where) - {view.key, *view.indexes}
         if unknown:
@@ -273,25 +275,26 @@ class PostgresStore(Store):
             clauses.append(f"{quote(view.key)} > %s")
             params.append(table.key_param(after))
         condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._connection() as conn:
+        with self._connection() as conn, suppress(*_NOT_YET_CREATED):
             rows = conn.execute(
                 f"SELECT doc::text FROM {table.name} {condition} "
                 f"ORDER BY {quote(view.key)} LIMIT %s",
                 (*params, limit),
             ).fetchall()
-        return [view.load(doc) for (doc,) in rows]
+            return [view.load(doc) for (doc,) in rows]
+        return []
 
-    def applied(self, service: str, topic: str, event_ids: Collection[str]) -> set[str]:
-        if not event_ids:
-            return set()
+    def applied(
+        self, service: str, source: TopicPartition, since: int
+    ) -> list[tuple[int, list[str]]]:
         schema = quote(self.schema(service))
         with self._connection() as conn:
             rows = conn.execute(
-                f"SELECT event_id FROM {schema}.loglane_applied "
-                "WHERE service = %s AND topic = %s AND event_id = ANY(%s)",
-                (service, topic, list(event_ids)),
+                f"SELECT position, event_ids FROM {schema}.loglane_applied WHERE service = %s "
+                "AND topic = %s AND partition = %s AND position > %s ORDER BY position",
+                (service, source.topic, source.partition, since),
             ).fetchall()
-        return {event_id for (event_id,) in rows}
+        return [(position, list(event_ids)) for position, event_ids in rows]
 
     def outbox(
         self, service: str, sources: Collection[TopicPartition], limit: int
@@ -350,15 +353,15 @@ class PostgresStore(Store):
 
     def commit(self, batch: Batch) -> int | None:
         schema = self.schema(batch.service)
-        tables = {view: self._table(view) for view in batch.writes}
+        unprepared = [view for view in batch.writes if view not in self._tables]
+        if unprepared:
+            self.prepare(batch.service, unprepared)
+        tables = {view: self._tables[view] for view in batch.writes}
         created: list[str] = []
         with self._connection() as conn:
             with conn.transaction():
                 last_seq = self._write(conn, schema, tables, batch, created)
             self._staged.setdefault(conn, set()).update(created)
-            self._commits += 1
-            if self._commits % _PRUNE_EVERY == 0:
-                self._prune(conn, schema)
         return last_seq
 
     def _write(
@@ -413,18 +416,22 @@ class PostgresStore(Store):
                     outbox,
                 )
             )
-        applied = [(batch.service, source.topic, event_id) for event_id in batch.applied_ids]
-        queued.extend(
-            self._bulk(
-                conn,
-                cursor,
-                f"{schema}.loglane_applied",
-                ("service", "topic", "event_id"),
-                applied,
-                "ON CONFLICT DO NOTHING",
-                created,
+        source_row = (batch.service, source.topic, source.partition)
+        if batch.applied_ids:
+            queued.append(
+                (
+                    f"INSERT INTO {schema}.loglane_applied VALUES (%s, %s, %s, %s, %s)",
+                    [(*source_row, batch.position, batch.applied_ids)],
+                )
             )
-        )
+        if batch.forget_applied_before is not None:
+            queued.append(
+                (
+                    f"DELETE FROM {schema}.loglane_applied WHERE service = %s AND topic = %s "
+                    "AND partition = %s AND position < %s",
+                    [(*source_row, batch.forget_applied_before)],
+                )
+            )
         # A correlation id shared by commands of one batch: the last outcome wins, as it would
         # row by row.
         outcomes = {outcome.request_id: outcome for outcome in batch.requests}
@@ -515,19 +522,6 @@ class PostgresStore(Store):
             )
             created.append(stage)
         return f"pg_temp.{stage}"
-
-    def _prune(self, conn: Connection, schema: str) -> None:
-        """Forget applied ids older than the dedupe window; one worker at a time does it."""
-        with conn.transaction():
-            (locked,) = conn.execute(
-                "SELECT pg_try_advisory_xact_lock(hashtext(%s))", (f"loglane prune {schema}",)
-            ).fetchone() or (False,)
-            if locked:
-                table = f"{quote(schema)}.loglane_applied"
-                conn.execute(
-                    f"DELETE FROM {table} WHERE seq <= (SELECT max(seq) FROM {table}) - %s",
-                    (self.dedupe_window,),
-                )
 
     def delete_outbox(self, service: str, published: Mapping[TopicPartition, int]) -> None:
         if not published:
@@ -841,7 +835,7 @@ def describe(conninfo: str) -> str:
     except psycopg.ProgrammingError as exc:
         raise BadURLError(
             f"not a PostgreSQL URL: {_one_line(exc)}; Loglane's own options are schema, "
-            "pool_size, pool_timeout and dedupe_window, the rest must be libpq parameters"
+            "pool_size and pool_timeout, the rest must be libpq parameters"
         ) from None
 
     def value(name: str, variable: str, default: str) -> str:

@@ -1,0 +1,343 @@
+"""The PostgreSQL store passes the store contract and keeps PostgreSQL's own promises."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel
+
+from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError
+from loglane.records import TopicPartition
+from loglane.service import Service
+from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Statement, Store
+from loglane.stores.postgres import MIGRATIONS, CommitNotice, PostgresStore
+from loglane.urls import open_store
+from tests.contracts.store_contract import Account, StoreContract, declare_bank
+from tests.postgres import schemas, with_schema
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def prefix(postgres_url: str) -> Iterator[str]:
+    with schemas(postgres_url) as prefix:
+        yield prefix
+
+
+@pytest.fixture
+def store(postgres_url: str, prefix: str) -> Iterator[PostgresStore]:
+    store = PostgresStore(postgres_url, schema=prefix + "{service}")
+    yield store
+    store.close()
+
+
+class TestPostgresStore(StoreContract):
+    """Batches of fewer than 64 rows per table: executemany in a pipeline."""
+
+    copy_threshold = 64
+
+    @pytest.fixture
+    def store(self, postgres_url: str, prefix: str) -> Iterator[Store]:
+        store = PostgresStore(
+            postgres_url, schema=prefix + "{service}", copy_threshold=self.copy_threshold
+        )
+        yield store
+        store.close()
+
+
+class TestPostgresStoreCopyingEveryRow(TestPostgresStore):
+    """Every row through COPY and a staging table, however small the batch."""
+
+    copy_threshold = 1
+
+
+def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
+
+
+def test_views_are_tables_users_can_query_with_their_own_sql(
+    store: PostgresStore, postgres_url: str, prefix: str
+) -> None:
+    bank = declare_bank(store)
+    ada = Account(account_id="a1", owner="ada", balance=10)
+    store.commit(bank.batch(None, 1, writes={bank.accounts: {"a1": ada}}))
+    schema = prefix + bank.name
+    assert sql(postgres_url, f'SELECT account_id, owner, active, doc FROM "{schema}".accounts') == [
+        ("a1", "ada", True, {"account_id": "a1", "owner": "ada", "balance": 10, "active": True})
+    ]
+    columns = sql(
+        postgres_url,
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name IN ('accounts', 'counters') "
+        "ORDER BY table_name, ordinal_position",
+        (schema,),
+    )
+    assert columns == [
+        ("accounts", "account_id", "text"),
+        ("accounts", "doc", "jsonb"),
+        ("accounts", "owner", "text"),
+        ("accounts", "active", "boolean"),
+        ("counters", "number", "bigint"),
+        ("counters", "doc", "jsonb"),
+    ]
+    positions = sql(postgres_url, f'SELECT service, "offset" FROM "{schema}".loglane_positions')
+    assert positions == [(bank.name, 1)]
+
+
+def test_a_filtered_query_can_use_the_fields_index(
+    store: PostgresStore, postgres_url: str, prefix: str
+) -> None:
+    bank = declare_bank(store)
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = conn.execute(
+            f'EXPLAIN SELECT doc FROM "{prefix}{bank.name}".accounts WHERE owner = %s '
+            "ORDER BY account_id",
+            ("ada",),
+        ).fetchall()
+    assert "accounts_by_owner" in "\n".join(line for (line,) in plan)
+
+
+def test_loglanes_tables_are_versioned_and_a_newer_version_is_refused(
+    store: PostgresStore, postgres_url: str, prefix: str
+) -> None:
+    bank = declare_bank(store)
+    table = f'"{prefix}{bank.name}".loglane_schema_version'
+    versions = sql(postgres_url, f"SELECT version FROM {table} ORDER BY version")
+    assert versions == [(m.version,) for m in MIGRATIONS]
+    sql(postgres_url, f"INSERT INTO {table} (version, description) VALUES (999, 'future')")
+    newer = PostgresStore(postgres_url, schema=prefix + "{service}")
+    try:
+        with pytest.raises(ConfigurationError, match="newer Loglane"):
+            newer.positions(bank.name)
+    finally:
+        newer.close()
+
+
+def test_workers_starting_at_once_create_a_schema_once(postgres_url: str, prefix: str) -> None:
+    service = Service("crowd")
+    service.view("accounts", Account, key="account_id", indexes=["owner"])
+    stores = [PostgresStore(postgres_url, schema=prefix + "{service}") for _ in range(6)]
+    start = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def prepare(store: PostgresStore) -> None:
+        start.wait()
+        try:
+            store.prepare(service.name, list(service.views.values()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=prepare, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for store in stores:
+        store.close()
+    assert errors == []
+    table = f'"{prefix}crowd".loglane_schema_version'
+    assert sql(postgres_url, f"SELECT count(*) FROM {table}") == [(len(MIGRATIONS),)]
+
+
+def test_a_commit_notifies_listeners_of_its_position_and_requests(store: PostgresStore) -> None:
+    bank = declare_bank(store)
+    with store.listen(bank.name) as listener:
+        done = RequestOutcome(request_id="r1", status=RequestStatus.DONE)
+        store.commit(bank.batch(None, 4, requests=[done]))
+        notices = listener.wait(timeout=60)
+    assert notices == [
+        CommitNotice(
+            service=bank.name, topic="bank.in", partition=2, position=4, request_ids=("r1",)
+        )
+    ]
+
+
+def test_a_batch_with_too_many_requests_to_name_notifies_without_them(
+    store: PostgresStore,
+) -> None:
+    bank = declare_bank(store)
+    outcomes = [
+        RequestOutcome(request_id=str(uuid.uuid4()), status=RequestStatus.DONE) for _ in range(1000)
+    ]
+    with store.listen(bank.name) as listener:
+        store.commit(bank.batch(None, 1000, requests=outcomes))
+        (notice,) = listener.wait(timeout=60)
+    assert (notice.position, notice.request_ids) == (1000, None)
+
+
+def test_a_listener_hears_only_its_own_schemas(postgres_url: str, prefix: str) -> None:
+    ours = PostgresStore(postgres_url, schema=prefix + "ours_{service}")
+    theirs = PostgresStore(postgres_url, schema=prefix + "theirs_{service}")
+    bank = declare_bank(ours)
+    theirs.prepare(bank.name, list(bank.service.views.values()))
+    try:
+        with ours.listen(bank.name) as listener:
+            theirs.commit(bank.batch(None, 7))
+            ours.commit(bank.batch(None, 3))
+            notices: list[CommitNotice] = []
+            while not notices:
+                notices = listener.wait(timeout=60)
+    finally:
+        ours.close()
+        theirs.close()
+    assert [notice.position for notice in notices] == [3]
+
+
+def test_a_handlers_statements_commit_with_the_batch_and_not_with_a_stale_one(
+    store: PostgresStore, postgres_url: str, prefix: str
+) -> None:
+    bank = declare_bank(store)
+    table = f'"{prefix}{bank.name}".hits'
+    sql(postgres_url, f"CREATE TABLE {table} (n INTEGER NOT NULL)")
+    insert = [Statement(f"INSERT INTO {table} VALUES (%s)", (1,))]
+    store.commit(bank.batch(None, 1, statements=insert))
+    with pytest.raises(Exception, match="no longer 0"):
+        store.commit(bank.batch(0, 2, statements=insert))
+    assert sql(postgres_url, f"SELECT n FROM {table}") == [(1,)]
+
+
+def test_a_failed_commit_leaves_nothing_and_the_next_one_succeeds(
+    postgres_url: str, prefix: str
+) -> None:
+    store = PostgresStore(postgres_url, schema=prefix + "{service}", copy_threshold=1)
+    bank = declare_bank(store)
+    row = Account(account_id="a1", owner="ada", balance=1)
+    broken = [Statement("INSERT INTO no_such_table VALUES (1)")]
+    try:
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            store.commit(
+                bank.batch(None, 1, writes={bank.accounts: {"a1": row}}, statements=broken)
+            )
+        assert store.get(bank.accounts, "a1") is None
+        store.commit(bank.batch(None, 1, writes={bank.accounts: {"a1": row}}))
+        assert store.get(bank.accounts, "a1") == row
+    finally:
+        store.close()
+
+
+def test_duplicate_request_ids_in_one_batch_keep_the_last_outcome(store: PostgresStore) -> None:
+    bank = declare_bank(store)
+    first = RequestOutcome(request_id="r", status=RequestStatus.FAILED, detail="first")
+    last = RequestOutcome(request_id="r", status=RequestStatus.DONE, event_ids=("e",))
+    store.commit(bank.batch(None, 2, requests=[first, last]))
+    assert store.request(bank.name, "r") == last
+
+
+class Visit(BaseModel):
+    visit_id: str
+    at: datetime
+    score: int | None = None
+
+
+def test_fields_of_other_types_are_indexed_as_their_json_text(store: PostgresStore) -> None:
+    service = Service(f"visits_{uuid.uuid4().hex[:8]}")
+    visits = service.view("visits", Visit, key="visit_id", indexes=["at", "score"])
+    store.prepare(service.name, [visits])
+    noon = datetime(2026, 1, 2, 12, tzinfo=UTC)
+    rows = {"v1": Visit(visit_id="v1", at=noon, score=5), "v2": Visit(visit_id="v2", at=noon)}
+    store.commit(
+        Batch(
+            service=service.name,
+            source=TopicPartition("visits.in", 0),
+            expected_position=None,
+            position=1,
+            writes={visits: rows},
+        )
+    )
+    assert [v.visit_id for v in store.query(visits, where={"at": noon})] == ["v1", "v2"]
+    assert store.query(visits, where={"score": 5}) == [rows["v1"]]
+
+
+def test_a_view_no_worker_has_prepared_reads_as_empty(store: PostgresStore) -> None:
+    service = Service(f"unborn_{uuid.uuid4().hex[:8]}")
+    accounts = service.view("accounts", Account, key="account_id", indexes=["owner"])
+    assert store.get(accounts, "a1") is None
+    assert store.query(accounts, where={"owner": "ada"}) == []
+
+
+def test_a_lost_connection_is_reported_as_unavailable_and_the_next_call_reconnects(
+    postgres_url: str, prefix: str
+) -> None:
+    name = f"loglane-test-{uuid.uuid4().hex[:8]}"
+    url = f"{postgres_url}?application_name={name}"
+    store = PostgresStore(url, schema=prefix + "{service}")
+    try:
+        bank = declare_bank(store)
+        store.commit(bank.batch(None, 1))
+        killed = sql(
+            postgres_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (name,),
+        )
+        assert killed
+        assert all(ok for (ok,) in killed)
+        with pytest.raises(BackendUnavailableError, match="is unavailable"):
+            store.positions(bank.name)
+        assert store.positions(bank.name) == {TopicPartition("bank.in", 2): 1}
+    finally:
+        store.close()
+
+
+def test_an_unreachable_server_is_one_clear_line_without_the_password() -> None:
+    with pytest.raises(BackendUnavailableError) as caught:
+        open_store("postgresql://loglane:hunter2@127.0.0.1:1/shop", "customers")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "loglane@127.0.0.1:1/shop" in message
+    assert "Connection refused" in message
+    assert "scripts/postgres start" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://h/db?pool_size=many", "pool_size='many' is not a valid value"),
+        ("postgresql://h/db?colour=blue", 'invalid URI query parameter: "colour"'),
+    ],
+)
+def test_a_bad_postgresql_url_is_refused_before_connecting(url: str, says: str) -> None:
+    with pytest.raises(BadURLError, match=says):
+        open_store(url, "customers")
+
+
+def test_a_url_names_the_schema_and_passes_the_rest_to_libpq(
+    postgres_url: str, prefix: str
+) -> None:
+    url = with_schema(postgres_url, prefix + "{service}_views") + "&connect_timeout=5"
+    store = open_store(url, "customers")
+    try:
+        assert isinstance(store, PostgresStore)
+        assert store.schema("customers") == f"{prefix}customers_views"
+        assert store.positions("customers") == {}
+    finally:
+        store.close()
+
+
+def test_the_usual_pg_variables_fill_in_a_bare_url(
+    postgres_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = conninfo_to_dict(postgres_url)
+    for variable, name in [
+        ("PGHOST", "host"),
+        ("PGPORT", "port"),
+        ("PGUSER", "user"),
+        ("PGPASSWORD", "password"),
+        ("PGDATABASE", "dbname"),
+    ]:
+        if name in params:
+            monkeypatch.setenv(variable, str(params[name]))
+    store = open_store(f"postgresql://?schema={prefix}{{service}}", "customers")
+    try:
+        assert store.positions("customers") == {}
+    finally:
+        store.close()
