@@ -87,7 +87,7 @@ class PostgresStack(Stack):
     def db_url(self) -> str:
         return with_schema(self.url, self.prefix + "{service}")
 
-    def store(self, service: str) -> PostgresStore:  # type: ignore[override]
+    def store(self, service: str) -> PostgresStore:
         return PostgresStore(self.url, schema=self.prefix + "{service}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from loglane.errors import ConfigurationError
 from loglane.logs.embedded import EmbeddedLog
 from loglane.records import TopicPartition
+from loglane.stores.base import Store
 from loglane.stores.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ class Stack:
     def db_url(self) -> str:
         return f"sqlite:///{self.folder}/{{service}}.db"
 
-    def store(self, service: str) -> SQLiteStore:
+    def store(self, service: str) -> Store:
         return SQLiteStore(self.folder / f"{service}.db")
 
     def log(self) -> EmbeddedLog:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,25 @@ from loglane.records import TopicPartition
 from loglane.worker import ensure_topics
 from tests.apps.ledger import accounts, deposits, landscape, ledger, tallies
 from tests.conftest import eventually
+from tests.postgres import PostgresStack, drop_schemas
 from tests.processes import PositionWatch, Stack, WorkerProcess
 
 pytestmark = pytest.mark.slow
 
 ACCOUNTS = 1000
 PER_ACCOUNT = 20  # 20,000 commands
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """The embedded log with the views in SQLite, or in PostgreSQL."""
+    if request.param == "sqlite":
+        yield Stack(tmp_path)
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    stack = PostgresStack(tmp_path, url=url)
+    yield stack
+    drop_schemas(url, stack.prefix)
 
 
 def feed(stack: Stack, request_ids: list[str], done: threading.Event) -> None:
@@ -103,8 +117,7 @@ def assert_exactly_once(stack: Stack, request_ids: list[str]) -> None:
     audit_store.close()
 
 
-def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(tmp_path: Path) -> None:
-    stack = Stack(tmp_path)
+def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(stack: Stack) -> None:
     log = stack.log()
     ensure_topics(log, list(landscape))
     log.close()
@@ -144,9 +157,8 @@ def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(tmp_path: Path) 
 
 
 def test_two_worker_processes_split_a_service_and_the_survivor_takes_over(
-    tmp_path: Path,
+    stack: Stack,
 ) -> None:
-    stack = Stack(tmp_path)
     log = stack.log()
     ensure_topics(log, list(landscape))
     log.close()
