@@ -17,6 +17,9 @@ with their own SQL, named as in the SQLite store:
 Loglane creates and migrates its own tables when it first touches a schema, under an advisory
 lock, so any number of workers may start at once and an upgrade needs no SQL by hand.
 
+A handler's own statements (`tx.execute`, `%s` parameters) run in the commit after the view
+writes, with the service's schema first on the search path, so they name its tables unqualified.
+
 Each commit notifies the channel `loglane_<service>` (see `CommitListener`), so an HTTP API
 waiting for a request or a position is pushed, not polling.
 """
@@ -473,6 +476,8 @@ class PostgresStore(Store):
                     cursor.execute(sql, params[0])
                 else:
                     cursor.executemany(sql, params)
+            if batch.statements:
+                cursor.execute(f"SET LOCAL search_path TO {schema}, public")
             for statement in batch.statements:
                 cursor.execute(statement.sql, statement.params)
             cursor.execute("SELECT pg_notify(%s, %s)", (channel(batch.service), notice))
@@ -645,6 +650,7 @@ class _ViewTable:
         )
         self._kinds = {column.name: column.kind for column in view.columns}
         self._kinds[view.key] = view.key_kind
+        self._column_names = tuple(column.name for column in view.columns)
         self._text_columns = tuple(i for i, column in enumerate(view.columns) if column.kind is str)
         names = ", ".join(self.columns)
         self._updates = ", ".join(f"{name} = excluded.{name}" for name in self.columns[1:])
@@ -670,10 +676,17 @@ class _ViewTable:
         return _as_text(value) if self._kinds[name] is str else value
 
     def values(self, key: Key, row: Any) -> tuple[Any, ...]:
-        columns = list(self.view.column_values(row))
+        """The row as the table's columns: the key, the document, the indexed fields."""
+        if key.__class__ is not self.view.key_kind:
+            key = self.key_param(key)
+        document = self.view.document(row).decode()
+        if not self._column_names:
+            return (key, document)
+        columns = [getattr(row, name) for name in self._column_names]
         for i in self._text_columns:
-            columns[i] = _as_text(columns[i])
-        return (self.key_param(key), self.view.document(row).decode(), *columns)
+            if columns[i].__class__ is not str:
+                columns[i] = _as_text(columns[i])
+        return (key, document, *columns)
 
     @classmethod
     def create(cls, conn: Connection, schema: str, view: View[Any]) -> _ViewTable:
