@@ -30,9 +30,10 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -143,10 +144,11 @@ class PostgresStore(Store):
 
     Missing connection parameters come from the usual PG* environment variables. `schema`
     names each service's schema; `{service}` in it stands for the service name. The pool
-    holds up to `pool_size` connections; an operation waits up to `pool_timeout` seconds for
-    one (a server restart shorter than that goes unnoticed) before `BackendUnavailableError`.
-    A view's upserts in a batch of at least `copy_threshold` rows go through COPY; smaller
-    ones are sent with `executemany` in one pipeline.
+    holds up to `pool_size` connections. An operation in flight when the server goes away
+    raises `BackendUnavailableError` at once; while it is away, an operation waits up to
+    `pool_timeout` seconds for a new connection before it raises. A table's rows in a batch
+    of at least `copy_threshold` go through COPY; fewer are sent with `executemany` in the
+    commit's pipeline (below about 50 rows, that is faster).
     """
 
     def __init__(
@@ -375,145 +377,68 @@ class PostgresStore(Store):
         batch: Batch,
         created: list[str],
     ) -> int | None:
-        """The body of `commit`'s transaction: the fence first, then COPY, then one pipeline.
-
-        Large row sets are copied into session-local staging tables (COPY cannot run in a
-        pipeline) and merged from there; everything else is queued in one pipeline.
-        """
+        """The body of `commit`'s transaction, in the order the statements run."""
         schema = quote(schema_name)
-        cursor = conn.cursor()
-        _advance_position(cursor, schema, batch)
-        queued: list[tuple[str, Sequence[Sequence[Any]]]] = []
+        source = (batch.service, batch.source.topic, batch.source.partition)
+        writer = _BatchWriter(conn, self.copy_threshold, partial(self._stage, conn, created))
+        _advance_position(writer.cursor, schema, batch)
         for view, rows in batch.writes.items():
             table = tables[view]
             upserts = [table.values(key, row) for key, row in rows.items() if row is not None]
+            writer.insert(table.name, table.columns, upserts, table.on_conflict)
             deletes = [table.key_param(key) for key, row in rows.items() if row is None]
-            if len(upserts) >= self.copy_threshold:
-                stage = self._stage(conn, table.name, table.columns, created)
-                _copy(cursor, stage, table.columns, upserts)
-                queued.append((table.merge(stage), [()]))
-            elif upserts:
-                queued.append((table.upsert, upserts))
             if deletes:
-                queued.append((table.delete, [(deletes,)]))
-        source = batch.source
+                writer.execute(table.delete, (deletes,))
         outbox = [
-            (
-                batch.service,
-                source.topic,
-                source.partition,
-                message.topic,
-                message.key,
-                message.value,
-                encode_headers(message.headers),
-            )
-            for message in batch.outbox
+            (*source, m.topic, m.key, m.value, encode_headers(m.headers)) for m in batch.outbox
         ]
-        if len(outbox) >= self.copy_threshold:
-            _copy(cursor, f"{schema}.loglane_outbox", _OUTBOX_COLUMNS, outbox)
-        elif outbox:
-            queued.append(
-                (
-                    f"INSERT INTO {schema}.loglane_outbox ({', '.join(_OUTBOX_COLUMNS)}) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    outbox,
-                )
-            )
-        source_row = (batch.service, source.topic, source.partition)
+        writer.insert(f"{schema}.loglane_outbox", _OUTBOX_COLUMNS, outbox)
         if batch.applied_ids:
-            queued.append(
-                (
-                    f"INSERT INTO {schema}.loglane_applied VALUES (%s, %s, %s, %s, %s)",
-                    [(*source_row, batch.position, batch.applied_ids)],
-                )
+            writer.execute(
+                f"INSERT INTO {schema}.loglane_applied VALUES (%s, %s, %s, %s, %s)",
+                (*source, batch.position, batch.applied_ids),
             )
         if batch.forget_applied_before is not None:
-            queued.append(
-                (
-                    f"DELETE FROM {schema}.loglane_applied WHERE service = %s AND topic = %s "
-                    "AND partition = %s AND position < %s",
-                    [(*source_row, batch.forget_applied_before)],
-                )
+            writer.execute(
+                f"DELETE FROM {schema}.loglane_applied WHERE service = %s AND topic = %s "
+                "AND partition = %s AND position < %s",
+                (*source, batch.forget_applied_before),
             )
-        # A correlation id shared by commands of one batch: the last outcome wins, as it would
-        # row by row.
+        # Commands of one batch sharing a request id: the last outcome wins, as row by row.
         outcomes = {outcome.request_id: outcome for outcome in batch.requests}
-        requests = [
-            (
-                batch.service,
-                outcome.request_id,
-                outcome.status.value,
-                json.dumps(outcome.event_ids),
-                outcome.detail,
-            )
-            for outcome in outcomes.values()
-        ]
-        queued.extend(
-            self._bulk(
-                conn,
-                cursor,
-                f"{schema}.loglane_requests",
-                ("service", "request_id", "status", "event_ids", "detail"),
-                requests,
-                "ON CONFLICT (service, request_id) DO UPDATE SET status = excluded.status, "
-                "event_ids = excluded.event_ids, detail = excluded.detail",
-                created,
-            )
+        writer.insert(
+            f"{schema}.loglane_requests",
+            ("service", "request_id", "status", "event_ids", "detail"),
+            [
+                (batch.service, o.request_id, o.status.value, json.dumps(o.event_ids), o.detail)
+                for o in outcomes.values()
+            ],
+            "ON CONFLICT (service, request_id) DO UPDATE SET status = excluded.status, "
+            "event_ids = excluded.event_ids, detail = excluded.detail",
         )
         if batch.published_upto is not None:
-            queued.append(
-                (
-                    f"DELETE FROM {schema}.loglane_outbox WHERE service = %s "
-                    "AND source_topic = %s AND source_partition = %s AND seq <= %s",
-                    [(batch.service, source.topic, source.partition, batch.published_upto)],
-                )
+            writer.execute(
+                f"DELETE FROM {schema}.loglane_outbox WHERE service = %s "
+                "AND source_topic = %s AND source_partition = %s AND seq <= %s",
+                (*source, batch.published_upto),
             )
-        notice = _notice(schema_name, batch, list(outcomes))
-        sequence = conn.cursor()
-        with conn.pipeline():
-            for sql, params in queued:
-                if len(params) == 1:
-                    cursor.execute(sql, params[0])
-                else:
-                    cursor.executemany(sql, params)
-            if batch.statements:
-                cursor.execute(f"SET LOCAL search_path TO {schema}, public")
-            for statement in batch.statements:
-                cursor.execute(statement.sql, statement.params)
-            cursor.execute("SELECT pg_notify(%s, %s)", (channel(batch.service), notice))
-            if outbox:
-                sequence.execute(
-                    "SELECT currval(pg_get_serial_sequence(%s, 'seq'))",
-                    (f"{schema}.loglane_outbox",),
-                )
-        if not outbox:
-            return None
-        (last_seq,) = sequence.fetchone() or (None,)
-        return int(last_seq)
-
-    def _bulk(
-        self,
-        conn: Connection,
-        cursor: Cursor,
-        target: str,
-        columns: tuple[str, ...],
-        rows: list[tuple[Any, ...]],
-        on_conflict: str,
-        created: list[str],
-    ) -> list[tuple[str, Sequence[Sequence[Any]]]]:
-        """Queue the insert of `rows`: one merge from a COPY-filled stage, or one executemany."""
-        if not rows:
-            return []
-        insert = f"INSERT INTO {target} ({', '.join(columns)})"
-        if len(rows) >= self.copy_threshold:
-            stage = self._stage(conn, target, columns, created)
-            _copy(cursor, stage, columns, rows)
-            return [(f"{insert} SELECT * FROM {stage} {on_conflict}", [()])]
-        values = f"VALUES ({', '.join(['%s'] * len(columns))})"
-        return [(f"{insert} {values} {on_conflict}", rows)]
+        if batch.statements:
+            writer.execute(f"SET LOCAL search_path TO {schema}, public")
+        for statement in batch.statements:
+            writer.execute(statement.sql, statement.params)
+        writer.execute(
+            "SELECT pg_notify(%s, %s)",
+            (channel(batch.service), _notice(schema_name, batch, list(outcomes))),
+        )
+        last_seq = writer.flush(
+            f"SELECT currval(pg_get_serial_sequence('{schema}.loglane_outbox', 'seq'))"
+            if outbox
+            else None
+        )
+        return None if last_seq is None else int(last_seq)
 
     def _stage(
-        self, conn: Connection, target: str, columns: tuple[str, ...], created: list[str]
+        self, conn: Connection, created: list[str], target: str, columns: tuple[str, ...]
     ) -> str:
         """A temporary table shaped like `columns` of `target`, emptied at every commit."""
         with self._lock:
@@ -637,6 +562,62 @@ class CommitListener:
         self.close()
 
 
+class _BatchWriter:
+    """The statements of one commit: large row sets are copied at once (COPY cannot run in a
+    pipeline) into staging tables, everything else waits to be sent in one pipeline."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        copy_threshold: int,
+        stage: Callable[[str, tuple[str, ...]], str],
+    ) -> None:
+        self.cursor = conn.cursor()
+        self._conn = conn
+        self._copy_threshold = copy_threshold
+        self._stage = stage
+        self._queued: list[tuple[str, Any]] = []
+
+    def insert(
+        self,
+        target: str,
+        columns: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+        on_conflict: str | None = None,
+    ) -> None:
+        """Insert `rows`; without `on_conflict` large sets are copied straight into `target`."""
+        if not rows:
+            return
+        insert = f"INSERT INTO {target} ({', '.join(columns)})"
+        if len(rows) < self._copy_threshold:
+            values = f"VALUES ({', '.join(['%s'] * len(columns))})"
+            self._queued.append((f"{insert} {values} {on_conflict or ''}", rows))
+        elif on_conflict is None:
+            _copy(self.cursor, target, columns, rows)
+        else:
+            stage = self._stage(target, columns)
+            _copy(self.cursor, stage, columns, rows)
+            self.execute(f"{insert} SELECT * FROM {stage} {on_conflict}")
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
+        self._queued.append((sql, params))
+
+    def flush(self, query: str | None) -> Any:
+        """Send what is queued in one pipeline, then `query`; return its single value."""
+        with self._conn.pipeline():
+            for sql, params in self._queued:
+                if isinstance(params, list):
+                    self.cursor.executemany(sql, params)
+                else:
+                    self.cursor.execute(sql, params)
+            if query is not None:
+                self.cursor.execute(query)
+        if query is None:
+            return None
+        row = self.cursor.fetchone()
+        return None if row is None else row[0]
+
+
 class _ViewTable:
     """The statements of one view's table in one schema, built once from its declaration."""
 
@@ -652,20 +633,10 @@ class _ViewTable:
         self._kinds[view.key] = view.key_kind
         self._column_names = tuple(column.name for column in view.columns)
         self._text_columns = tuple(i for i, column in enumerate(view.columns) if column.kind is str)
-        names = ", ".join(self.columns)
-        self._updates = ", ".join(f"{name} = excluded.{name}" for name in self.columns[1:])
-        self.upsert = (
-            f"INSERT INTO {self.name} ({names}) VALUES ({', '.join(['%s'] * len(self.columns))}) "
-            f"ON CONFLICT ({quote(view.key)}) DO UPDATE SET {self._updates}"
-        )
+        updates = ", ".join(f"{name} = excluded.{name}" for name in self.columns[1:])
+        self.on_conflict = f"ON CONFLICT ({quote(view.key)}) DO UPDATE SET {updates}"
         self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY(%s)"
         self.select_one = f"SELECT doc::text FROM {self.name} WHERE {quote(view.key)} = %s"
-
-    def merge(self, stage: str) -> str:
-        return (
-            f"INSERT INTO {self.name} ({', '.join(self.columns)}) SELECT * FROM {stage} "
-            f"ON CONFLICT ({quote(self.view.key)}) DO UPDATE SET {self._updates}"
-        )
 
     def key_param(self, key: Any) -> Any:
         return _as_text(key) if self.view.key_kind is str else key
