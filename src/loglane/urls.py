@@ -8,8 +8,8 @@
                                      the PostgreSQL store; a schema per service by default.
                                      Missing parts come from PGHOST, PGPORT, PGUSER, PGPASSWORD,
                                      PGDATABASE (`postgresql://` alone uses them all); Loglane's
-                                     options are schema, pool_size and pool_timeout; other
-                                     query parameters go to libpq (e.g. sslmode)
+                                     options are schema, pool_size, pool_timeout and
+                                     ledger_retention; other query parameters go to libpq
 
 Relative and absolute paths follow SQLAlchemy's convention for SQLite URLs. Options go in the
 query string, e.g. `embedded:///log.db?session_timeout=3&synchronous=normal`.
@@ -83,6 +83,7 @@ _POSTGRES_OPTIONS: dict[str, type] = {
     "schema": str,
     "pool_size": int,
     "pool_timeout": float,
+    "ledger_retention": float,
 }
 
 

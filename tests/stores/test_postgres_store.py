@@ -15,9 +15,12 @@ from pydantic import BaseModel
 from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError
 from loglane.records import TopicPartition
 from loglane.service import Service
+from loglane.stores._postgres_tables import migrate
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Statement, Store
 from loglane.stores.postgres import MIGRATIONS, CommitNotice, PostgresStore
 from loglane.urls import open_store
+from tests.conftest import eventually
+from tests.contracts.ledger_contract import LedgerContract
 from tests.contracts.store_contract import Account, StoreContract, declare_bank
 from tests.postgres import schemas, with_schema
 
@@ -55,6 +58,55 @@ class TestPostgresStoreCopyingEveryRow(TestPostgresStore):
     """Every row through COPY and a staging table, however small the batch."""
 
     copy_threshold = 1
+
+
+class TestPostgresLedger(LedgerContract):
+    @pytest.fixture
+    def store(self, postgres_url: str, prefix: str) -> Iterator[Store]:
+        store = PostgresStore(postgres_url, schema=prefix + "{service}")
+        yield store
+        store.close()
+
+
+def test_the_change_marker_moves_when_another_process_commits(
+    postgres_url: str, prefix: str
+) -> None:
+    watching = PostgresStore(postgres_url, schema=prefix + "{service}")
+    writing = PostgresStore(postgres_url, schema=prefix + "{service}")
+    try:
+        bank = declare_bank(writing)
+        assert watching.positions(bank.name) == {}
+        first = watching.change_marker()
+        # it moves once when its thread starts following the service
+        eventually(lambda: watching.change_marker() != first, message="the marker follows")
+        before = watching.change_marker()
+        writing.commit(bank.batch(None, 1))
+        eventually(lambda: watching.change_marker() != before, message="the marker moved")
+    finally:
+        watching.close()
+        writing.close()
+
+
+def test_a_schema_made_by_an_older_loglane_is_migrated_on_first_use(
+    postgres_url: str, prefix: str
+) -> None:
+    schema = prefix + "old"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        migrate(conn, schema, MIGRATIONS[:1])
+        conn.execute(
+            f'INSERT INTO "{schema}".loglane_requests VALUES (%s, %s, %s, %s, %s)',
+            ("old", "r1", "done", '["e1"]', None),
+        )
+    store = PostgresStore(postgres_url, schema=prefix + "{service}")
+    try:
+        assert store.request("old", "r1") == RequestOutcome(
+            request_id="r1", status=RequestStatus.DONE, event_ids=("e1",)
+        )
+        assert store.claim("old", "r2", "f", stale_after=60) is None
+    finally:
+        store.close()
+    versions = sql(postgres_url, f'SELECT version FROM "{schema}".loglane_schema_version')
+    assert versions == [(m.version,) for m in MIGRATIONS]
 
 
 def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

@@ -11,7 +11,10 @@ with their own SQL, named as in the SQLite store:
     loglane_outbox          seq, service, source_topic, source_partition, topic, key, value, headers
     loglane_applied         service, topic, partition, position, event_ids (TEXT[]: the ids a
                             batch applied, kept a while to drop duplicates)
-    loglane_requests        service, request_id, status, event_ids (JSON text), detail
+    loglane_requests        service, request_id, status, event_ids (JSON text), detail,
+                            events (MessagePack: [topic, key, value, headers] per message)
+    loglane_accepted        service, request_id, fingerprint, topic, partition, "offset",
+                            accepted_at: the HTTP API's command ledger
     loglane_schema_version  version, description, applied_at: the migrations applied
 
 Loglane creates and migrates its own tables when it first touches a schema, under an advisory
@@ -20,8 +23,8 @@ lock, so any number of workers may start at once and an upgrade needs no SQL by 
 A handler's own statements (`tx.execute`, `%s` parameters) run in the commit after the view
 writes, with the service's schema first on the search path, so they name its tables unqualified.
 
-Each commit notifies the channel `loglane_<service>` (see `CommitListener`), so an HTTP API
-waiting for a request or a position is pushed, not polling.
+Each commit notifies the channel `loglane_<service>`: `listen` gives a `CommitListener`, and
+`change_marker` moves with those notices, so the HTTP API's waits are pushed, not polled.
 """
 
 from __future__ import annotations
@@ -29,21 +32,30 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import msgpack
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
-from pydantic_core import to_jsonable_python
 
 from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError, StaleBatchError
-from loglane.records import Message, TopicPartition, decode_headers, encode_headers
+from loglane.records import Message, Position, TopicPartition, decode_headers, encode_headers
+from loglane.stores._postgres_notify import (
+    ChangeMarker,
+    CommitListener,
+    CommitNotice,
+    channel,
+    payload,
+)
+from loglane.stores._postgres_tables import MIGRATIONS, SCHEMA_VERSION, ViewTable, migrate, quote
 from loglane.stores.base import (
+    AcceptedCommand,
     Batch,
     OutboxEntry,
     RequestOutcome,
@@ -53,67 +65,17 @@ from loglane.stores.base import (
 )
 from loglane.views import Key, View
 
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "CommitListener",
+    "CommitNotice",
+    "PostgresStore",
+]
+
 Connection = psycopg.Connection[tuple[Any, ...]]
 Cursor = psycopg.Cursor[tuple[Any, ...]]
 
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One step of Loglane's own tables; statements run with the schema on the search path."""
-
-    version: int
-    description: str
-    statements: tuple[str, ...]
-
-
-# Append only: a released migration never changes, a new one gets the next version.
-MIGRATIONS = (
-    Migration(
-        1,
-        "positions, outbox, applied event ids and requests",
-        (
-            """CREATE TABLE loglane_positions (
-                service TEXT NOT NULL,
-                topic TEXT NOT NULL,
-                partition INTEGER NOT NULL,
-                "offset" BIGINT NOT NULL,
-                PRIMARY KEY (service, topic, partition)
-            )""",
-            """CREATE TABLE loglane_outbox (
-                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                service TEXT NOT NULL,
-                source_topic TEXT NOT NULL,
-                source_partition INTEGER NOT NULL,
-                topic TEXT NOT NULL,
-                key BYTEA,
-                value BYTEA NOT NULL,
-                headers BYTEA NOT NULL
-            )""",
-            """CREATE INDEX loglane_outbox_by_source
-                ON loglane_outbox (service, source_topic, source_partition, seq)""",
-            """CREATE TABLE loglane_applied (
-                service TEXT NOT NULL,
-                topic TEXT NOT NULL,
-                partition INTEGER NOT NULL,
-                position BIGINT NOT NULL,
-                event_ids TEXT[] NOT NULL,
-                PRIMARY KEY (service, topic, partition, position)
-            )""",
-            """CREATE TABLE loglane_requests (
-                service TEXT NOT NULL,
-                request_id TEXT NOT NULL,
-                status TEXT NOT NULL,
-                event_ids TEXT NOT NULL,
-                detail TEXT,
-                PRIMARY KEY (service, request_id)
-            )""",
-        ),
-    ),
-)
-SCHEMA_VERSION = MIGRATIONS[-1].version
-
-_SQL_TYPES = {str: 'TEXT COLLATE "C"', int: "BIGINT", float: "DOUBLE PRECISION", bool: "BOOLEAN"}
-_CASTS = {str: "", int: "::bigint", float: "::double precision", bool: "::boolean"}
 _OUTBOX_COLUMNS = (
     "service",
     "source_topic",
@@ -123,20 +85,10 @@ _OUTBOX_COLUMNS = (
     "value",
     "headers",
 )
+_REQUEST_COLUMNS = ("service", "request_id", "status", "event_ids", "detail", "events")
 # A view whose worker has not created its table (or schema) yet reads as empty.
 _NOT_YET_CREATED = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
-# NOTIFY payloads must stay under 8000 bytes; past this, request ids are left out.
-_NOTIFY_BYTES = 7000
-
-
-def quote(name: str) -> str:
-    """`name` as a PostgreSQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def channel(service: str) -> str:
-    """The NOTIFY channel of `service`'s commits."""
-    return f"loglane_{service}"
+_PRUNE_LEDGER_EVERY = 256
 
 
 class PostgresStore(Store):
@@ -148,7 +100,8 @@ class PostgresStore(Store):
     raises `BackendUnavailableError` at once; while it is away, an operation waits up to
     `pool_timeout` seconds for a new connection before it raises. A table's rows in a batch
     of at least `copy_threshold` go through COPY; fewer are sent with `executemany` in the
-    commit's pipeline (below about 50 rows, that is faster).
+    commit's pipeline (below about 50 rows, that is faster). `ledger_retention` is how many
+    seconds the HTTP API's command ledger remembers a request id.
     """
 
     def __init__(
@@ -159,11 +112,16 @@ class PostgresStore(Store):
         pool_size: int = 4,
         pool_timeout: float = 10.0,
         copy_threshold: int = 64,
+        ledger_retention: float = 86_400.0,
     ) -> None:
         if not schema.replace("{service}", "x"):
             raise ConfigurationError("schema must not be empty")
         self.schema_template = schema
         self.copy_threshold = copy_threshold
+        self.ledger_retention = ledger_retention
+        self._ledger_writes = 0
+        self._marker: ChangeMarker | None = None
+        self._services: set[str] = set()
         self._where = describe(conninfo)
         given = conninfo_to_dict(conninfo)
         defaults: dict[str, str | int] = {"connect_timeout": 10, "application_name": "loglane"}
@@ -172,7 +130,7 @@ class PostgresStore(Store):
         )
         self._lock = threading.Lock()
         self._schemas: set[str] = set()
-        self._tables: dict[View[Any], _ViewTable] = {}
+        self._tables: dict[View[Any], ViewTable] = {}
         self._stages: dict[tuple[str, tuple[str, ...]], str] = {}
         self._staged: weakref.WeakKeyDictionary[Connection, set[str]] = weakref.WeakKeyDictionary()
         try:
@@ -210,11 +168,11 @@ class PostgresStore(Store):
 
     def schema(self, service: str) -> str:
         """The schema holding `service`'s tables, created and migrated on first use."""
-        name = self.schema_template.replace("{service}", service)
+        name = self._schema_name(service)
         if name not in self._schemas:
             with self._connection() as conn:
                 try:
-                    _migrate(conn, name)
+                    migrate(conn, name)
                 except psycopg.errors.InsufficientPrivilege as exc:
                     raise ConfigurationError(
                         f"cannot create Loglane's tables in schema {name!r} on {self._where}: "
@@ -223,20 +181,23 @@ class PostgresStore(Store):
                     ) from None
             with self._lock:
                 self._schemas.add(name)
+                self._services.add(service)
         return name
+
+    def _schema_name(self, service: str) -> str:
+        return self.schema_template.replace("{service}", service)
 
     def prepare(self, service: str, views: Sequence[View[Any]]) -> None:
         schema = self.schema(service)
         with self._connection() as conn:
             for view in views:
-                self._tables[view] = _ViewTable.create(conn, schema, view)
+                self._tables[view] = ViewTable.create(conn, schema, view)
 
-    def _view_table(self, view: View[Any]) -> _ViewTable:
+    def _view_table(self, view: View[Any]) -> ViewTable:
         """The statements of `view`; a view no worker prepared yet reads as empty."""
         table = self._tables.get(view)
         if table is None:
-            name = self.schema_template.replace("{service}", view.service)
-            table = self._tables[view] = _ViewTable(name, view)
+            table = self._tables[view] = ViewTable(self._schema_name(view.service), view)
         return table
 
     # -- reads ----------------------------------------------------------------------------------
@@ -337,22 +298,26 @@ class PostgresStore(Store):
         return {TopicPartition(topic, partition): n for topic, partition, n in rows}
 
     def request(self, service: str, request_id: str) -> RequestOutcome | None:
+        return self.requests(service, [request_id]).get(request_id)
+
+    def requests(self, service: str, request_ids: Collection[str]) -> dict[str, RequestOutcome]:
         schema = quote(self.schema(service))
         with self._connection() as conn:
-            row = conn.execute(
-                f"SELECT status, event_ids, detail FROM {schema}.loglane_requests "
-                "WHERE service = %s AND request_id = %s",
-                (service, request_id),
-            ).fetchone()
-        if row is None:
-            return None
-        status, event_ids, detail = row
-        return RequestOutcome(
-            request_id=request_id,
-            status=RequestStatus(status),
-            event_ids=tuple(json.loads(event_ids)),
-            detail=detail,
-        )
+            rows = conn.execute(
+                f"SELECT request_id, status, event_ids, detail, events "
+                f"FROM {schema}.loglane_requests WHERE service = %s AND request_id = ANY(%s)",
+                (service, list(request_ids)),
+            ).fetchall()
+        return {
+            request_id: RequestOutcome(
+                request_id=request_id,
+                status=RequestStatus(status),
+                event_ids=tuple(json.loads(event_ids)),
+                detail=detail,
+                events=_decode_messages(events),
+            )
+            for request_id, status, event_ids, detail, events in rows
+        }
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -373,7 +338,7 @@ class PostgresStore(Store):
         self,
         conn: Connection,
         schema_name: str,
-        tables: Mapping[View[Any], _ViewTable],
+        tables: Mapping[View[Any], ViewTable],
         batch: Batch,
         created: list[str],
     ) -> int | None:
@@ -408,13 +373,20 @@ class PostgresStore(Store):
         outcomes = {outcome.request_id: outcome for outcome in batch.requests}
         writer.insert(
             f"{schema}.loglane_requests",
-            ("service", "request_id", "status", "event_ids", "detail"),
+            _REQUEST_COLUMNS,
             [
-                (batch.service, o.request_id, o.status.value, json.dumps(o.event_ids), o.detail)
+                (
+                    batch.service,
+                    o.request_id,
+                    o.status.value,
+                    json.dumps(o.event_ids),
+                    o.detail,
+                    _encode_messages(o.events),
+                )
                 for o in outcomes.values()
             ],
             "ON CONFLICT (service, request_id) DO UPDATE SET status = excluded.status, "
-            "event_ids = excluded.event_ids, detail = excluded.detail",
+            "event_ids = excluded.event_ids, detail = excluded.detail, events = excluded.events",
         )
         if batch.published_upto is not None:
             writer.execute(
@@ -428,7 +400,10 @@ class PostgresStore(Store):
             writer.execute(statement.sql, statement.params)
         writer.execute(
             "SELECT pg_notify(%s, %s)",
-            (channel(batch.service), _notice(schema_name, batch, list(outcomes))),
+            (
+                channel(batch.service),
+                payload(schema_name, *source[1:], batch.position, list(outcomes)),
+            ),
         )
         last_seq = writer.flush(
             f"SELECT currval(pg_get_serial_sequence('{schema}.loglane_outbox', 'seq'))"
@@ -464,102 +439,113 @@ class PostgresStore(Store):
                 [(service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
             )
 
+    # -- the command ledger (used by the HTTP API) ---------------------------------------------
+
+    def claim(
+        self, service: str, request_id: str, fingerprint: str, *, stale_after: float
+    ) -> AcceptedCommand | None:
+        schema = quote(self.schema(service))
+        now = time.time()
+        with self._connection() as conn:
+            # Concurrent claims of one id: the insert lets one win; a claim left unappended
+            # for `stale_after` is taken over by the update's condition.
+            while True:
+                taken = conn.execute(
+                    f"INSERT INTO {schema}.loglane_accepted AS a "
+                    "(service, request_id, fingerprint, accepted_at) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (service, request_id) DO UPDATE SET fingerprint = "
+                    "excluded.fingerprint, accepted_at = excluded.accepted_at "
+                    "WHERE a.topic IS NULL AND a.accepted_at < %s RETURNING 1",
+                    (service, request_id, fingerprint, now, now - stale_after),
+                ).fetchone()
+                if taken is not None:
+                    return None
+                row = conn.execute(
+                    f'SELECT fingerprint, topic, partition, "offset", accepted_at '
+                    f"FROM {schema}.loglane_accepted WHERE service = %s AND request_id = %s",
+                    (service, request_id),
+                ).fetchone()
+                if row is not None:
+                    return _accepted(request_id, *row)
+                # released between the two statements: claim again
+
+    def record_accepted(self, service: str, commands: Sequence[AcceptedCommand]) -> None:
+        rows = []
+        for command in commands:
+            if command.position is None:
+                raise ValueError(f"request {command.request_id} has no position to record")
+            position = command.position
+            rows.append(
+                (
+                    service,
+                    command.request_id,
+                    command.fingerprint,
+                    position.topic,
+                    position.partition,
+                    position.offset,
+                    command.accepted_at,
+                )
+            )
+        schema = quote(self.schema(service))
+        with self._connection() as conn, conn.transaction():
+            conn.cursor().executemany(
+                f"INSERT INTO {schema}.loglane_accepted VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (service, request_id) DO UPDATE SET topic = excluded.topic, "
+                'partition = excluded.partition, "offset" = excluded."offset"',
+                rows,
+            )
+            self._ledger_writes += 1
+            if self._ledger_writes % _PRUNE_LEDGER_EVERY == 0:
+                conn.execute(
+                    f"DELETE FROM {schema}.loglane_accepted WHERE accepted_at < %s",
+                    (time.time() - self.ledger_retention,),
+                )
+
+    def release(self, service: str, request_id: str) -> None:
+        schema = quote(self.schema(service))
+        with self._connection() as conn:
+            conn.execute(
+                f"DELETE FROM {schema}.loglane_accepted WHERE service = %s AND request_id = %s "
+                "AND topic IS NULL",
+                (service, request_id),
+            )
+
+    def accepted(self, service: str, request_id: str) -> AcceptedCommand | None:
+        schema = quote(self.schema(service))
+        with self._connection() as conn:
+            row = conn.execute(
+                f'SELECT fingerprint, topic, partition, "offset", accepted_at '
+                f"FROM {schema}.loglane_accepted WHERE service = %s AND request_id = %s",
+                (service, request_id),
+            ).fetchone()
+        return None if row is None else _accepted(request_id, *row)
+
     # -- push -----------------------------------------------------------------------------------
 
     def listen(self, *services: str) -> CommitListener:
         """A listener for the commits of `services` in this store's schemas."""
-        schemas = {self.schema_template.replace("{service}", s) for s in services}
-        return CommitListener(self._conninfo, services, schemas, where=self._where)
+        listener = CommitListener(self._conninfo, self._schema_name, where=self._where)
+        if services:
+            listener.follow(*services)
+        return listener
+
+    def change_marker(self) -> int | None:
+        """Moves when a batch of a service this store has served commits, in any process.
+
+        A thread of its own LISTENs for the commits (started by the first call), so reading
+        the marker costs no round trip to the server.
+        """
+        if self._marker is None:
+            with self._lock:
+                if self._marker is None:
+                    self._marker = ChangeMarker(self.listen)
+        self._marker.follow(self._services)
+        return self._marker.value
 
     def close(self) -> None:
+        if self._marker is not None:
+            self._marker.close()
         self._pool.close()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommitNotice:
-    """A batch of `service` committed: `topic`/`partition` now stand at `position`.
-
-    `request_ids` are the requests whose outcome the batch stored, or None when there were
-    too many to say: then any pending request of the service may have finished.
-    """
-
-    service: str
-    topic: str
-    partition: int
-    position: int
-    request_ids: tuple[str, ...] | None
-
-
-class CommitListener:
-    """Commits of some services, pushed by PostgreSQL (LISTEN/NOTIFY) on a connection of its own.
-
-        with store.listen("customers") as listener:
-            while not done():
-                for notice in listener.wait(timeout=1.0):
-                    ...   # re-read the request or the position the notice names
-
-    Notices sent while no listener was connected are lost: check the state you wait for once
-    after listening starts, then after each notice. When the connection drops, `wait` raises
-    `BackendUnavailableError`; open a new listener and check again.
-    """
-
-    def __init__(
-        self,
-        conninfo: str,
-        services: Collection[str],
-        schemas: Collection[str],
-        *,
-        where: str,
-    ) -> None:
-        self._schemas = set(schemas)
-        self._where = where
-        try:
-            self._conn = psycopg.connect(conninfo, autocommit=True)
-            for service in services:
-                self._conn.execute(f"LISTEN {quote(channel(service))}")
-        except psycopg.OperationalError as exc:
-            raise BackendUnavailableError(
-                f"cannot listen on PostgreSQL ({where}): {_one_line(exc)}"
-            ) from exc
-
-    def wait(self, timeout: float) -> list[CommitNotice]:
-        """The notices that arrive within `timeout` seconds, returned as soon as there is one."""
-        notices: list[CommitNotice] = []
-        try:
-            for notify in self._conn.notifies(timeout=timeout, stop_after=1):
-                notices.extend(self._read(notify))
-            # Take the rest that arrived with the first, without waiting again.
-            for notify in self._conn.notifies(timeout=0):
-                notices.extend(self._read(notify))
-        except psycopg.OperationalError as exc:
-            raise BackendUnavailableError(
-                f"lost the PostgreSQL listener ({self._where}): {_one_line(exc)}"
-            ) from exc
-        return notices
-
-    def _read(self, notify: psycopg.Notify) -> list[CommitNotice]:
-        payload = json.loads(notify.payload)
-        if payload["schema"] not in self._schemas:
-            return []
-        request_ids = payload["request_ids"]
-        return [
-            CommitNotice(
-                service=notify.channel.removeprefix("loglane_"),
-                topic=payload["topic"],
-                partition=payload["partition"],
-                position=payload["position"],
-                request_ids=None if request_ids is None else tuple(request_ids),
-            )
-        ]
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> CommitListener:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class _BatchWriter:
@@ -618,133 +604,6 @@ class _BatchWriter:
         return None if row is None else row[0]
 
 
-class _ViewTable:
-    """The statements of one view's table in one schema, built once from its declaration."""
-
-    def __init__(self, schema: str, view: View[Any]) -> None:
-        self.view = view
-        self.name = f"{quote(schema)}.{quote(view.name)}"
-        self.columns = (
-            quote(view.key),
-            "doc",
-            *(quote(column.name) for column in view.columns),
-        )
-        self._kinds = {column.name: column.kind for column in view.columns}
-        self._kinds[view.key] = view.key_kind
-        self._column_names = tuple(column.name for column in view.columns)
-        self._text_columns = tuple(i for i, column in enumerate(view.columns) if column.kind is str)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in self.columns[1:])
-        self.on_conflict = f"ON CONFLICT ({quote(view.key)}) DO UPDATE SET {updates}"
-        self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY(%s)"
-        self.select_one = f"SELECT doc::text FROM {self.name} WHERE {quote(view.key)} = %s"
-
-    def key_param(self, key: Any) -> Any:
-        return _as_text(key) if self.view.key_kind is str else key
-
-    def param(self, name: str, value: Any) -> Any:
-        """`value` as the column `name` holds it: fields that are not plain str, int, float
-        or bool are kept as their JSON text."""
-        return _as_text(value) if self._kinds[name] is str else value
-
-    def values(self, key: Key, row: Any) -> tuple[Any, ...]:
-        """The row as the table's columns: the key, the document, the indexed fields."""
-        if key.__class__ is not self.view.key_kind:
-            key = self.key_param(key)
-        document = self.view.document(row).decode()
-        if not self._column_names:
-            return (key, document)
-        columns = [getattr(row, name) for name in self._column_names]
-        for i in self._text_columns:
-            if columns[i].__class__ is not str:
-                columns[i] = _as_text(columns[i])
-        return (key, document, *columns)
-
-    @classmethod
-    def create(cls, conn: Connection, schema: str, view: View[Any]) -> _ViewTable:
-        """Create the table and its indexes; add columns for indexes declared since."""
-        if "doc" in (view.key, *view.indexes):
-            raise ConfigurationError(
-                f"view {view.name!r}: 'doc' is the column holding the row; rename that field"
-            )
-        table = cls(schema, view)
-        with conn.transaction():
-            _lock_schema(conn, schema)
-            existing = {
-                name
-                for (name,) in conn.execute(
-                    "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                    "AND attnum > 0 AND NOT attisdropped",
-                    (table.name,),
-                )
-            }
-            if not existing:
-                conn.execute(
-                    f"CREATE TABLE {table.name} ({quote(view.key)} {_SQL_TYPES[view.key_kind]} "
-                    "PRIMARY KEY, doc JSONB NOT NULL)"
-                )
-            indexes = {
-                name
-                for (name,) in conn.execute(
-                    "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = %s",
-                    (schema, view.name),
-                )
-            }
-            for column in view.columns:
-                if column.name not in existing:
-                    conn.execute(
-                        f"ALTER TABLE {table.name} ADD COLUMN {quote(column.name)} "
-                        f"{_SQL_TYPES[column.kind]}"
-                    )
-                    conn.execute(
-                        f"UPDATE {table.name} SET {quote(column.name)} = "
-                        f"(doc ->> %s){_CASTS[column.kind]}",
-                        (column.name,),
-                    )
-                index = f"{view.name}_by_{column.name}"
-                if index not in indexes:
-                    conn.execute(
-                        f"CREATE INDEX IF NOT EXISTS {quote(index)} "
-                        f"ON {table.name} ({quote(column.name)}, {quote(view.key)})"
-                    )
-        return table
-
-
-def _migrate(conn: Connection, schema: str) -> None:
-    """Create `schema` and bring Loglane's tables in it to `SCHEMA_VERSION`."""
-    with conn.transaction():
-        _lock_schema(conn, schema)
-        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
-        if found.fetchone() is None:
-            conn.execute(f"CREATE SCHEMA {quote(schema)}")
-        conn.execute(f"SET LOCAL search_path TO {quote(schema)}")
-        found = conn.execute("SELECT to_regclass('loglane_schema_version')")
-        if found.fetchone() == (None,):
-            conn.execute(
-                "CREATE TABLE loglane_schema_version (version INTEGER PRIMARY KEY, "
-                "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-        (current,) = conn.execute(
-            "SELECT coalesce(max(version), 0) FROM loglane_schema_version"
-        ).fetchone() or (0,)
-        if current > SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"schema {schema!r} is at version {current}, written by a newer Loglane than "
-                f"this one (version {SCHEMA_VERSION}); upgrade Loglane"
-            )
-        for migration in MIGRATIONS[current:]:
-            for statement in migration.statements:
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO loglane_schema_version (version, description) VALUES (%s, %s)",
-                (migration.version, migration.description),
-            )
-
-
-def _lock_schema(conn: Connection, schema: str) -> None:
-    """Serialize DDL on `schema` across processes, until the transaction ends."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"loglane schema {schema}",))
-
-
 def _advance_position(cursor: Cursor, schema: str, batch: Batch) -> None:
     """Move the batch's position, only from where the batch began: the fence.
 
@@ -777,22 +636,6 @@ def _advance_position(cursor: Cursor, schema: str, batch: Batch) -> None:
         )
 
 
-def _notice(schema: str, batch: Batch, request_ids: list[str]) -> str:
-    """The NOTIFY payload of a commit, as JSON; request ids only while they fit."""
-    notice: dict[str, Any] = {
-        "schema": schema,
-        "topic": batch.source.topic,
-        "partition": batch.source.partition,
-        "position": batch.position,
-        "request_ids": request_ids,
-    }
-    payload = json.dumps(notice)
-    if len(payload.encode()) > _NOTIFY_BYTES:
-        notice["request_ids"] = None
-        payload = json.dumps(notice)
-    return payload
-
-
 def _copy(
     cursor: Cursor, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
@@ -801,11 +644,37 @@ def _copy(
             copy.write_row(row)
 
 
-def _as_text(value: Any) -> Any:
-    if value is None or isinstance(value, str):
-        return value
-    plain = to_jsonable_python(value)
-    return plain if isinstance(plain, str) else json.dumps(plain)
+def _encode_messages(messages: Sequence[Message]) -> bytes | None:
+    if not messages:
+        return None
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [(m.topic, m.key, m.value, m.headers) for m in messages]
+    )
+
+
+def _decode_messages(blob: bytes | None) -> tuple[Message, ...]:
+    if not blob:
+        return ()
+    return tuple(
+        Message(topic, key, value, tuple(map(tuple, headers)))
+        for topic, key, value, headers in msgpack.unpackb(blob)
+    )
+
+
+def _accepted(
+    request_id: str,
+    fingerprint: str,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
+    accepted_at: float,
+) -> AcceptedCommand:
+    position = None
+    if topic is not None and partition is not None and offset is not None:
+        position = Position(topic, partition, offset)
+    return AcceptedCommand(
+        request_id=request_id, fingerprint=fingerprint, position=position, accepted_at=accepted_at
+    )
 
 
 def _one_line(exc: Exception) -> str:
@@ -819,7 +688,7 @@ def describe(conninfo: str) -> str:
     except psycopg.ProgrammingError as exc:
         raise BadURLError(
             f"not a PostgreSQL URL: {_one_line(exc)}; Loglane's own options are schema, "
-            "pool_size and pool_timeout, the rest must be libpq parameters"
+            "pool_size, pool_timeout and ledger_retention, the rest must be libpq parameters"
         ) from None
 
     def value(name: str, variable: str, default: str) -> str:

@@ -1,0 +1,233 @@
+"""The PostgreSQL store's tables: Loglane's own, migrated by version, and one per view."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from pydantic_core import to_jsonable_python
+
+from loglane.errors import ConfigurationError
+from loglane.views import Key, View
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of Loglane's own tables; statements run with the schema on the search path."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+# Append only: a released migration never changes, a new one gets the next version.
+MIGRATIONS = (
+    Migration(
+        1,
+        "positions, outbox, applied event ids and requests",
+        (
+            """CREATE TABLE loglane_positions (
+                service TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                partition INTEGER NOT NULL,
+                "offset" BIGINT NOT NULL,
+                PRIMARY KEY (service, topic, partition)
+            )""",
+            """CREATE TABLE loglane_outbox (
+                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                service TEXT NOT NULL,
+                source_topic TEXT NOT NULL,
+                source_partition INTEGER NOT NULL,
+                topic TEXT NOT NULL,
+                key BYTEA,
+                value BYTEA NOT NULL,
+                headers BYTEA NOT NULL
+            )""",
+            """CREATE INDEX loglane_outbox_by_source
+                ON loglane_outbox (service, source_topic, source_partition, seq)""",
+            """CREATE TABLE loglane_applied (
+                service TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                partition INTEGER NOT NULL,
+                position BIGINT NOT NULL,
+                event_ids TEXT[] NOT NULL,
+                PRIMARY KEY (service, topic, partition, position)
+            )""",
+            """CREATE TABLE loglane_requests (
+                service TEXT NOT NULL,
+                request_id TEXT NOT NULL,
+                status TEXT NOT NULL,
+                event_ids TEXT NOT NULL,
+                detail TEXT,
+                PRIMARY KEY (service, request_id)
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "request outcomes keep their events; the HTTP API's command ledger",
+        (
+            "ALTER TABLE loglane_requests ADD COLUMN events BYTEA",
+            """CREATE TABLE loglane_accepted (
+                service TEXT NOT NULL,
+                request_id TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                topic TEXT,
+                partition INTEGER,
+                "offset" BIGINT,
+                accepted_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (service, request_id)
+            )""",
+            "CREATE INDEX loglane_accepted_by_time ON loglane_accepted (accepted_at)",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+_SQL_TYPES = {str: 'TEXT COLLATE "C"', int: "BIGINT", float: "DOUBLE PRECISION", bool: "BOOLEAN"}
+_CASTS = {str: "", int: "::bigint", float: "::double precision", bool: "::boolean"}
+
+
+def quote(name: str) -> str:
+    """`name` as a PostgreSQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def migrate(conn: Connection, schema: str, migrations: tuple[Migration, ...] = MIGRATIONS) -> None:
+    """Create `schema` and apply the `migrations` it has not seen, in one transaction."""
+    latest = migrations[-1].version
+    with conn.transaction():
+        lock_schema(conn, schema)
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        if found.fetchone() is None:
+            conn.execute(f"CREATE SCHEMA {quote(schema)}")
+        conn.execute(f"SET LOCAL search_path TO {quote(schema)}")
+        found = conn.execute("SELECT to_regclass('loglane_schema_version')")
+        if found.fetchone() == (None,):
+            conn.execute(
+                "CREATE TABLE loglane_schema_version (version INTEGER PRIMARY KEY, "
+                "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+        (current,) = conn.execute(
+            "SELECT coalesce(max(version), 0) FROM loglane_schema_version"
+        ).fetchone() or (0,)
+        if current > latest:
+            raise ConfigurationError(
+                f"schema {schema!r} is at version {current}, written by a newer Loglane than "
+                f"this one (version {latest}); upgrade Loglane"
+            )
+        for migration in migrations[current:]:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO loglane_schema_version (version, description) VALUES (%s, %s)",
+                (migration.version, migration.description),
+            )
+
+
+def lock_schema(conn: Connection, schema: str) -> None:
+    """Serialize DDL on `schema` across processes, until the transaction ends."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"loglane schema {schema}",))
+
+
+class ViewTable:
+    """The statements of one view's table in one schema, built once from its declaration."""
+
+    def __init__(self, schema: str, view: View[Any]) -> None:
+        self.view = view
+        self.name = f"{quote(schema)}.{quote(view.name)}"
+        self.columns = (
+            quote(view.key),
+            "doc",
+            *(quote(column.name) for column in view.columns),
+        )
+        self._kinds = {column.name: column.kind for column in view.columns}
+        self._kinds[view.key] = view.key_kind
+        self._column_names = tuple(column.name for column in view.columns)
+        self._text_columns = tuple(i for i, column in enumerate(view.columns) if column.kind is str)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in self.columns[1:])
+        self.on_conflict = f"ON CONFLICT ({quote(view.key)}) DO UPDATE SET {updates}"
+        self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY(%s)"
+        self.select_one = f"SELECT doc::text FROM {self.name} WHERE {quote(view.key)} = %s"
+
+    def key_param(self, key: Any) -> Any:
+        return as_text(key) if self.view.key_kind is str else key
+
+    def param(self, name: str, value: Any) -> Any:
+        """`value` as the column `name` holds it: fields that are not plain str, int, float
+        or bool are kept as their JSON text."""
+        return as_text(value) if self._kinds[name] is str else value
+
+    def values(self, key: Key, row: Any) -> tuple[Any, ...]:
+        """The row as the table's columns: the key, the document, the indexed fields."""
+        if key.__class__ is not self.view.key_kind:
+            key = self.key_param(key)
+        document = self.view.document(row).decode()
+        if not self._column_names:
+            return (key, document)
+        columns = [getattr(row, name) for name in self._column_names]
+        for i in self._text_columns:
+            if columns[i].__class__ is not str:
+                columns[i] = as_text(columns[i])
+        return (key, document, *columns)
+
+    @classmethod
+    def create(cls, conn: Connection, schema: str, view: View[Any]) -> ViewTable:
+        """Create the table and its indexes; add columns for indexes declared since."""
+        if "doc" in (view.key, *view.indexes):
+            raise ConfigurationError(
+                f"view {view.name!r}: 'doc' is the column holding the row; rename that field"
+            )
+        table = cls(schema, view)
+        with conn.transaction():
+            lock_schema(conn, schema)
+            existing = {
+                name
+                for (name,) in conn.execute(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attnum > 0 AND NOT attisdropped",
+                    (table.name,),
+                )
+            }
+            if not existing:
+                conn.execute(
+                    f"CREATE TABLE {table.name} ({quote(view.key)} {_SQL_TYPES[view.key_kind]} "
+                    "PRIMARY KEY, doc JSONB NOT NULL)"
+                )
+            indexes = {
+                name
+                for (name,) in conn.execute(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = %s",
+                    (schema, view.name),
+                )
+            }
+            for column in view.columns:
+                if column.name not in existing:
+                    conn.execute(
+                        f"ALTER TABLE {table.name} ADD COLUMN {quote(column.name)} "
+                        f"{_SQL_TYPES[column.kind]}"
+                    )
+                    conn.execute(
+                        f"UPDATE {table.name} SET {quote(column.name)} = "
+                        f"(doc ->> %s){_CASTS[column.kind]}",
+                        (column.name,),
+                    )
+                index = f"{view.name}_by_{column.name}"
+                if index not in indexes:
+                    conn.execute(
+                        f"CREATE INDEX IF NOT EXISTS {quote(index)} "
+                        f"ON {table.name} ({quote(column.name)}, {quote(view.key)})"
+                    )
+        return table
+
+
+def as_text(value: Any) -> Any:
+    """A value for a TEXT column: strings as they are, anything else as its JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    plain = to_jsonable_python(value)
+    return plain if isinstance(plain, str) else json.dumps(plain)

@@ -1,0 +1,116 @@
+"""The HTTP API on PostgreSQL: waits pushed by LISTEN/NOTIFY, and 503 while the server is down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loglane.api import ApiSettings, create_app
+from loglane.examples.shop import landscape
+from loglane.stores.base import Store
+from loglane.urls import open_log, open_store
+from tests.api.conftest import DEADLINE, LiveServer, Stack
+from tests.postgres import PrivateServer, schemas, with_schema
+
+pytestmark = pytest.mark.postgres
+
+
+@dataclass(kw_only=True)
+class PostgresApiStack(Stack):
+    """The API's test stack with the shop's stores in PostgreSQL."""
+
+    db_url: str
+
+    def store(self, name: str) -> Store:
+        store = open_store(self.db_url, name)
+        self.stores.append(store)
+        return store
+
+    def serve(self, *, tokens: tuple[str, ...] = (), **settings: Any) -> LiveServer:
+        app = create_app(
+            landscape,
+            self.log,
+            lambda name: open_store(self.db_url, name),
+            tokens=tokens,
+            settings=ApiSettings(**settings),
+        )
+        server = LiveServer(app).start()
+        self.servers.append(server)
+        return server
+
+
+def open_stack(folder: Path, db_url: str) -> PostgresApiStack:
+    log = open_log(f"embedded:///{folder}/log.db?session_timeout=3&synchronous=normal")
+    return PostgresApiStack(folder, log, db_url=db_url)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, postgres_url: str) -> Iterator[PostgresApiStack]:
+    with schemas(postgres_url) as prefix:
+        stack = open_stack(tmp_path, with_schema(postgres_url, prefix + "{service}"))
+        yield stack
+        stack.close()
+
+
+def test_a_wait_is_answered_when_a_worker_elsewhere_commits(stack: PostgresApiStack) -> None:
+    server = stack.serve()
+    # workers not hooked to the server, as in another process: only PostgreSQL tells it
+    stack.start_workers()
+    with httpx.Client(base_url=server.url, timeout=DEADLINE) as client:
+        response = client.post(
+            "/customers/commands/CreateCustomer",
+            json={"customer_id": "c1", "name": "Ada"},
+            params={"wait": 30},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "done"
+        assert [event["type"] for event in body["events"]] == ["CustomerCreated"]
+        view = client.get("/customers/views/customers/c1", params={"position": body["position"]})
+        assert view.status_code == 200, view.text
+        assert view.json()["name"] == "Ada"
+
+
+def test_the_api_answers_503_while_postgresql_is_down_and_recovers(tmp_path: Path) -> None:
+    server = PrivateServer()
+    stack = open_stack(tmp_path, with_schema(server.url, "shop_{service}") + "&pool_timeout=1")
+    try:
+        api = stack.serve()
+        stack.start_workers()
+        with httpx.Client(base_url=api.url, timeout=DEADLINE) as client:
+            response = client.post(
+                "/customers/commands/CreateCustomer", json={"customer_id": "c1", "name": "Ada"}
+            )
+            assert response.status_code == 202, response.text
+            server.stop()
+            # the log still takes commands; what needs the views cannot be served
+            posted = client.post(
+                "/customers/commands/CreateCustomer", json={"customer_id": "c3", "name": "Cy"}
+            )
+            assert posted.status_code == 202, posted.text
+            for answer in [
+                client.get("/customers/views/customers/c1"),
+                client.get(f"/customers/requests/{response.json()['request_id']}"),
+            ]:
+                assert answer.status_code == 503, answer.text
+                assert "PostgreSQL" in answer.json()["detail"]
+            server.start()
+            again = client.post(
+                "/customers/commands/CreateCustomer",
+                json={"customer_id": "c2", "name": "Bob"},
+                params={"wait": 30},
+            )
+            assert again.status_code == 200, again.text
+            assert again.json()["status"] == "done"
+            c3 = client.get(
+                "/customers/views/customers/c3", params={"position": posted.json()["position"]}
+            )
+            assert c3.status_code == 200, c3.text
+    finally:
+        stack.close()
+        server.close()
