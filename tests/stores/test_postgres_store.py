@@ -309,11 +309,24 @@ def test_fields_of_other_types_are_indexed_as_their_json_text(store: PostgresSto
     assert store.query(visits, where={"score": 5}) == [rows["v1"]]
 
 
-def test_a_view_no_worker_has_prepared_reads_as_empty(store: PostgresStore) -> None:
+def test_a_view_no_worker_has_prepared_reads_as_empty_until_a_batch_writes_it(
+    store: PostgresStore,
+) -> None:
     service = Service(f"unborn_{uuid.uuid4().hex[:8]}")
     accounts = service.view("accounts", Account, key="account_id", indexes=["owner"])
     assert store.get(accounts, "a1") is None
     assert store.query(accounts, where={"owner": "ada"}) == []
+    ada = Account(account_id="a1", owner="ada", balance=1)
+    store.commit(
+        Batch(
+            service=service.name,
+            source=TopicPartition(service.input_topic, 0),
+            expected_position=None,
+            position=1,
+            writes={accounts: {"a1": ada}},
+        )
+    )
+    assert store.query(accounts, where={"owner": "ada"}) == [ada]
 
 
 def test_a_lost_connection_is_reported_as_unavailable_and_the_next_call_reconnects(

@@ -130,7 +130,8 @@ class PostgresStore(Store):
         )
         self._lock = threading.Lock()
         self._schemas: set[str] = set()
-        self._tables: dict[View[Any], ViewTable] = {}
+        self._tables: dict[View[Any], ViewTable] = {}  # created by prepare
+        self._unprepared: dict[View[Any], ViewTable] = {}  # read before any prepare
         self._stages: dict[tuple[str, tuple[str, ...]], str] = {}
         self._staged: weakref.WeakKeyDictionary[Connection, set[str]] = weakref.WeakKeyDictionary()
         try:
@@ -169,6 +170,8 @@ class PostgresStore(Store):
     def schema(self, service: str) -> str:
         """The schema holding `service`'s tables, created and migrated on first use."""
         name = self._schema_name(service)
+        if service in self._services:
+            return name
         if name not in self._schemas:
             with self._connection() as conn:
                 try:
@@ -179,9 +182,9 @@ class PostgresStore(Store):
                         f"{_one_line(exc)}; grant CREATE on the database (or create the schema "
                         "and grant CREATE on it) to the user in --db"
                     ) from None
-            with self._lock:
-                self._schemas.add(name)
-                self._services.add(service)
+        with self._lock:
+            self._schemas.add(name)
+            self._services = self._services | {service}
         return name
 
     def _schema_name(self, service: str) -> str:
@@ -195,9 +198,9 @@ class PostgresStore(Store):
 
     def _view_table(self, view: View[Any]) -> ViewTable:
         """The statements of `view`; a view no worker prepared yet reads as empty."""
-        table = self._tables.get(view)
+        table = self._tables.get(view) or self._unprepared.get(view)
         if table is None:
-            table = self._tables[view] = ViewTable(self._schema_name(view.service), view)
+            table = self._unprepared[view] = ViewTable(self._schema_name(view.service), view)
         return table
 
     # -- reads ----------------------------------------------------------------------------------
