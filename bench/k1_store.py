@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import psycopg
 from pydantic import BaseModel
 from pydantic_core import to_json
@@ -63,13 +64,14 @@ class Work:
             ]
             self.batches.append(items)
             ids = [str(uuid.uuid4()) for _ in items]
-            self.outboxes.append(
-                [_message(item, event_id) for item, event_id in zip(items, ids, strict=False)]
-            )
+            messages = [_message(item, i) for item, i in zip(items, ids, strict=True)]
+            self.outboxes.append(messages)
             self.outcomes.append(
                 [
-                    RequestOutcome(request_id=i, status=RequestStatus.DONE, event_ids=(i,))
-                    for i in ids
+                    RequestOutcome(
+                        request_id=i, status=RequestStatus.DONE, event_ids=(i,), events=(m,)
+                    )
+                    for i, m in zip(ids, messages, strict=True)
                 ]
             )
 
@@ -161,7 +163,7 @@ Writer = Callable[[psycopg.Connection[Any], psycopg.Cursor[Any], Work, int, list
 _UPSERT = "ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, grp = excluded.grp"
 _REQUEST_UPSERT = (
     "ON CONFLICT (service, request_id) DO UPDATE SET status = excluded.status, "
-    "event_ids = excluded.event_ids, detail = excluded.detail"
+    "event_ids = excluded.event_ids, detail = excluded.detail, events = excluded.events"
 )
 _OUTBOX = "service, source_topic, source_partition, topic, key, value, headers"
 
@@ -180,7 +182,14 @@ def _extra_rows(work: Work, n: int) -> tuple[list[tuple[Any, ...]], list[tuple[A
         for m in work.outboxes[n]
     ]
     requests = [
-        (service.name, o.request_id, o.status.value, json.dumps(o.event_ids), o.detail)
+        (
+            service.name,
+            o.request_id,
+            o.status.value,
+            json.dumps(o.event_ids),
+            o.detail,
+            msgpack.packb([(m.topic, m.key, m.value, m.headers) for m in o.events]),
+        )
         for o in work.outcomes[n]
     ]
     return outbox, requests
@@ -205,7 +214,7 @@ def _executemany_writer(s: str) -> Writer:
         )
         _rest(cursor, s, work, n, last_seq)
         cursor.executemany(
-            f"INSERT INTO {s}.loglane_requests VALUES (%s, %s, %s, %s, %s) {_REQUEST_UPSERT}",
+            f"INSERT INTO {s}.loglane_requests VALUES (%s, %s, %s, %s, %s, %s) {_REQUEST_UPSERT}",
             requests,
         )
         return _last_seq(cursor, s)
