@@ -29,3 +29,6 @@ def postgres_url() -> str:
     from tests.postgres import server_url
 
     return server_url()
+
+
+pytest_plugins = ["tests.kafka_broker"]

@@ -10,6 +10,7 @@
                                      PGDATABASE (`postgresql://` alone uses them all); Loglane's
                                      options are schema, pool_size, pool_timeout and
                                      ledger_retention; other query parameters go to libpq
+    kafka://host:9092[,host:9092]    Apache Kafka; options in `loglane.logs.kafka`
 
 Relative and absolute paths follow SQLAlchemy's convention for SQLite URLs. Options go in the
 query string, e.g. `embedded:///log.db?session_timeout=3&synchronous=normal`.
@@ -56,7 +57,14 @@ def open_log(url: str) -> Log:
             url, {"session_timeout": float, "heartbeat_interval": float, "synchronous": str}
         )
         return EmbeddedLog(_sqlite_path(url, scheme), **options)  # type: ignore[arg-type]
-    raise BadURLError(f"{url!r}: unknown log scheme {scheme!r}; use embedded:///path/to/log.db")
+    if scheme == "kafka":
+        from loglane.logs.kafka import KafkaLog
+
+        return KafkaLog.from_url(url)
+    raise BadURLError(
+        f"{url!r}: unknown log scheme {scheme!r}; use embedded:///path/to/log.db or "
+        "kafka://host:port"
+    )
 
 
 def open_store(url: str, service: str) -> Store:

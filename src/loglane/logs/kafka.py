@@ -1,0 +1,741 @@
+"""Apache Kafka as the log, through confluent-kafka (librdkafka).
+
+    kafka://127.0.0.1:9092                       one broker, topics created as services need them
+    kafka://k1:9092,k2:9092?replication_factor=3&retention_ms=604800000
+    kafka://k1:9093?security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512
+        &sasl_username=app&sasl_password=secret&ssl_ca_location=/etc/ssl/ca.pem
+
+Options: `partitions` (new topics get this many instead of the service's own count),
+`replication_factor` (default 1), `retention_ms`, `create_topics` (default true; false makes a
+missing topic a `ConfigurationError`), `connect_timeout` (seconds the first metadata request
+may take, default 10), the security options above, and any librdkafka setting by its dotted
+name: `session.timeout.ms=6000` goes to every client, `consumer.session.timeout.ms=6000` only
+to consumers, `producer.linger.ms=20` only to the producer.
+
+How Kafka's semantics meet Loglane's:
+
+- The producer is idempotent with `acks=all`, so a retried batch neither reorders nor doubles
+  records within a partition, and it partitions with `murmur2_random`, so a key lands on the
+  same partition as with Java clients and the embedded log. `append` waits for every delivery
+  report and raises if any record was not acknowledged.
+- Consumers use the cooperative-sticky assignor: a rebalance takes away only the partitions
+  that move. librdkafka calls the rebalance callbacks on the polling thread, inside `poll`;
+  they call the `RebalanceListener` and then change the assignment, starting each new
+  partition where the listener sought it (the worker seeks to the positions in its store),
+  else at the group's committed offset.
+- Auto-commit and the offset store are off: offsets are committed only by `commit`, after the
+  store, for lag monitoring. A member that lost its partitions commits nothing for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, cast
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import confluent_kafka as ck
+from confluent_kafka import ConsumerGroupTopicPartitions
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
+from confluent_kafka.cimpl import NewTopic
+
+from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError
+from loglane.logs.base import Consumer, Log, PartitionOffsets, RebalanceListener
+from loglane.records import Message, Position, Record, TopicPartition
+
+logger = logging.getLogger("loglane.kafka")
+
+_NAMED_OPTIONS = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_username": "sasl.username",
+    "sasl_password": "sasl.password",
+    "ssl_ca_location": "ssl.ca.location",
+}
+_TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+# The partitions are moving: a commit for them is moot, the next owner commits its own.
+_MOVING = {
+    ck.KafkaError.REBALANCE_IN_PROGRESS,
+    ck.KafkaError.ILLEGAL_GENERATION,
+    ck.KafkaError.UNKNOWN_MEMBER_ID,
+    ck.KafkaError.FENCED_INSTANCE_ID,
+    ck.KafkaError.STALE_MEMBER_EPOCH,
+    ck.KafkaError.UNKNOWN_TOPIC_OR_PART,
+    ck.KafkaError._NO_OFFSET,
+    ck.KafkaError._STATE,
+}
+_MISSING_TOPIC = {ck.KafkaError.UNKNOWN_TOPIC_OR_PART, ck.KafkaError._UNKNOWN_TOPIC}
+_EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+_LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaSettings:
+    """Where the brokers are, how topics are created, and extra librdkafka settings."""
+
+    bootstrap_servers: str
+    partitions: int | None = None
+    replication_factor: int = 1
+    retention_ms: int | None = None
+    create_topics: bool = True
+    connect_timeout: float = 10.0
+    request_timeout: float = 30.0
+    client: Mapping[str, str] = field(default_factory=dict)
+    producer: Mapping[str, str] = field(default_factory=dict)
+    consumer: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_url(cls, url: str) -> KafkaSettings:
+        """Settings from a `kafka://` URL; `BadURLError` names the part that is wrong."""
+        parts = urlsplit(url)
+        servers = unquote(parts.netloc)
+        if parts.scheme != "kafka" or not servers or parts.path not in ("", "/"):
+            raise BadURLError(f"{url!r}: write kafka://host:port[,host:port][?option=value&...]")
+        for server in servers.split(","):
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise BadURLError(f"{url!r}: {server!r} is not host:port")
+        typed: dict[str, Any] = {}
+        client: dict[str, str] = {}
+        producer: dict[str, str] = {}
+        consumer: dict[str, str] = {}
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name in ("partitions", "replication_factor", "retention_ms"):
+                typed[name] = _positive_int(url, name, value)
+            elif name in ("connect_timeout", "request_timeout"):
+                typed[name] = _positive_float(url, name, value)
+            elif name == "create_topics":
+                if value.lower() not in _TRUE:
+                    raise BadURLError(f"{url!r}: create_topics must be true or false")
+                typed[name] = _TRUE[value.lower()]
+            elif name in _NAMED_OPTIONS:
+                client[_NAMED_OPTIONS[name]] = value
+            elif name.startswith("producer.") and "." in name[9:]:
+                producer[name.removeprefix("producer.")] = value
+            elif name.startswith("consumer.") and "." in name[9:]:
+                consumer[name.removeprefix("consumer.")] = value
+            elif "." in name:
+                client[name] = value
+            else:
+                known = ", ".join(
+                    [
+                        "partitions",
+                        "replication_factor",
+                        "retention_ms",
+                        "create_topics",
+                        "connect_timeout",
+                        "request_timeout",
+                        *_NAMED_OPTIONS,
+                    ]
+                )
+                raise BadURLError(
+                    f"{url!r}: unknown option {name!r}; known: {known}, or any librdkafka "
+                    "setting by its dotted name (optionally prefixed producer. or consumer.)"
+                )
+        return cls(
+            bootstrap_servers=servers,
+            client=client,
+            producer=producer,
+            consumer=consumer,
+            **typed,
+        )
+
+
+def _positive_int(url: str, name: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise BadURLError(f"{url!r}: {name}={value!r} must be a positive whole number")
+    return int(value)
+
+
+def _positive_float(url: str, name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if number <= 0:
+        raise BadURLError(f"{url!r}: {name}={value!r} must be a positive number of seconds")
+    return number
+
+
+def _on_client_error(error: ck.KafkaError) -> None:
+    """librdkafka reports broker trouble here and keeps retrying on its own."""
+    if error.fatal():
+        logger.error("kafka client: %s", error.str())
+    else:
+        logger.warning("kafka client: %s", error.str())
+
+
+def _error_of(exc: ck.KafkaException) -> ck.KafkaError | None:
+    error = exc.args[0] if exc.args else None
+    return error if isinstance(error, ck.KafkaError) else None
+
+
+def _code(exc: ck.KafkaException) -> int | None:
+    error = _error_of(exc)
+    return None if error is None else error.code()
+
+
+class KafkaLog(Log):
+    """Topics on a Kafka cluster; one producer, one admin client and a reader per log."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._admin = AdminClient(self._config())
+        self._producer_lock = threading.Lock()
+        self._producer: ck.Producer | None = None
+        self._reader_lock = threading.Lock()
+        self._reader: ck.Consumer | None = None
+        self._known: set[str] = set()
+        self._check_reachable()
+
+    @classmethod
+    def from_url(cls, url: str) -> KafkaLog:
+        return cls(KafkaSettings.from_url(url))
+
+    def _config(self, *extra: Mapping[str, Any]) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.settings.bootstrap_servers,
+            "client.id": "loglane",
+            "error_cb": _on_client_error,
+            "logger": logger,
+        }
+        config.update(self.settings.client)
+        for more in extra:
+            config.update(more)
+        return config
+
+    def _check_reachable(self) -> None:
+        """One bounded metadata request, so a wrong address fails now, in one clear line."""
+        try:
+            self._admin.list_topics(timeout=self.settings.connect_timeout)
+        except ck.KafkaException as exc:
+            raise BackendUnavailableError(
+                f"Kafka at {self.settings.bootstrap_servers} did not answer within "
+                f"{self.settings.connect_timeout:g}s ({exc.args[0]}); check the address and "
+                "security options, or start a broker (scripts/kafka start)"
+            ) from None
+
+    def _unavailable(self, what: str, exc: ck.KafkaException) -> BackendUnavailableError:
+        return BackendUnavailableError(
+            f"Kafka at {self.settings.bootstrap_servers} failed to {what}: {exc.args[0]}"
+        )
+
+    # -- topics ---------------------------------------------------------------------------------
+
+    def _partitions_of(self, topic: str) -> int | None:
+        """The partition count of `topic`, or None if the cluster does not have it."""
+        try:
+            metadata = self._admin.list_topics(topic=topic, timeout=self.settings.request_timeout)
+        except ck.KafkaException as exc:
+            raise self._unavailable(f"describe topic {topic!r}", exc) from None
+        found = metadata.topics.get(topic)
+        if found is None or (found.error is not None and found.error.code() in _MISSING_TOPIC):
+            return None
+        self._known.add(topic)
+        return len(found.partitions)
+
+    def create_topic(self, name: str, partitions: int, *, retention_ms: int | None = None) -> int:
+        existing = self._partitions_of(name)
+        if existing is not None:
+            return existing
+        if not self.settings.create_topics:
+            raise ConfigurationError(
+                f"topic {name!r} does not exist on {self.settings.bootstrap_servers} and "
+                f"create_topics=false; create it ({partitions} partitions) or allow creation"
+            )
+        count = self.settings.partitions or partitions
+        retention = retention_ms if retention_ms is not None else self.settings.retention_ms
+        config = {} if retention is None else {"retention.ms": str(retention)}
+        new = NewTopic(name, count, self.settings.replication_factor, config=config)
+        futures = self._admin.create_topics(
+            [new], request_timeout=self.settings.request_timeout, operation_timeout=10.0
+        )
+        try:
+            futures[name].result()
+        except ck.KafkaException as exc:
+            code = _code(exc)
+            if code in (
+                ck.KafkaError.INVALID_REPLICATION_FACTOR,
+                ck.KafkaError.INVALID_PARTITIONS,
+                ck.KafkaError.INVALID_CONFIG,
+                ck.KafkaError.POLICY_VIOLATION,
+                ck.KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                ck.KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+            ):
+                raise ConfigurationError(f"cannot create topic {name!r}: {exc.args[0]}") from None
+            if code != ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                raise self._unavailable(f"create topic {name!r}", exc) from None
+        return self._await_topic(name)
+
+    def _await_topic(self, name: str) -> int:
+        """Wait until the brokers' metadata shows the new topic with a leader per partition."""
+        deadline = time.monotonic() + self.settings.request_timeout
+        while time.monotonic() < deadline:
+            try:
+                metadata = self._admin.list_topics(
+                    topic=name, timeout=self.settings.request_timeout
+                )
+            except ck.KafkaException as exc:
+                raise self._unavailable(f"describe topic {name!r}", exc) from None
+            found = metadata.topics.get(name)
+            if (
+                found is not None
+                and found.error is None
+                and found.partitions
+                and all(p.leader >= 0 for p in found.partitions.values())
+            ):
+                self._known.add(name)
+                return len(found.partitions)
+            time.sleep(0.05)
+        raise BackendUnavailableError(
+            f"topic {name!r} was created but Kafka at {self.settings.bootstrap_servers} did "
+            f"not list it with leaders within {self.settings.request_timeout:g}s; try again"
+        )
+
+    def partition_count(self, topic: str) -> int:
+        count = self._partitions_of(topic)
+        if count is None:
+            raise self._missing(topic)
+        return count
+
+    def _missing(self, topic: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"topic {topic!r} does not exist on {self.settings.bootstrap_servers}; start the "
+            "service's workers once (they create their topics) or create it first"
+        )
+
+    def _require_topics(self, topics: Sequence[str]) -> None:
+        for topic in topics:
+            if topic not in self._known and self._partitions_of(topic) is None:
+                raise self._missing(topic)
+
+    # -- append ---------------------------------------------------------------------------------
+
+    def _producer_client(self) -> ck.Producer:
+        if self._producer is None:
+            self._producer = ck.Producer(
+                self._config(
+                    {
+                        "enable.idempotence": True,
+                        "acks": "all",
+                        "linger.ms": 5,
+                        "partitioner": "murmur2_random",
+                        "message.timeout.ms": 30000,
+                    },
+                    self.settings.producer,
+                )
+            )
+        return self._producer
+
+    def append(self, messages: Sequence[Message]) -> list[Position]:
+        if not messages:
+            return []
+        self._require_topics(sorted({message.topic for message in messages}))
+        reports: list[ck.Message | ck.KafkaError | None] = [None] * len(messages)
+
+        def report(index: int, error: ck.KafkaError | None, delivered: ck.Message) -> None:
+            reports[index] = delivered if error is None else error
+
+        with self._producer_lock:
+            producer = self._producer_client()
+            try:
+                for index, message in enumerate(messages):
+                    self._produce(producer, message, partial(report, index))
+                while producer.flush(1.0) > 0 and None in reports:
+                    pass
+            except ck.KafkaException as exc:
+                self._discard_if_fatal(_error_of(exc))
+                raise self._unavailable(f"append to {messages[0].topic!r}", exc) from None
+        positions: list[Position] = []
+        for message, outcome in zip(messages, reports, strict=True):
+            if not isinstance(outcome, ck.Message):
+                raise self._delivery_failed(message, outcome, reports)
+            positions.append(
+                Position(message.topic, cast(int, outcome.partition()), cast(int, outcome.offset()))
+            )
+        return positions
+
+    @staticmethod
+    def _produce(
+        producer: ck.Producer,
+        message: Message,
+        on_delivery: Callable[[ck.KafkaError | None, ck.Message], None],
+    ) -> None:
+        while True:
+            try:
+                producer.produce(
+                    message.topic,
+                    message.value,
+                    message.key,
+                    on_delivery=on_delivery,
+                    headers=list(message.headers) or None,
+                )
+                return
+            except BufferError:
+                # the local queue is full: serve delivery reports until there is room
+                producer.poll(0.1)
+
+    def _delivery_failed(
+        self,
+        message: Message,
+        outcome: ck.KafkaError | None,
+        reports: Sequence[ck.Message | ck.KafkaError | None],
+    ) -> Exception:
+        failed = sum(1 for r in reports if not isinstance(r, ck.Message))
+        if outcome is None:
+            return BackendUnavailableError(
+                f"Kafka at {self.settings.bootstrap_servers} did not confirm {failed} of "
+                f"{len(reports)} records; they may or may not be stored; retry the append"
+            )
+        self._discard_if_fatal(outcome)
+        if outcome.code() in _MISSING_TOPIC:
+            self._known.discard(message.topic)
+            return self._missing(message.topic)
+        if outcome.code() == ck.KafkaError.MSG_SIZE_TOO_LARGE:
+            return ConfigurationError(
+                f"a record of {len(message.value)} bytes for {message.topic!r} is larger than "
+                "Kafka accepts; raise the topic's max.message.bytes (and producer."
+                "message.max.bytes) or emit smaller events"
+            )
+        return BackendUnavailableError(
+            f"Kafka at {self.settings.bootstrap_servers} did not store {failed} of "
+            f"{len(reports)} records for {message.topic!r}: {outcome.str()}; retry the append"
+        )
+
+    def _discard_if_fatal(self, error: ck.KafkaError | None) -> None:
+        """An idempotent producer that hit a fatal error is unusable; the next append makes
+        a fresh one (a new producer id), which is safe because records carry their own ids."""
+        if error is not None and error.fatal():
+            self._producer = None
+
+    # -- read -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[ck.Consumer]:
+        """The log's own consumer for `read`: no group, partitions assigned by hand."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = ck.Consumer(
+                    self._config(
+                        {
+                            "group.id": f"loglane-reader-{uuid.uuid4().hex}",
+                            "enable.auto.commit": False,
+                            "enable.partition.eof": True,
+                            "auto.offset.reset": "earliest",
+                        },
+                        self.settings.consumer,
+                    )
+                )
+            yield self._reader
+
+    def read(self, partition: TopicPartition, offset: int, max_records: int) -> list[Record]:
+        self._require_topics([partition.topic])
+        ends = self._list_offsets([partition], _LATEST)
+        end = ends[partition]
+        if max_records <= 0 or offset >= end:
+            return []
+        wanted = min(max_records, end - offset)
+        records: list[Record] = []
+        with self._reading() as reader:
+            reader.assign([ck.TopicPartition(partition.topic, partition.partition, offset)])
+            try:
+                done = False
+                while not done and len(records) < wanted:
+                    batch = reader.consume(wanted - len(records), self.settings.request_timeout)
+                    if not batch:
+                        raise BackendUnavailableError(
+                            f"Kafka at {self.settings.bootstrap_servers} sent nothing for "
+                            f"{partition} from offset {offset} within "
+                            f"{self.settings.request_timeout:g}s; try again"
+                        )
+                    for message in batch:
+                        error = message.error()
+                        if error is not None:
+                            if error.code() != ck.KafkaError._PARTITION_EOF:
+                                raise _consumer_error(error)
+                            done = True
+                            continue
+                        record = _record(message)
+                        records.append(record)
+                        done = done or record.offset >= end - 1
+            finally:
+                reader.unassign()
+        return records[:max_records]
+
+    def offsets(self, topic: str) -> dict[int, PartitionOffsets]:
+        partitions = [TopicPartition(topic, p) for p in range(self.partition_count(topic))]
+        starts = self._list_offsets(partitions, _EARLIEST)
+        ends = self._list_offsets(partitions, _LATEST)
+        return {tp.partition: PartitionOffsets(starts[tp], ends[tp]) for tp in partitions}
+
+    def _list_offsets(
+        self, partitions: Sequence[TopicPartition], spec: OffsetSpec
+    ) -> dict[TopicPartition, int]:
+        futures = self._admin.list_offsets(
+            {ck.TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
+            request_timeout=self.settings.request_timeout,
+        )
+        try:
+            return {
+                TopicPartition(key.topic, key.partition): future.result().offset
+                for key, future in futures.items()
+            }
+        except ck.KafkaException as exc:
+            if _code(exc) in _MISSING_TOPIC:
+                raise self._missing(partitions[0].topic) from None
+            raise self._unavailable(f"list offsets of {partitions[0].topic!r}", exc) from None
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        partitions = [ck.TopicPartition(topic, p) for p in range(self.partition_count(topic))]
+        futures = self._admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, partitions)],
+            request_timeout=self.settings.request_timeout,
+        )
+        try:
+            found = futures[group].result().topic_partitions
+        except ck.KafkaException as exc:
+            raise self._unavailable(f"list the offsets of group {group!r}", exc) from None
+        return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+
+    # -- consume --------------------------------------------------------------------------------
+
+    def consumer(
+        self, group: str, topics: Sequence[str], listener: RebalanceListener
+    ) -> KafkaConsumer:
+        self._require_topics(topics)
+        config = self._config(
+            {
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "queued.max.messages.kbytes": 16384,
+            },
+            self.settings.consumer,
+        )
+        if config.get("group.protocol") == "consumer":
+            # KIP-848: the broker assigns partitions (always incrementally) and owns timeouts
+            for name in ("partition.assignment.strategy", "session.timeout.ms"):
+                config.pop(name, None)
+        elif config["partition.assignment.strategy"] != "cooperative-sticky":
+            raise ConfigurationError(
+                "Loglane's Kafka consumer needs partition.assignment.strategy="
+                "cooperative-sticky (or group.protocol=consumer); remove the override"
+            )
+        return KafkaConsumer(ck.Consumer(config), topics, listener)
+
+    def close(self) -> None:
+        with self._producer_lock:
+            if self._producer is not None:
+                remaining = self._producer.flush(self.settings.request_timeout)
+                if remaining:
+                    logger.warning("closed with %d records not confirmed by Kafka", remaining)
+                self._producer = None
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+
+class KafkaConsumer(Consumer):
+    """A member of a Kafka consumer group; rebalances reach the listener inside `poll`."""
+
+    def __init__(
+        self, consumer: ck.Consumer, topics: Sequence[str], listener: RebalanceListener
+    ) -> None:
+        self._consumer = consumer
+        self._listener = listener
+        self._owned: set[TopicPartition] = set()
+        # partitions assigned but not yet accepted by the listener (it raised): kept paused
+        self._unannounced: set[TopicPartition] = set()
+        # while the listener runs inside a rebalance, seeks are collected, not applied
+        self._collected: dict[TopicPartition, int] | None = None
+        self._closed = False
+        consumer.subscribe(
+            list(topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return frozenset(self._owned - self._unannounced)
+
+    # -- rebalance callbacks (librdkafka calls them from inside poll or close) --------------------
+
+    def _on_assign(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
+        assigned = [TopicPartition(p.topic, p.partition) for p in partitions]
+        seeks: dict[TopicPartition, int] = {}
+        try:
+            if assigned:
+                seeks = self._announce(assigned)
+        except BaseException:
+            self._owned.update(assigned)
+            self._unannounced.update(assigned)
+            consumer.incremental_assign(partitions)
+            consumer.pause(partitions)
+            raise
+        self._owned.update(assigned)
+        consumer.incremental_assign([_at(tp, seeks.get(tp, ck.OFFSET_INVALID)) for tp in assigned])
+
+    def _on_revoke(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
+        revoked = [TopicPartition(p.topic, p.partition) for p in partitions]
+        announced = [tp for tp in revoked if tp in self._owned and tp not in self._unannounced]
+        try:
+            if announced:
+                self._listener.on_revoked(announced)
+        finally:
+            self._owned.difference_update(revoked)
+            self._unannounced.difference_update(revoked)
+            # after a lost session librdkafka may have dropped some of them already
+            current = {(p.topic, p.partition) for p in consumer.assignment()}
+            still = [p for p in partitions if (p.topic, p.partition) in current]
+            if still:
+                consumer.incremental_unassign(still)
+
+    def _announce(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Tell the listener it owns `partitions`; return where it sought them."""
+        self._collected = {}
+        try:
+            self._listener.on_assigned(partitions)
+            return self._collected
+        finally:
+            self._collected = None
+
+    def _announce_pending(self) -> None:
+        """Offer the listener again the partitions it failed to take at assignment."""
+        if not self._unannounced:
+            return
+        pending = sorted(self._unannounced)
+        seeks = self._announce(pending)
+        self._unannounced.clear()
+        for tp in pending:
+            self._restart(tp, seeks.get(tp, ck.OFFSET_INVALID))
+        self._consumer.resume([_at(tp, ck.OFFSET_INVALID) for tp in pending])
+
+    def _restart(self, partition: TopicPartition, offset: int) -> None:
+        """Start fetching `partition` afresh at `offset`, dropping whatever was prefetched.
+
+        A local re-assignment, not a rebalance: it works whether or not the fetcher has
+        started, which a plain seek right after an assignment does not.
+        """
+        self._consumer.incremental_unassign([_at(partition, ck.OFFSET_INVALID)])
+        self._consumer.incremental_assign([_at(partition, offset)])
+
+    # -- the Consumer interface -----------------------------------------------------------------
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        if self._collected is not None:
+            self._collected[partition] = offset
+        elif partition in self._owned and partition not in self._unannounced:
+            self._restart(partition, offset)
+        else:
+            logger.debug("ignored a seek of %s, which this member does not own", partition)
+
+    def poll(self, timeout: float, max_records: int) -> list[Record]:
+        self._announce_pending()
+        messages = self._consumer.consume(max_records, 0)
+        if not messages and timeout > 0:
+            # consume() would wait out its whole timeout for a full batch; poll() returns
+            # on the first record, and the rest of the batch is taken without waiting
+            first = self._consumer.poll(timeout)
+            if first is not None:
+                messages = [first]
+                if max_records > 1:
+                    messages += self._consumer.consume(max_records - 1, 0)
+        records: list[Record] = []
+        for index, message in enumerate(messages):
+            error = message.error()
+            if error is None:
+                records.append(_record(message))
+            elif error.code() == ck.KafkaError._MAX_POLL_EXCEEDED:
+                logger.warning("left the group: %s; it rejoins on the next poll", error.str())
+            elif error.code() != ck.KafkaError._PARTITION_EOF:
+                self._rewind(records + [_record(m) for m in messages[index + 1 :] if not m.error()])
+                raise _consumer_error(error)
+        # records fetched for a partition that was revoked during this very poll are not ours
+        return [record for record in records if record.topic_partition in self._owned]
+
+    def _rewind(self, records: list[Record]) -> None:
+        """Records fetched but not handed over are fetched again on the next poll."""
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            first.setdefault(record.topic_partition, record.offset)
+        for tp, offset in first.items():
+            self.seek(tp, offset)
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        mine = [
+            _at(tp, offset)
+            for tp, offset in offsets.items()
+            if tp in self._owned and tp not in self._unannounced
+        ]
+        if not mine:
+            return
+        try:
+            results = self._consumer.commit(offsets=mine, asynchronous=False)
+        except ck.KafkaException as exc:
+            if _code(exc) in _MOVING:
+                logger.info("offset commit skipped while partitions move: %s", exc.args[0])
+                return
+            raise BackendUnavailableError(
+                f"Kafka did not take the offset commit: {exc.args[0]}"
+            ) from None
+        for result in results or []:
+            if result.error is not None and result.error.code() not in _MOVING:
+                raise BackendUnavailableError(
+                    f"Kafka did not take the offset commit of {result.topic}[{result.partition}]:"
+                    f" {result.error.str()}"
+                )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._consumer.close()
+
+
+def _at(partition: TopicPartition, offset: int) -> ck.TopicPartition:
+    return ck.TopicPartition(partition.topic, partition.partition, offset)
+
+
+def _record(message: ck.Message) -> Record:
+    # set on every record a consumer returns; only error events lack them
+    topic, partition = cast(str, message.topic()), cast(int, message.partition())
+    offset = cast(int, message.offset())
+    _, timestamp_ms = message.timestamp()
+    headers = tuple(
+        (name, value.encode() if isinstance(value, str) else value or b"")
+        for name, value in _header_pairs(message)
+    )
+    return Record(
+        topic, partition, offset, message.key(), message.value() or b"", headers, timestamp_ms
+    )
+
+
+def _header_pairs(message: ck.Message) -> list[tuple[str, str | bytes | None]]:
+    headers = message.headers() or []
+    return list(headers.items()) if isinstance(headers, dict) else headers
+
+
+def _consumer_error(error: ck.KafkaError) -> Exception:
+    if error.code() in _MISSING_TOPIC:
+        return ConfigurationError(
+            f"a consumed topic is missing: {error.str()}; start the service's workers once "
+            "(they create their topics) or create it first"
+        )
+    if error.code() in (
+        ck.KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        ck.KafkaError.GROUP_AUTHORIZATION_FAILED,
+    ):
+        return ConfigurationError(f"Kafka refused access: {error.str()}; check the ACLs")
+    return BackendUnavailableError(f"Kafka consumer error: {error.str()}")

@@ -1,0 +1,122 @@
+"""The Apache Kafka broker behind the `kafka` tests (a pytest plugin, see tests/conftest.py).
+
+The session starts a single-node broker with `scripts/kafka start` on 127.0.0.1 (port
+LOGLANE_KAFKA_PORT, default 19092) and stops it at the end if it started it. With
+LOGLANE_KAFKA=host:port the tests use that broker instead. A failing test that used the broker
+gets the tail of the broker's log in its report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kafka"
+_LOG_TAIL_LINES = 80
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A running broker: its address and, when this project started it, its log file."""
+
+    bootstrap: str
+    log_file: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def url(self, **options: str | int) -> str:
+        """A `kafka://` URL for this broker; librdkafka settings go in as `**{"a.b": v}`."""
+        query = urlencode({name: str(value) for name, value in options.items()})
+        return f"kafka://{self.bootstrap}" + (f"?{query}" if query else "")
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        if self.log_file is None or not self.log_file.exists():
+            return "(the broker's log is not on this machine)"
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+def run_script(command: str, env: dict[str, str] | None = None) -> str:
+    """Run `scripts/kafka COMMAND`; fail with its output if it fails."""
+    done = subprocess.run(
+        [str(SCRIPT), command],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/kafka {command} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout.strip()
+
+
+def is_running(env: dict[str, str] | None = None) -> bool:
+    done = subprocess.run(
+        [str(SCRIPT), "status"],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+@dataclass
+class ManagedBroker:
+    """A broker of our own on `port`, for tests that stop and start it."""
+
+    port: int
+    env: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.env = {"LOGLANE_KAFKA_PORT": str(self.port)}
+
+    def start(self) -> Broker:
+        run_script("start", self.env)
+        return self.broker()
+
+    def stop(self) -> None:
+        run_script("stop", self.env)
+
+    def reset(self) -> None:
+        run_script("reset", self.env)
+
+    def broker(self) -> Broker:
+        return Broker(
+            f"127.0.0.1:{self.port}", Path(run_script("logfile", self.env)), dict(self.env)
+        )
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[Broker]:
+    """The shared broker every `kafka` test talks to."""
+    address = os.environ.get("LOGLANE_KAFKA")
+    if address:
+        yield Broker(address)
+        return
+    managed = ManagedBroker(int(os.environ.get("LOGLANE_KAFKA_PORT", "19092")))
+    already = is_running(managed.env)
+    broker = managed.start()
+    try:
+        yield broker
+    finally:
+        if not already:
+            managed.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, ManagedBroker):
+                value = value.broker()
+            if isinstance(value, Broker):
+                report.sections.append((f"kafka broker log {value.bootstrap}", value.log_tail()))
+    return report

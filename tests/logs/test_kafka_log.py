@@ -1,0 +1,285 @@
+"""The Kafka log passes the log contract on a real broker, and keeps Kafka's promises."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import confluent_kafka as ck
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError
+from loglane.logs.base import Consumer, Log
+from loglane.logs.kafka import KafkaLog, KafkaSettings
+from loglane.partitioner import partition_for
+from loglane.records import Message, Record, TopicPartition
+from loglane.urls import open_log
+from tests.contracts.log_contract import LogContract, Owner, poll_until, unique
+from tests.kafka_broker import Broker
+
+# Short session timeouts make rebalances after a vanished member quick.
+FAST_GROUPS = {
+    "consumer.session.timeout.ms": 6000,
+    "consumer.heartbeat.interval.ms": 500,
+}
+
+
+@pytest.mark.kafka
+class TestKafkaLog(LogContract):
+    @pytest.fixture
+    def log(self, kafka_broker: Broker) -> Iterator[Log]:
+        log = KafkaLog.from_url(kafka_broker.url(**FAST_GROUPS))
+        yield log
+        log.close()
+
+
+@pytest.fixture
+def kafka_log(kafka_broker: Broker) -> Iterator[KafkaLog]:
+    log = KafkaLog.from_url(kafka_broker.url(**FAST_GROUPS))
+    yield log
+    log.close()
+
+
+def _records(consumer: Consumer, count: int) -> list[Record]:
+    got: list[Record] = []
+    poll_until([consumer], lambda: len(got) >= count, into=got)
+    return got
+
+
+@pytest.mark.kafka
+def test_a_key_librdkafka_places_with_murmur2_random_lands_on_partition_for(
+    kafka_broker: Broker, kafka_log: KafkaLog
+) -> None:
+    topic = unique("placement")
+    kafka_log.create_topic(topic, 7)
+    keys = [b"", b"a", b"ab", b"abc", "ключ-ü".encode(), bytes(range(256))]
+    keys += [f"order-{i}".encode() for i in range(200)]
+    producer = ck.Producer(
+        {"bootstrap.servers": kafka_broker.bootstrap, "partitioner": "murmur2_random"}
+    )
+    placed: dict[bytes, int] = {}
+
+    def remember(error: ck.KafkaError | None, message: ck.Message) -> None:
+        assert error is None, error
+        placed[message.key() or b""] = message.partition() or 0
+
+    for key in keys:
+        producer.produce(topic, b"x", key, on_delivery=remember)
+    assert producer.flush(30) == 0
+    assert placed == {key: partition_for(key, 7) for key in keys}
+
+
+@pytest.mark.kafka
+def test_an_unreachable_broker_is_one_clear_backend_unavailable_error() -> None:
+    with pytest.raises(BackendUnavailableError) as caught:
+        open_log("kafka://127.0.0.1:1?connect_timeout=1")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "127.0.0.1:1" in message
+    assert "scripts/kafka start" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("kafka://", "host:port"),
+        ("kafka://localhost", "is not host:port"),
+        ("kafka://h:9092?partitions=0", "positive whole number"),
+        ("kafka://h:9092?create_topics=maybe", "true or false"),
+        ("kafka://h:9092?colour=blue", "unknown option 'colour'"),
+        ("kafka://h:9092?connect_timeout=soon", "positive number of seconds"),
+    ],
+)
+def test_a_bad_kafka_url_says_what_is_wrong(url: str, complaint: str) -> None:
+    with pytest.raises(BadURLError, match=complaint):
+        KafkaSettings.from_url(url)
+
+
+def test_url_options_become_topic_settings_and_librdkafka_settings() -> None:
+    settings = KafkaSettings.from_url(
+        "kafka://k1:9092,k2:9092?partitions=6&replication_factor=3&retention_ms=60000"
+        "&create_topics=false&security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512"
+        "&sasl_username=app&sasl_password=p%40ss&ssl_ca_location=/ca.pem"
+        "&socket.keepalive.enable=true&consumer.session.timeout.ms=6000&producer.linger.ms=20"
+    )
+    assert settings.bootstrap_servers == "k1:9092,k2:9092"
+    assert (settings.partitions, settings.replication_factor) == (6, 3)
+    assert settings.retention_ms == 60000
+    assert settings.create_topics is False
+    assert settings.client == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "app",
+        "sasl.password": "p@ss",
+        "ssl.ca.location": "/ca.pem",
+        "socket.keepalive.enable": "true",
+    }
+    assert settings.consumer == {"session.timeout.ms": "6000"}
+    assert settings.producer == {"linger.ms": "20"}
+
+
+@pytest.mark.kafka
+def test_a_missing_topic_is_a_configuration_error_when_creation_is_off(
+    kafka_broker: Broker,
+) -> None:
+    log = open_log(kafka_broker.url(create_topics="false"))
+    try:
+        with pytest.raises(ConfigurationError, match="create_topics=false"):
+            log.create_topic(unique("absent"), 3)
+    finally:
+        log.close()
+
+
+@pytest.mark.kafka
+def test_topics_are_created_with_the_urls_partitions_and_retention(kafka_broker: Broker) -> None:
+    log = open_log(kafka_broker.url(partitions=5, retention_ms=3_600_000))
+    topic = unique("settings")
+    try:
+        assert log.create_topic(topic, 3) == 5
+        assert log.create_topic(topic, 8) == 5
+    finally:
+        log.close()
+    admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result()
+    assert configs["retention.ms"].value == "3600000"
+
+
+@pytest.mark.kafka
+def test_a_record_the_broker_refuses_raises_instead_of_vanishing(
+    kafka_broker: Broker, kafka_log: KafkaLog
+) -> None:
+    topic = unique("small")
+    admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+    new = ck.admin.NewTopic(topic, 1, 1, config={"max.message.bytes": "1024"})  # type: ignore[attr-defined]
+    admin.create_topics([new])[topic].result()
+    with pytest.raises(ConfigurationError, match="larger than Kafka accepts"):
+        kafka_log.append([Message(topic, b"k", b"x" * 10_000)])
+    (position,) = kafka_log.append([Message(topic, b"k", b"fits")])
+    assert [r.value for r in kafka_log.read(TopicPartition(topic, 0), position.offset, 5)] == [
+        b"fits"
+    ]
+
+
+class SeekingOwner(Owner):
+    """Seeks each partition it is given to a fixed offset, as the worker does from its store."""
+
+    def __init__(self, consumer_ref: list[object], offset: int) -> None:
+        super().__init__()
+        self.consumer_ref = consumer_ref
+        self.offset = offset
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        super().on_assigned(partitions)
+        for tp in partitions:
+            self.consumer_ref[0].seek(tp, self.offset)  # type: ignore[attr-defined]
+
+
+@pytest.mark.kafka
+def test_a_seek_inside_the_assignment_callback_sets_where_consumption_starts(
+    kafka_log: KafkaLog,
+) -> None:
+    topic = unique("seek")
+    kafka_log.create_topic(topic, 1)
+    kafka_log.append([Message(topic, b"k", str(i).encode()) for i in range(6)])
+    ref: list[object] = []
+    owner = SeekingOwner(ref, 4)
+    consumer = kafka_log.consumer(unique("group"), [topic], owner)
+    ref.append(consumer)
+    try:
+        assert [r.value for r in _records(consumer, 2)] == [b"4", b"5"]
+    finally:
+        consumer.close()
+
+
+class FailingOnce(Owner):
+    """Fails to take its first assignment, as a worker does whose store is briefly down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise BackendUnavailableError("the store is down")
+        super().on_assigned(partitions)
+
+
+@pytest.mark.kafka
+def test_partitions_a_listener_failed_to_take_are_offered_again_before_records_flow(
+    kafka_log: KafkaLog,
+) -> None:
+    topic = unique("retry")
+    kafka_log.create_topic(topic, 2)
+    kafka_log.append([Message(topic, f"k{i}".encode(), b"v") for i in range(10)])
+    owner = FailingOnce()
+    consumer = kafka_log.consumer(unique("group"), [topic], owner)
+    try:
+        with pytest.raises(BackendUnavailableError):
+            poll_until([consumer], lambda: False, timeout=60)
+        assert owner.owned == set()
+        assert consumer.assignment() == frozenset()
+        got = _records(consumer, 10)
+        assert owner.owned == {TopicPartition(topic, 0), TopicPartition(topic, 1)}
+        assert len(got) == 10
+    finally:
+        consumer.close()
+
+
+@pytest.mark.kafka
+def test_a_rebalance_moves_only_the_partitions_that_change_hands(kafka_log: KafkaLog) -> None:
+    topic = unique("sticky")
+    kafka_log.create_topic(topic, 6)
+    group = unique("group")
+    a, b = Owner(), Owner()
+    first = kafka_log.consumer(group, [topic], a)
+    try:
+        poll_until([first], lambda: len(a.owned) == 6)
+        second = kafka_log.consumer(group, [topic], b)
+        try:
+            poll_until([first, second], lambda: len(a.owned) == 3 and len(b.owned) == 3)
+            assert len(a.revoked) == 3  # cooperative: the three that stay were never revoked
+            assert set(b.assigned) == set(a.revoked)
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+@pytest.mark.kafka
+def test_a_member_that_stopped_polling_loses_its_partitions_and_commits_nothing_for_them(
+    kafka_broker: Broker,
+) -> None:
+    log = KafkaLog.from_url(
+        kafka_broker.url(
+            **{
+                "consumer.session.timeout.ms": 2000,
+                "consumer.heartbeat.interval.ms": 300,
+                "consumer.max.poll.interval.ms": 2500,
+            }
+        )
+    )
+    topic = unique("zombie")
+    log.create_topic(topic, 2)
+    group = unique("group")
+    tp = TopicPartition(topic, 0)
+    z, h = Owner(), Owner()
+    zombie = log.consumer(group, [topic], z)
+    poll_until([zombie], lambda: len(z.owned) == 2)
+    heir = log.consumer(group, [topic], h)
+    try:
+        # the zombie stops polling; the heir keeps polling and inherits both partitions
+        poll_until([heir], lambda: len(h.owned) == 2, timeout=90)
+        heir.commit({tp: 5})
+        zombie.commit({tp: 1})
+        assert log.committed(group, topic) == {0: 5}
+        # when the zombie polls again it learns it lost them, and still commits nothing
+        poll_until([zombie], lambda: not z.owned, timeout=30)
+        assert zombie.assignment() == frozenset()
+        zombie.commit({tp: 2})
+        assert log.committed(group, topic) == {0: 5}
+    finally:
+        zombie.close()
+        heir.close()
+        log.close()
