@@ -40,10 +40,18 @@ def unique(prefix: str) -> str:
 
 
 def poll_until(
-    consumers: Sequence[Consumer], done: object, *, timeout: float = 60.0
+    consumers: Sequence[Consumer],
+    done: object,
+    *,
+    timeout: float = 60.0,
+    into: list[Record] | None = None,
 ) -> list[Record]:
-    """Poll every consumer in turn until `done()` holds; return all records polled."""
-    records: list[Record] = []
+    """Poll every consumer in turn until `done()` holds; return all records polled.
+
+    Records are appended to `into` as they come, so `done` may look at them: a backend may
+    deliver an assignment and the first records in different polls.
+    """
+    records: list[Record] = [] if into is None else into
     deadline = time.monotonic() + timeout
     while not done():  # type: ignore[operator]
         if time.monotonic() > deadline:
@@ -129,8 +137,9 @@ class LogContract:
         consumer = log.consumer(unique("group"), [topic], owner)
         try:
             records: list[Record] = []
-            records += poll_until([consumer], lambda: len(owner.owned) == 3)
-            records += poll_until([consumer], lambda: len(records) >= 20)
+            poll_until(
+                [consumer], lambda: len(owner.owned) == 3 and len(records) >= 20, into=records
+            )
             assert consumer.assignment() == frozenset(TopicPartition(topic, p) for p in range(3))
             assert len(records) == 20
             for partition in range(3):
@@ -147,7 +156,7 @@ class LogContract:
             assert consumer.poll(0.2, 100) == []
             log.append([Message(topic, b"late", b"v")])
             got: list[Record] = []
-            poll_until([consumer], lambda: got.extend(consumer.poll(0.1, 100)) or bool(got))
+            poll_until([consumer], lambda: bool(got), into=got)
             assert [r.value for r in got] == [b"v"]
         finally:
             consumer.close()
@@ -159,11 +168,10 @@ class LogContract:
         consumer = log.consumer(unique("group"), [topic], owner)
         try:
             seen: list[Record] = []
-            seen += poll_until([consumer], lambda: len(owner.owned) == 3)
-            seen += poll_until([consumer], lambda: len(seen) >= 5)
+            poll_until([consumer], lambda: len(owner.owned) == 3 and len(seen) >= 5, into=seen)
             consumer.seek(tp, 3)
             again: list[Record] = []
-            poll_until([consumer], lambda: again.extend(consumer.poll(0.1, 100)) or len(again) >= 2)
+            poll_until([consumer], lambda: len(again) >= 2, into=again)
             assert [r.value for r in again] == [b"3", b"4"]
         finally:
             consumer.close()
@@ -190,8 +198,7 @@ class LogContract:
         second = log.consumer(group, [topic], (owner2 := Owner()))
         try:
             got: list[Record] = []
-            got += poll_until([second], lambda: len(owner2.owned) == 3)
-            poll_until([second], lambda: got.extend(second.poll(0.1, 100)) or len(got) >= 2)
+            poll_until([second], lambda: len(owner2.owned) == 3 and len(got) >= 2, into=got)
             assert [r.value for r in got] == [b"4", b"5"]
         finally:
             second.close()
@@ -237,8 +244,7 @@ class LogContract:
         consumer = log.consumer(unique("group"), topics, owner)
         try:
             got: list[Record] = []
-            got += poll_until([consumer], lambda: len(owner.owned) == 4)
-            poll_until([consumer], lambda: got.extend(consumer.poll(0.1, 100)) or len(got) >= 2)
+            poll_until([consumer], lambda: len(owner.owned) == 4 and len(got) >= 2, into=got)
             assert sorted(r.value for r in got) == sorted(t.encode() for t in topics)
         finally:
             consumer.close()
