@@ -16,6 +16,11 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+from loglane.service import Service
+from tests.conftest import eventually
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kafka"
 _LOG_TAIL_LINES = 80
@@ -38,6 +43,45 @@ class Broker:
         if self.log_file is None or not self.log_file.exists():
             return "(the broker's log is not on this machine)"
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+def admin(broker: Broker) -> AdminClient:
+    """An admin client for test set-up; librdkafka's own log is silenced."""
+    return AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
+
+
+def delete_landscape(broker: Broker, services: list[Service]) -> None:
+    """Delete the services' topics and consumer groups, so a test starts from an empty log.
+
+    For tests of landscapes whose topic names are fixed (`customers.in`, ...).
+    """
+    client = admin(broker)
+    names = {t for s in services for t in (s.input_topic, s.output_topic, s.dlq_topic)}
+    doomed = sorted(names & set(client.list_topics(timeout=30).topics))
+    if doomed:
+        for future in client.delete_topics(doomed, operation_timeout=30).values():
+            future.result()
+
+    def groups_deleted() -> bool:
+        listed = client.list_consumer_groups(request_timeout=30).result()
+        groups = sorted({s.name for s in services} & {g.group_id for g in listed.valid})
+        if not groups:
+            return True
+        for future in client.delete_consumer_groups(groups, request_timeout=30).values():
+            try:
+                future.result()
+            except KafkaException as exc:
+                # a member that left uncleanly stays until its session times out
+                if exc.args[0].code() != KafkaError.NON_EMPTY_GROUP:
+                    raise
+                return False
+        return True
+
+    eventually(groups_deleted, step=0.2, message="the consumer groups are deleted")
+    eventually(
+        lambda: not names & set(client.list_topics(timeout=30).topics),
+        message="the deleted topics are gone",
+    )
 
 
 def run_script(command: str, env: dict[str, str] | None = None) -> str:
@@ -114,9 +158,12 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
+        brokers: dict[str, Broker] = {}
         for value in getattr(item, "funcargs", {}).values():
             if isinstance(value, ManagedBroker):
                 value = value.broker()
             if isinstance(value, Broker):
-                report.sections.append((f"kafka broker log {value.bootstrap}", value.log_tail()))
+                brokers[value.bootstrap] = value
+        for broker in brokers.values():
+            report.sections.append((f"kafka broker log {broker.bootstrap}", broker.log_tail()))
     return report

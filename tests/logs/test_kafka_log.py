@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import confluent_kafka as ck
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import ConfigResource
 
 from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError
 from loglane.logs.base import Consumer, Log
@@ -15,7 +15,7 @@ from loglane.partitioner import partition_for
 from loglane.records import Message, Record, TopicPartition
 from loglane.urls import open_log
 from tests.contracts.log_contract import LogContract, Owner, poll_until, unique
-from tests.kafka_broker import Broker
+from tests.kafka_broker import Broker, admin
 
 # Short session timeouts make rebalances after a vanished member quick.
 FAST_GROUPS = {
@@ -139,9 +139,9 @@ def test_topics_are_created_with_the_urls_partitions_and_retention(kafka_broker:
         assert log.create_topic(topic, 8) == 5
     finally:
         log.close()
-    admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+    client = admin(kafka_broker)
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-    configs = admin.describe_configs([resource])[resource].result()
+    configs = client.describe_configs([resource])[resource].result()
     assert configs["retention.ms"].value == "3600000"
 
 
@@ -150,9 +150,9 @@ def test_a_record_the_broker_refuses_raises_instead_of_vanishing(
     kafka_broker: Broker, kafka_log: KafkaLog
 ) -> None:
     topic = unique("small")
-    admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+    client = admin(kafka_broker)
     new = ck.admin.NewTopic(topic, 1, 1, config={"max.message.bytes": "1024"})  # type: ignore[attr-defined]
-    admin.create_topics([new])[topic].result()
+    client.create_topics([new])[topic].result()
     with pytest.raises(ConfigurationError, match="larger than Kafka accepts"):
         kafka_log.append([Message(topic, b"k", b"x" * 10_000)])
     (position,) = kafka_log.append([Message(topic, b"k", b"fits")])

@@ -166,11 +166,22 @@ def _positive_float(url: str, name: str, value: str) -> float:
 
 
 def _on_client_error(error: ck.KafkaError) -> None:
-    """librdkafka reports broker trouble here and keeps retrying on its own."""
+    """librdkafka reports broker trouble here and keeps retrying on its own.
+
+    Each failed connection is in librdkafka's own log already (forwarded to `logger`), so
+    only the summary that every broker is down and fatal errors are worth a line of their own.
+    """
     if error.fatal():
         logger.error("kafka client: %s", error.str())
-    else:
+    elif error.code() == ck.KafkaError._ALL_BROKERS_DOWN:
         logger.warning("kafka client: %s", error.str())
+    else:
+        logger.debug("kafka client: %s", error.str())
+
+
+def _reason(exc: ck.KafkaException) -> str:
+    error = _error_of(exc)
+    return str(exc) if error is None else error.str()
 
 
 def _error_of(exc: ck.KafkaException) -> ck.KafkaError | None:
@@ -219,13 +230,13 @@ class KafkaLog(Log):
         except ck.KafkaException as exc:
             raise BackendUnavailableError(
                 f"Kafka at {self.settings.bootstrap_servers} did not answer within "
-                f"{self.settings.connect_timeout:g}s ({exc.args[0]}); check the address and "
+                f"{self.settings.connect_timeout:g}s ({_reason(exc)}); check the address and "
                 "security options, or start a broker (scripts/kafka start)"
             ) from None
 
     def _unavailable(self, what: str, exc: ck.KafkaException) -> BackendUnavailableError:
         return BackendUnavailableError(
-            f"Kafka at {self.settings.bootstrap_servers} failed to {what}: {exc.args[0]}"
+            f"Kafka at {self.settings.bootstrap_servers} failed to {what}: {_reason(exc)}"
         )
 
     # -- topics ---------------------------------------------------------------------------------
@@ -270,7 +281,7 @@ class KafkaLog(Log):
                 ck.KafkaError.TOPIC_AUTHORIZATION_FAILED,
                 ck.KafkaError.CLUSTER_AUTHORIZATION_FAILED,
             ):
-                raise ConfigurationError(f"cannot create topic {name!r}: {exc.args[0]}") from None
+                raise ConfigurationError(f"cannot create topic {name!r}: {_reason(exc)}") from None
             if code != ck.KafkaError.TOPIC_ALREADY_EXISTS:
                 raise self._unavailable(f"create topic {name!r}", exc) from None
         return self._await_topic(name)
@@ -685,10 +696,10 @@ class KafkaConsumer(Consumer):
             results = self._consumer.commit(offsets=mine, asynchronous=False)
         except ck.KafkaException as exc:
             if _code(exc) in _MOVING:
-                logger.info("offset commit skipped while partitions move: %s", exc.args[0])
+                logger.info("offset commit skipped while partitions move: %s", _reason(exc))
                 return
             raise BackendUnavailableError(
-                f"Kafka did not take the offset commit: {exc.args[0]}"
+                f"Kafka did not take the offset commit: {_reason(exc)}"
             ) from None
         for result in results or []:
             if result.error is not None and result.error.code() not in _MOVING:

@@ -1,0 +1,112 @@
+"""The worker on Kafka's real group protocol: fencing a member that outlived its membership,
+and status figures taken from Kafka's own watermarks and committed offsets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from loglane.commands import command_message
+from loglane.envelope import output_event_id, read_envelope
+from loglane.logs.kafka import KafkaLog
+from loglane.records import TopicPartition
+from loglane.status import service_status
+from loglane.stores.base import Batch
+from loglane.stores.sqlite import SQLiteStore
+from loglane.testing import LandscapeTest
+from loglane.worker import Worker
+from tests.apps.ledger import accounts, audit, deposits, ledger
+from tests.kafka_broker import Broker, delete_landscape
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def broker(kafka_broker: Broker) -> Iterator[Broker]:
+    delete_landscape(kafka_broker, [ledger, audit])
+    yield kafka_broker
+    delete_landscape(kafka_broker, [ledger, audit])
+
+
+def run_until(worker: Worker, condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{worker.service.name} did not get there in time"
+        worker.run_once(timeout=0.1)
+
+
+def test_a_worker_whose_batch_outlived_its_group_membership_commits_nothing_stale(
+    broker: Broker, tmp_path: Path
+) -> None:
+    # a member that does not poll for 3 s is put out of the group, as a stalled process is
+    url = broker.url(
+        **{
+            "consumer.session.timeout.ms": 2000,
+            "consumer.heartbeat.interval.ms": 300,
+            "consumer.max.poll.interval.ms": 3000,
+        }
+    )
+    zombie_log, heir_log = KafkaLog.from_url(url), KafkaLog.from_url(url)
+    zombie = Worker(ledger, zombie_log, SQLiteStore(tmp_path / "ledger.db"))
+    heir = Worker(ledger, heir_log, SQLiteStore(tmp_path / "ledger.db"))
+    zombie.start()
+    commands = [command_message(ledger, d) for d in deposits(1, 5)]
+    zombie_log.append([message for _, message in commands])
+    real_commit = zombie.store.commit
+    stalled: list[Batch] = []
+
+    def stall_until_the_heir_has_taken_over(batch: Batch) -> int | None:
+        stalled.append(batch)
+        heir.start()
+        run_until(heir, lambda: heir.handled == 5)
+        return real_commit(batch)
+
+    zombie.store.commit = stall_until_the_heir_has_taken_over  # type: ignore[method-assign]
+    try:
+        run_until(zombie, lambda: bool(stalled))
+        for _ in range(20):  # the zombie goes on polling and learns that it was put out
+            zombie.run_once(timeout=0.1)
+        source = stalled[0].source
+        assert zombie.handled == 0
+        account = heir.store.get(accounts, "acct-0")
+        assert account is not None
+        assert (account.balance, account.applied, account.out_of_order) == (15, 5, 0)
+        assert heir.store.positions("ledger")[source] == 5
+        assert heir_log.committed("ledger", source.topic) == {source.partition: 5}
+        # the zombie, fenced, republished the outbox the heir had not cleared yet: same ids
+        published = {
+            read_envelope(record).id
+            for p, o in heir_log.offsets("ledger.out").items()
+            for record in heir_log.read(TopicPartition("ledger.out", p), 0, o.end)
+        }
+        assert published == {output_event_id("ledger", rid, 0) for rid, _ in commands}
+    finally:
+        heir.close()
+        zombie.close()
+        for worker in (heir, zombie):
+            worker.store.close()
+            worker.log.close()
+
+
+def test_status_reports_lag_from_kafkas_watermarks_and_committed_offsets(
+    broker: Broker, tmp_path: Path
+) -> None:
+    log_url, db_url = broker.url(), f"sqlite:///{tmp_path}/{{service}}.db"
+    with LandscapeTest(ledger, audit, log_url=log_url, db_url=db_url) as landscape:
+        for command in deposits(4, 3):
+            landscape.send(command)
+        landscape.run_until_quiet()
+        status = service_status(ledger, landscape.log, landscape.stores["ledger"])
+        assert status.lag == 0
+        assert sum(p.log_end for p in status.partitions if p.partition.topic == "ledger.in") == 12
+        assert all(p.committed == p.stored for p in status.partitions if p.log_end)
+        landscape.send(deposits(1, 1)[0])
+        behind = service_status(ledger, landscape.log, landscape.stores["ledger"])
+        assert behind.lag == 1
+        (lagging,) = [p for p in behind.partitions if p.lag]
+        assert lagging.partition.topic == "ledger.in"
+        ends = landscape.log.offsets("ledger.in")
+        assert lagging.log_end == ends[lagging.partition.partition].end
