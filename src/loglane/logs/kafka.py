@@ -48,7 +48,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError
 from loglane.logs.base import Consumer, Log, PartitionOffsets, RebalanceListener
-from loglane.records import Message, Position, Record, TopicPartition
+from loglane.records import Headers, Message, Position, Record, TopicPartition
 
 logger = logging.getLogger("loglane.kafka")
 
@@ -724,18 +724,30 @@ def _record(message: ck.Message) -> Record:
     topic, partition = cast(str, message.topic()), cast(int, message.partition())
     offset = cast(int, message.offset())
     _, timestamp_ms = message.timestamp()
-    headers = tuple(
-        (name, value.encode() if isinstance(value, str) else value or b"")
-        for name, value in _header_pairs(message)
-    )
     return Record(
-        topic, partition, offset, message.key(), message.value() or b"", headers, timestamp_ms
+        topic,
+        partition,
+        offset,
+        message.key(),
+        message.value() or b"",
+        _headers(message.headers()),
+        timestamp_ms,
     )
 
 
-def _header_pairs(message: ck.Message) -> list[tuple[str, str | bytes | None]]:
-    headers = message.headers() or []
-    return list(headers.items()) if isinstance(headers, dict) else headers
+def _headers(raw: Any) -> Headers:
+    """librdkafka's headers as Loglane's: a tuple of (name, bytes), a null value as b""."""
+    if not raw:
+        return ()
+    pairs = tuple(raw.items() if isinstance(raw, dict) else raw)
+    for _, value in pairs:
+        if not isinstance(value, bytes):
+            break
+    else:
+        return cast(Headers, pairs)  # the common case, checked above: no copy needed
+    return tuple(
+        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs
+    )
 
 
 def _consumer_error(error: ck.KafkaError) -> Exception:
