@@ -46,7 +46,10 @@ class Broker:
 
 
 def admin(broker: Broker) -> AdminClient:
-    """An admin client for test set-up; librdkafka's own log is silenced."""
+    """An admin client for test set-up; librdkafka's own log is silenced.
+
+    Keep a reference while its futures are pending: a collected client never completes them.
+    """
     return AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
 
 

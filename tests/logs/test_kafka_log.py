@@ -33,6 +33,17 @@ class TestKafkaLog(LogContract):
         log.close()
 
 
+@pytest.mark.kafka
+class TestKafkaLogOnTheConsumerGroupProtocol(LogContract):
+    """The same contract with KIP-848 groups, where the broker assigns the partitions."""
+
+    @pytest.fixture
+    def log(self, kafka_broker: Broker) -> Iterator[Log]:
+        log = KafkaLog.from_url(kafka_broker.url(**{"consumer.group.protocol": "consumer"}))
+        yield log
+        log.close()
+
+
 @pytest.fixture
 def kafka_log(kafka_broker: Broker) -> Iterator[KafkaLog]:
     log = KafkaLog.from_url(kafka_broker.url(**FAST_GROUPS))
@@ -283,3 +294,18 @@ def test_a_member_that_stopped_polling_loses_its_partitions_and_commits_nothing_
         zombie.close()
         heir.close()
         log.close()
+
+
+@pytest.mark.kafka
+def test_reading_below_the_retained_start_reads_from_the_start(
+    kafka_broker: Broker, kafka_log: KafkaLog
+) -> None:
+    topic = unique("trimmed")
+    kafka_log.create_topic(topic, 1)
+    kafka_log.append([Message(topic, b"k", str(i).encode()) for i in range(5)])
+    # what retention does to old segments, done at once: the log now starts at offset 3
+    cut = ck.TopicPartition(topic, 0, 3)
+    client = admin(kafka_broker)
+    client.delete_records([cut])[cut].result()
+    assert kafka_log.offsets(topic)[0].start == 3
+    assert [r.value for r in kafka_log.read(TopicPartition(topic, 0), 0, 100)] == [b"3", b"4"]

@@ -8,7 +8,8 @@
 Options: `partitions` (new topics get this many instead of the service's own count),
 `replication_factor` (default 1), `retention_ms`, `create_topics` (default true; false makes a
 missing topic a `ConfigurationError`), `connect_timeout` (seconds the first metadata request
-may take, default 10), the security options above, and any librdkafka setting by its dotted
+may take, default 10), `request_timeout` (seconds for any later request to the cluster,
+default 30), the security options above, and any librdkafka setting by its dotted
 name: `session.timeout.ms=6000` goes to every client, `consumer.session.timeout.ms=6000` only
 to consumers, `producer.linger.ms=20` only to the producer.
 
@@ -23,6 +24,8 @@ How Kafka's semantics meet Loglane's:
   they call the `RebalanceListener` and then change the assignment, starting each new
   partition where the listener sought it (the worker seeks to the positions in its store),
   else at the group's committed offset.
+- `consumer.group.protocol=consumer` switches to Kafka 4's consumer group protocol (KIP-848),
+  where the broker computes assignments, always incrementally; the contract holds there too.
 - Auto-commit and the offset store are off: offsets are committed only by `commit`, after the
   store, for lag monitoring. A member that lost its partitions commits nothing for them.
 """
@@ -42,9 +45,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import confluent_kafka as ck
 from confluent_kafka import ConsumerGroupTopicPartitions
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._listoffsets import OffsetSpec
-from confluent_kafka.cimpl import NewTopic
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # stubs lack re-exports
+    AdminClient,
+    NewTopic,
+    OffsetSpec,
+)
 
 from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError
 from loglane.logs.base import Consumer, Log, PartitionOffsets, RebalanceListener
@@ -59,6 +64,8 @@ _NAMED_OPTIONS = {
     "sasl_password": "sasl.password",
     "ssl_ca_location": "ssl.ca.location",
 }
+_INTS = ("partitions", "replication_factor", "retention_ms")
+_SECONDS = ("connect_timeout", "request_timeout")
 _TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 # The partitions are moving: a commit for them is moot, the next owner commits its own.
@@ -108,9 +115,9 @@ class KafkaSettings:
         producer: dict[str, str] = {}
         consumer: dict[str, str] = {}
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name in ("partitions", "replication_factor", "retention_ms"):
+            if name in _INTS:
                 typed[name] = _positive_int(url, name, value)
-            elif name in ("connect_timeout", "request_timeout"):
+            elif name in _SECONDS:
                 typed[name] = _positive_float(url, name, value)
             elif name == "create_topics":
                 if value.lower() not in _TRUE:
@@ -125,17 +132,7 @@ class KafkaSettings:
             elif "." in name:
                 client[name] = value
             else:
-                known = ", ".join(
-                    [
-                        "partitions",
-                        "replication_factor",
-                        "retention_ms",
-                        "create_topics",
-                        "connect_timeout",
-                        "request_timeout",
-                        *_NAMED_OPTIONS,
-                    ]
-                )
+                known = ", ".join([*_INTS, *_SECONDS, "create_topics", *_NAMED_OPTIONS])
                 raise BadURLError(
                     f"{url!r}: unknown option {name!r}; known: {known}, or any librdkafka "
                     "setting by its dotted name (optionally prefixed producer. or consumer.)"
@@ -449,25 +446,27 @@ class KafkaLog(Log):
 
     def read(self, partition: TopicPartition, offset: int, max_records: int) -> list[Record]:
         self._require_topics([partition.topic])
-        ends = self._list_offsets([partition], _LATEST)
-        end = ends[partition]
-        if max_records <= 0 or offset >= end:
+        start = max(offset, self._list_offsets([partition], _EARLIEST)[partition])
+        end = self._list_offsets([partition], _LATEST)[partition]
+        if max_records <= 0 or start >= end:
             return []
-        wanted = min(max_records, end - offset)
+        wanted = min(max_records, end - start)
         records: list[Record] = []
+        deadline = time.monotonic() + self.settings.request_timeout
         with self._reading() as reader:
-            reader.assign([ck.TopicPartition(partition.topic, partition.partition, offset)])
+            reader.assign([ck.TopicPartition(partition.topic, partition.partition, start)])
             try:
                 done = False
                 while not done and len(records) < wanted:
-                    batch = reader.consume(wanted - len(records), self.settings.request_timeout)
-                    if not batch:
+                    if time.monotonic() > deadline:
                         raise BackendUnavailableError(
-                            f"Kafka at {self.settings.bootstrap_servers} sent nothing for "
-                            f"{partition} from offset {offset} within "
+                            f"Kafka at {self.settings.bootstrap_servers} did not send "
+                            f"{partition} from offset {start} within "
                             f"{self.settings.request_timeout:g}s; try again"
                         )
-                    for message in batch:
+                    # short waits: consume() waits out its timeout when the batch falls short,
+                    # as it does where offsets have gaps (compaction, transaction markers)
+                    for message in reader.consume(wanted - len(records), 0.1):
                         error = message.error()
                         if error is not None:
                             if error.code() != ck.KafkaError._PARTITION_EOF:
@@ -535,7 +534,11 @@ class KafkaLog(Log):
         )
         if config.get("group.protocol") == "consumer":
             # KIP-848: the broker assigns partitions (always incrementally) and owns timeouts
-            for name in ("partition.assignment.strategy", "session.timeout.ms"):
+            for name in (
+                "partition.assignment.strategy",
+                "session.timeout.ms",
+                "heartbeat.interval.ms",
+            ):
                 config.pop(name, None)
         elif config["partition.assignment.strategy"] != "cooperative-sticky":
             raise ConfigurationError(
