@@ -1,9 +1,10 @@
 """The Apache Kafka broker behind the `kafka` tests (a pytest plugin, see tests/conftest.py).
 
 The session starts a single-node broker with `scripts/kafka start` on 127.0.0.1 (port
-LOGLANE_KAFKA_PORT, default 19092) and stops it at the end if it started it. With
-LOGLANE_KAFKA=host:port the tests use that broker instead. A failing test that used the broker
-gets the tail of the broker's log in its report.
+LOGLANE_KAFKA_PORT, default 19092), on empty storage, and stops it at the end; a broker that
+already runs there is used as it is and left running. With LOGLANE_KAFKA=host:port the tests
+use that broker instead. A failing test that used a broker gets the tail of its log in the
+report.
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ def kafka_broker() -> Iterator[Broker]:
         return
     managed = ManagedBroker(int(os.environ.get("LOGLANE_KAFKA_PORT", "19092")))
     already = is_running(managed.env)
+    if not already:
+        managed.reset()  # no topics left over from earlier sessions
     broker = managed.start()
     try:
         yield broker
