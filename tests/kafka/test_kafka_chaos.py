@@ -7,7 +7,8 @@ every view equals the fold of the input, that per-key order held, and that every
 event id is in `ledger.out` and was applied exactly once downstream.
 
 Each run feeds LOGLANE_CHAOS_COMMANDS commands (default 50,000; about 20 s a test on two
-cores); set a smaller count for a quicker local run.
+cores). A smaller count runs quicker, but below about 10,000 the work may be done before the
+churn is, and the test then fails waiting for progress rather than passing without it.
 """
 
 from __future__ import annotations
