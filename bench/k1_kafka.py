@@ -3,17 +3,17 @@
 Both sides start from the same backlog of commands on a Kafka topic and do the same work per
 event: consume it, decode it, upsert a view row and store the input position in one database
 transaction, produce an output event to `<service>.out` and wait for Kafka's acks, then commit
-the consumer offsets. The raw side is a hand-written loop over confluent-kafka, `sqlite3` and
-`json` with none of Loglane's machinery (no envelope parsing, no validation, no outbox, no
-duplicate tracking, no request tracking, no fencing). Both producers are configured alike
-(idempotent, acks=all, linger 5 ms, murmur2_random). The store is SQLite for now; K1 proper
-pairs Kafka with PostgreSQL.
+the consumer offsets. The raw side is a hand-written loop over confluent-kafka, the database
+driver (psycopg's pipelined `executemany`, or `sqlite3`) and `json`, with none of Loglane's
+machinery (no envelope parsing, no validation, no outbox, no duplicate tracking, no request
+tracking, no fencing). Both producers are configured alike (idempotent, acks=all, linger 5 ms,
+murmur2_random). `--store postgresql` is K1 proper; `--store sqlite` pairs Kafka with SQLite.
 
 The clock starts when the first records arrive, so joining the consumer group is not counted.
-Each run uses fresh topics, deleted afterwards.
+Each run uses fresh topics (deleted afterwards) and a fresh schema or database file.
 
-    scripts/kafka start
-    .venv/bin/python bench/k1_kafka.py --events 50000 --runs 3 [--bootstrap 127.0.0.1:19092]
+    scripts/kafka start && scripts/postgres start
+    .venv/bin/python bench/k1_kafka.py --events 50000 --runs 3 --store postgresql
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 import os
 import sqlite3
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import confluent_kafka as ck
+import psycopg
 from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel
 from rich.console import Console
@@ -38,6 +40,8 @@ from rich.table import Table
 from loglane import Event, Service, Transaction
 from loglane.commands import command_message
 from loglane.logs.kafka import KafkaLog
+from loglane.stores.base import Store
+from loglane.stores.postgres import PostgresStore
 from loglane.stores.sqlite import SQLiteStore
 from loglane.worker import Worker, ensure_topics
 
@@ -92,9 +96,96 @@ def prepare_backlog(bootstrap: str, service: Service, events: int) -> None:
     log.close()
 
 
-def run_loglane(bootstrap: str, service: Service, folder: Path, events: int) -> float:
+class Database:
+    """Where the views go: a fresh SQLite file, or a fresh schema on a PostgreSQL server."""
+
+    def __init__(self, postgres_url: str | None, folder: Path, name: str) -> None:
+        self.postgres_url = postgres_url
+        self.folder = folder
+        self.schema = name.replace("-", "_")
+
+    def store(self) -> Store:
+        if self.postgres_url is None:
+            return SQLiteStore(self.folder / "bench.db")
+        return PostgresStore(self.postgres_url, schema=self.schema)
+
+    def raw(self) -> RawViews:
+        if self.postgres_url is None:
+            return SQLiteViews(self.folder / "raw.db")
+        return PostgresViews(self.postgres_url, f"{self.schema}_raw")
+
+    def drop(self) -> None:
+        if self.postgres_url is not None:
+            with psycopg.connect(self.postgres_url, autocommit=True) as conn:
+                for schema in (self.schema, f"{self.schema}_raw"):
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+class RawViews:
+    """A hand-written view table and positions table, written in one transaction."""
+
+    def write(self, upserts: list[tuple[str, str]], positions: list[tuple[str, int, int]]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SQLiteViews(RawViews):
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("CREATE TABLE items (key TEXT PRIMARY KEY, doc TEXT NOT NULL)")
+        self.db.execute(
+            "CREATE TABLE positions (topic TEXT, partition INTEGER, offset INTEGER, "
+            "PRIMARY KEY (topic, partition))"
+        )
+
+    def write(self, upserts: list[tuple[str, str]], positions: list[tuple[str, int, int]]) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT INTO items VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc",
+            upserts,
+        )
+        self.db.executemany("INSERT OR REPLACE INTO positions VALUES (?, ?, ?)", positions)
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PostgresViews(RawViews):
+    def __init__(self, url: str, schema: str) -> None:
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute(f'CREATE SCHEMA "{schema}"')
+        self.conn.execute(f'SET search_path TO "{schema}"')
+        self.conn.execute("CREATE TABLE items (key TEXT PRIMARY KEY, doc JSONB NOT NULL)")
+        self.conn.execute(
+            'CREATE TABLE positions (topic TEXT, partition INTEGER, "offset" BIGINT, '
+            "PRIMARY KEY (topic, partition))"
+        )
+
+    def write(self, upserts: list[tuple[str, str]], positions: list[tuple[str, int, int]]) -> None:
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO items VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET doc = excluded.doc",
+                upserts,
+            )
+            cursor.executemany(
+                "INSERT INTO positions VALUES (%s, %s, %s) ON CONFLICT (topic, partition) "
+                'DO UPDATE SET "offset" = excluded."offset"',
+                positions,
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def run_loglane(bootstrap: str, service: Service, database: Database, events: int) -> float:
     log = KafkaLog.from_url(f"kafka://{bootstrap}")
-    store = SQLiteStore(folder / "bench.db")
+    store = database.store()
     worker = Worker(service, log, store, batch_size=BATCH)
     worker.start()
     while worker.handled == 0:
@@ -109,8 +200,8 @@ def run_loglane(bootstrap: str, service: Service, folder: Path, events: int) -> 
     return (events - first) / elapsed
 
 
-def run_raw(bootstrap: str, service: Service, folder: Path, events: int) -> float:
-    """The same work by hand: what confluent-kafka and sqlite3 alone cost."""
+def run_raw(bootstrap: str, service: Service, database: Database, events: int) -> float:
+    """The same work by hand: what confluent-kafka and the database driver alone cost."""
     consumer = ck.Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -121,14 +212,7 @@ def run_raw(bootstrap: str, service: Service, folder: Path, events: int) -> floa
         }
     )
     producer = ck.Producer({"bootstrap.servers": bootstrap, **PRODUCER})
-    views = sqlite3.connect(folder / "raw.db", isolation_level=None)
-    views.execute("PRAGMA journal_mode = WAL")
-    views.execute("PRAGMA synchronous = NORMAL")
-    views.execute("CREATE TABLE items (key TEXT PRIMARY KEY, doc TEXT NOT NULL)")
-    views.execute(
-        "CREATE TABLE positions (topic TEXT, partition INTEGER, offset INTEGER, "
-        "PRIMARY KEY (topic, partition))"
-    )
+    views = database.raw()
     consumer.subscribe([service.input_topic])
     handled, first, started = 0, 0, 0.0
     while handled < events:
@@ -149,16 +233,7 @@ def run_raw(bootstrap: str, service: Service, folder: Path, events: int) -> floa
             producer.produce(
                 service.output_topic, document.encode(), message.key(), headers=message.headers()
             )
-        views.execute("BEGIN")
-        views.executemany(
-            "INSERT INTO items VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc",
-            upserts,
-        )
-        views.executemany(
-            "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)",
-            [(topic, partition, offset) for (topic, partition), offset in positions.items()],
-        )
-        views.execute("COMMIT")
+        views.write(upserts, [(t, p, o) for (t, p), o in positions.items()])
         producer.flush()
         consumer.commit(
             offsets=[ck.TopicPartition(t, p, o) for (t, p), o in positions.items()],
@@ -172,13 +247,20 @@ def run_raw(bootstrap: str, service: Service, folder: Path, events: int) -> floa
 
 
 def delete_topics(bootstrap: str, service: Service) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     topics = [service.input_topic, service.output_topic, service.dlq_topic]
     for future in admin.delete_topics(topics, operation_timeout=30).values():
         future.result()
 
 
-Runner = Callable[[str, Service, Path, int], float]
+Runner = Callable[[str, Service, Database, int], float]
+
+
+def _postgres_url() -> str:
+    script = Path(__file__).resolve().parent.parent / "scripts" / "postgres"
+    return subprocess.run(
+        [str(script), "url"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def main() -> None:
@@ -186,7 +268,14 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--bootstrap", default=os.environ.get("LOGLANE_KAFKA", "127.0.0.1:19092"))
+    parser.add_argument("--store", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument(
+        "--postgres-url", help="default: LOGLANE_PG, else what scripts/postgres url prints"
+    )
     args = parser.parse_args()
+    postgres_url = None
+    if args.store == "postgresql":
+        postgres_url = args.postgres_url or os.environ.get("LOGLANE_PG") or _postgres_url()
     console = Console()
     runners: dict[str, Runner] = {"loglane": run_loglane, "raw confluent-kafka loop": run_raw}
     results: dict[str, list[float]] = {name: [] for name in runners}
@@ -194,17 +283,19 @@ def main() -> None:
         for name, runner in runners.items():
             service = bench_service(f"k1-{uuid.uuid4().hex[:8]}")
             with tempfile.TemporaryDirectory(prefix="loglane-k1-") as folder:
+                database = Database(postgres_url, Path(folder), service.name)
                 prepare_backlog(args.bootstrap, service, args.events)
                 try:
-                    results[name].append(runner(args.bootstrap, service, Path(folder), args.events))
+                    results[name].append(runner(args.bootstrap, service, database, args.events))
                 finally:
                     delete_topics(args.bootstrap, service)
+                    database.drop()
         console.print(
             f"run {run + 1}: "
             + ", ".join(f"{name} {rates[-1]:,.0f}/s" for name, rates in results.items())
         )
     table = Table(
-        title=f"K1 (SQLite store): {args.events:,} events, one worker process, "
+        title=f"K1: Kafka + {args.store}, {args.events:,} events, one worker process, "
         f"median of {args.runs}"
     )
     table.add_column("loop")
