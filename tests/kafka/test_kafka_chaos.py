@@ -2,9 +2,10 @@
 
 The ledger landscape (tests/apps/ledger.py) runs as real `loglane worker` processes on a
 broker of this module's own (it is stopped and started here), every topic with 6 partitions,
-views in SQLite. Each test feeds numbered deposits per account and checks at the end that
-every view equals the fold of the input, that per-key order held, and that every output
-event id is in `ledger.out` and was applied exactly once downstream.
+views in SQLite (the churn test runs on PostgreSQL too). Each test feeds numbered deposits
+per account and checks at the end that every view equals the fold of the input, that per-key
+order held, and that every output event id is in `ledger.out` and was applied exactly once
+downstream.
 
 Each run feeds LOGLANE_CHAOS_COMMANDS commands (default 50,000; about 20 s a test on two
 cores). A smaller count runs quicker, but below about 10,000 the work may be done before the
@@ -17,7 +18,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,14 @@ from loglane.envelope import output_event_id
 from loglane.errors import BackendUnavailableError
 from loglane.logs.kafka import KafkaLog
 from loglane.records import TopicPartition
+from loglane.stores.base import Store
+from loglane.stores.postgres import PostgresStore
 from loglane.stores.sqlite import SQLiteStore
 from loglane.worker import ensure_topics
 from tests.apps.ledger import accounts, deposits, landscape, ledger, tallies
 from tests.conftest import eventually
 from tests.kafka_broker import Broker, ManagedBroker, admin, delete_landscape
+from tests.postgres import drop_schemas, unique_prefix, with_schema
 from tests.processes import PositionWatch, WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -44,10 +48,13 @@ CHUNK = 500
 
 @dataclass
 class KafkaStack:
-    """Kafka as the log (6 partitions a topic, quick session timeouts), SQLite views."""
+    """Kafka as the log (6 partitions a topic, quick session timeouts); views in SQLite, or
+    in PostgreSQL schemas under a prefix of their own when `postgres_url` is set."""
 
     folder: Path
     broker: Broker
+    postgres_url: str | None = None
+    prefix: str = field(default_factory=unique_prefix)
 
     @property
     def log_url(self) -> str:
@@ -62,13 +69,17 @@ class KafkaStack:
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.folder}/{{service}}.db"
+        if self.postgres_url is None:
+            return f"sqlite:///{self.folder}/{{service}}.db"
+        return with_schema(self.postgres_url, self.prefix + "{service}")
 
     def log(self) -> KafkaLog:
         return KafkaLog.from_url(self.log_url)
 
-    def store(self, service: str) -> SQLiteStore:
-        return SQLiteStore(self.folder / f"{service}.db")
+    def store(self, service: str) -> Store:
+        if self.postgres_url is None:
+            return SQLiteStore(self.folder / f"{service}.db")
+        return PostgresStore(self.postgres_url, schema=self.prefix + "{service}")
 
     def worker(self, service: str) -> WorkerProcess:
         return WorkerProcess(self, "worker", "tests.apps.ledger", "--service", service)  # type: ignore[arg-type]
@@ -85,14 +96,22 @@ def chaos_broker() -> Iterator[ManagedBroker]:
 
 
 @pytest.fixture
-def stack(chaos_broker: ManagedBroker, tmp_path: Path) -> KafkaStack:
+def stack(
+    request: pytest.FixtureRequest, chaos_broker: ManagedBroker, tmp_path: Path
+) -> Iterator[KafkaStack]:
+    """The stack on SQLite, or on PostgreSQL when a test is parametrized with "postgresql"."""
     chaos_broker.start()
     delete_landscape(chaos_broker.broker(), list(landscape))
-    stack = KafkaStack(tmp_path, chaos_broker.broker())
+    postgres_url = None
+    if getattr(request, "param", "sqlite") == "postgresql":
+        postgres_url = request.getfixturevalue("postgres_url")
+    stack = KafkaStack(tmp_path, chaos_broker.broker(), postgres_url)
     log = stack.log()
     ensure_topics(log, list(landscape))
     log.close()
-    return stack
+    yield stack
+    if postgres_url is not None:
+        drop_schemas(postgres_url, stack.prefix)
 
 
 class Feeder:
@@ -238,6 +257,9 @@ def kill_all(workers: list[WorkerProcess]) -> None:
             worker.kill()
 
 
+@pytest.mark.parametrize(
+    "stack", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 def test_workers_that_join_stop_and_get_killed_mid_run_lose_and_double_nothing(
     stack: KafkaStack,
 ) -> None:

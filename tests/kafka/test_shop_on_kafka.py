@@ -1,4 +1,4 @@
-"""The example shop end to end with Kafka as the log and SQLite as the store."""
+"""The example shop end to end with Kafka as the log, and SQLite or PostgreSQL as the store."""
 
 from __future__ import annotations
 
@@ -19,16 +19,26 @@ from loglane.examples.shop import (
 )
 from loglane.testing import LandscapeTest
 from tests.kafka_broker import Broker, delete_landscape
+from tests.postgres import schemas, with_schema
 
 pytestmark = pytest.mark.kafka
 
 FAST_GROUPS = {"consumer.session.timeout.ms": 6000, "consumer.heartbeat.interval.ms": 500}
 
 
-@pytest.fixture
-def shop_urls(kafka_broker: Broker, tmp_path: Path) -> Iterator[tuple[str, str]]:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def shop_urls(
+    request: pytest.FixtureRequest, kafka_broker: Broker, tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    """Log and store URLs: Kafka with SQLite views, and Kafka with PostgreSQL views."""
     delete_landscape(kafka_broker, [customers, orders])
-    yield kafka_broker.url(**FAST_GROUPS), f"sqlite:///{tmp_path}/{{service}}.db"
+    log_url = kafka_broker.url(**FAST_GROUPS)
+    if request.param == "sqlite":
+        yield log_url, f"sqlite:///{tmp_path}/{{service}}.db"
+    else:
+        postgres_url = request.getfixturevalue("postgres_url")
+        with schemas(postgres_url) as prefix:
+            yield log_url, with_schema(postgres_url, prefix + "{service}")
     delete_landscape(kafka_broker, [customers, orders])
 
 
