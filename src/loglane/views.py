@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -69,6 +70,15 @@ class View(Generic[Row]):
 
     def column_values(self, row: Row) -> tuple[Any, ...]:
         return tuple(getattr(row, column.name) for column in self.columns)
+
+    def check_filters(self, where: Mapping[str, Any]) -> None:
+        """Refuse filters on fields that have no index: they would scan the whole table."""
+        unknown = set(where) - {self.key, *self.indexes}
+        if unknown:
+            raise ConfigurationError(
+                f"view {self.name!r} cannot filter on {', '.join(sorted(unknown))}; "
+                f"indexed fields: {', '.join((self.key, *self.indexes))}"
+            )
 
     def load(self, document: bytes | str) -> Row:
         return self.model.model_validate_json(document)

@@ -232,12 +232,7 @@ class PostgresStore(Store):
     ) -> list[Row]:
         table = self._view_table(view)
         where = dict(where or {})
-        unknown = set(where) - {view.key, *view.indexes}
-        if unknown:
-            raise ConfigurationError(
-                f"view {view.name!r} cannot filter on {', '.join(sorted(unknown))}; "
-                f"indexed fields: {', '.join((view.key, *view.indexes))}"
-            )
+        view.check_filters(where)
         clauses = [f"{quote(name)} = %s" for name in where]
         params = [table.param(name, value) for name, value in where.items()]
         if after is not None:

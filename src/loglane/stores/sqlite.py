@@ -154,12 +154,7 @@ class SQLiteStore(Store):
     ) -> list[Row]:
         sql = self._view(view)
         where = dict(where or {})
-        unknown = set(where) - {view.key, *view.indexes}
-        if unknown:
-            raise ConfigurationError(
-                f"view {view.name!r} cannot filter on {', '.join(sorted(unknown))}; "
-                f"indexed fields: {', '.join((view.key, *view.indexes))}"
-            )
+        view.check_filters(where)
         clauses = [f'"{name}" = ?' for name in where]
         params: list[Any] = list(where.values())
         if after is not None:
