@@ -19,56 +19,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from loglane import Event, Service, Transaction
-from loglane.commands import command_message
 from loglane.logs.embedded import EmbeddedLog
 from loglane.stores.sqlite import SQLiteStore
 from loglane.worker import Worker, ensure_topics
+from workload import PARTITIONS, bench_service, commands
 
-PARTITIONS = 4
 BATCH = 1000
 
-bench = Service("bench", partitions=PARTITIONS)
-
-
-class SetValue(Event):
-    key: str
-    value: int
-
-
-class ValueSet(Event):
-    key: str
-    value: int
-
-
-class Item(BaseModel):
-    key: str
-    value: int
-
-
-items = bench.view("items", Item, key="key")
-
-
-@bench.handles(SetValue, key="key")
-def set_value(command: SetValue, tx: Transaction) -> None:
-    tx[items].put(Item(key=command.key, value=command.value))
-    tx.emit(ValueSet(key=command.key, value=command.value))
+bench = bench_service("bench")
 
 
 def prepare_backlog(folder: Path, events: int) -> None:
     log = EmbeddedLog(folder / "log.db", synchronous="NORMAL")
     ensure_topics(log, [bench])
     for start in range(0, events, 5000):
-        log.append(
-            [
-                command_message(bench, SetValue(key=f"k{i % 10_000}", value=i))[1]
-                for i in range(start, min(start + 5000, events))
-            ]
-        )
+        log.append(commands(bench, start, min(start + 5000, events)))
     log.close()
 
 

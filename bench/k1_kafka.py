@@ -33,19 +33,17 @@ from pathlib import Path
 import confluent_kafka as ck
 import psycopg
 from confluent_kafka.admin import AdminClient
-from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from loglane import Event, Service, Transaction
-from loglane.commands import command_message
+from loglane import Service
 from loglane.logs.kafka import KafkaLog
 from loglane.stores.base import Store
 from loglane.stores.postgres import PostgresStore
 from loglane.stores.sqlite import SQLiteStore
 from loglane.worker import Worker, ensure_topics
+from workload import bench_service, commands
 
-PARTITIONS = 4
 BATCH = 1000
 PRODUCER = {
     "enable.idempotence": True,
@@ -55,44 +53,11 @@ PRODUCER = {
 }
 
 
-class SetValue(Event):
-    key: str
-    value: int
-
-
-class ValueSet(Event):
-    key: str
-    value: int
-
-
-class Item(BaseModel):
-    key: str
-    value: int
-
-
-def bench_service(name: str) -> Service:
-    """A one-handler service: upsert the item, emit that it was set."""
-    service = Service(name, partitions=PARTITIONS)
-    items = service.view("items", Item, key="key")
-
-    @service.handles(SetValue, key="key")
-    def set_value(command: SetValue, tx: Transaction) -> None:
-        tx[items].put(Item(key=command.key, value=command.value))
-        tx.emit(ValueSet(key=command.key, value=command.value))
-
-    return service
-
-
 def prepare_backlog(bootstrap: str, service: Service, events: int) -> None:
     log = KafkaLog.from_url(f"kafka://{bootstrap}")
     ensure_topics(log, [service])
     for start in range(0, events, 5000):
-        log.append(
-            [
-                command_message(service, SetValue(key=f"k{i % 10_000}", value=i))[1]
-                for i in range(start, min(start + 5000, events))
-            ]
-        )
+        log.append(commands(service, start, min(start + 5000, events)))
     log.close()
 
 
