@@ -10,7 +10,8 @@ from confluent_kafka.admin import ConfigResource
 
 from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError
 from loglane.logs.base import Consumer, Log
-from loglane.logs.kafka import KafkaLog, KafkaSettings
+from loglane.logs.kafka import KafkaLog
+from loglane.logs.kafka_settings import KafkaSettings
 from loglane.partitioner import partition_for
 from loglane.records import Message, Record, TopicPartition
 from loglane.urls import open_log
