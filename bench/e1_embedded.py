@@ -14,17 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from loglane.logs.embedded import EmbeddedLog
 from loglane.stores.sqlite import SQLiteStore
 from loglane.worker import Worker, ensure_topics
+from report import print_medians, print_run
 from workload import PARTITIONS, bench_service, commands
 
 BATCH = 1000
@@ -130,19 +129,14 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="loglane-e1-") as folder:
                 prepare_backlog(Path(folder), args.events)
                 results[name].append(runner(Path(folder), args.events))
-        console.print(
-            f"run {run + 1}: loglane {results['loglane'][-1]:,.0f}/s, "
-            f"raw {results['raw sqlite3 loop'][-1]:,.0f}/s"
-        )
-    table = Table(title=f"E1: {args.events:,} events, one worker process, median of {args.runs}")
-    table.add_column("loop")
-    table.add_column("events/s", justify="right")
-    table.add_column("vs raw", justify="right")
-    raw = statistics.median(results["raw sqlite3 loop"])
-    for name, rates in results.items():
-        median = statistics.median(rates)
-        table.add_row(name, f"{median:,.0f}", f"{median / raw:.2f}x")
-    console.print(table)
+        print_run(console, run, results)
+    print_medians(
+        console,
+        f"E1: {args.events:,} events, one worker process, median of {args.runs}",
+        results,
+        unit="events/s",
+        baselines={"vs raw": "raw sqlite3 loop"},
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sqlite3
-import statistics
 import subprocess
 import tempfile
 import time
@@ -34,7 +33,6 @@ import confluent_kafka as ck
 import psycopg
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
-from rich.table import Table
 
 from loglane import Service
 from loglane.logs.kafka import KafkaLog
@@ -42,6 +40,7 @@ from loglane.stores.base import Store
 from loglane.stores.postgres import PostgresStore
 from loglane.stores.sqlite import SQLiteStore
 from loglane.worker import Worker, ensure_topics
+from report import print_medians, print_run
 from workload import bench_service, commands
 
 BATCH = 1000
@@ -255,22 +254,15 @@ def main() -> None:
                 finally:
                     delete_topics(args.bootstrap, service)
                     database.drop()
-        console.print(
-            f"run {run + 1}: "
-            + ", ".join(f"{name} {rates[-1]:,.0f}/s" for name, rates in results.items())
-        )
-    table = Table(
-        title=f"K1: Kafka + {args.store}, {args.events:,} events, one worker process, "
-        f"median of {args.runs}"
+        print_run(console, run, results)
+    print_medians(
+        console,
+        f"K1: Kafka + {args.store}, {args.events:,} events, one worker process, "
+        f"median of {args.runs}",
+        results,
+        unit="events/s",
+        baselines={"vs raw": "raw confluent-kafka loop"},
     )
-    table.add_column("loop")
-    table.add_column("events/s", justify="right")
-    table.add_column("vs raw", justify="right")
-    raw = statistics.median(results["raw confluent-kafka loop"])
-    for name, rates in results.items():
-        median = statistics.median(rates)
-        table.add_row(name, f"{median:,.0f}", f"{median / raw:.2f}x")
-    console.print(table)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -30,13 +29,13 @@ import psycopg
 from pydantic import BaseModel
 from pydantic_core import to_json
 from rich.console import Console
-from rich.table import Table
 
 from loglane.envelope import Envelope, now_rfc3339
 from loglane.records import Message, TopicPartition, encode_headers
 from loglane.service import Service
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus
 from loglane.stores.postgres import PostgresStore
+from report import print_medians, print_run
 
 SOURCE = TopicPartition("k1.in", 0)
 SOURCE_ROW = ("k1", SOURCE.topic, SOURCE.partition)
@@ -310,28 +309,19 @@ def main() -> None:
     for run in range(args.runs):
         for name, writer in writers.items():
             results[name].append(writer())
-        console.print(
-            f"run {run + 1}: "
-            + ", ".join(f"{name} {rates[-1]:,.0f}/s" for name, rates in results.items())
-        )
+        print_run(console, run, results)
     what = "view rows + outbox + requests + applied ids" if args.full else "view rows"
-    table = Table(
-        title=f"K1 store: {work.rows:,} rows in batches of {args.batch}, {what}, "
-        f"median of {args.runs}"
+    print_medians(
+        console,
+        f"K1 store: {work.rows:,} rows in batches of {args.batch}, {what}, median of {args.runs}",
+        results,
+        unit="view rows/s",
+        baselines={
+            "vs executemany": "plain psycopg executemany",
+            "vs COPY + merge": "plain psycopg COPY + merge",
+        },
+        first_column="writer",
     )
-    table.add_column("writer")
-    table.add_column("view rows/s", justify="right")
-    table.add_column("vs executemany", justify="right")
-    table.add_column("vs COPY + merge", justify="right")
-    medians = {name: statistics.median(rates) for name, rates in results.items()}
-    for name, median in medians.items():
-        table.add_row(
-            name,
-            f"{median:,.0f}",
-            f"{median / medians['plain psycopg executemany']:.2f}x",
-            f"{median / medians['plain psycopg COPY + merge']:.2f}x",
-        )
-    console.print(table)
 
 
 if __name__ == "__main__":

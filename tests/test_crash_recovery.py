@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from loglane.commands import command_message
 from loglane.envelope import output_event_id
 from loglane.records import TopicPartition
 from loglane.worker import ensure_topics
-from tests.apps.ledger import accounts, deposits, landscape, ledger, tallies
+from tests.apps.ledger import accounts, assert_folded, deposits, landscape, ledger, tallies
 from tests.conftest import eventually
 from tests.postgres import PostgresStack, drop_schemas
 from tests.processes import PositionWatch, Stack, WorkerProcess
@@ -89,20 +90,13 @@ def wait_for_progress(stack: Stack, worker: WorkerProcess) -> None:
 
 def assert_exactly_once(stack: Stack, request_ids: list[str]) -> None:
     """Views equal the fold of the input, and every output id is there, none lost."""
-    total = PER_ACCOUNT * (PER_ACCOUNT + 1) // 2
     ledger_store, audit_store = stack.store("ledger"), stack.store("audit")
-    for a in range(ACCOUNTS):
-        account = ledger_store.get(accounts, f"acct-{a}")
-        assert account is not None
-        assert (account.balance, account.applied, account.last_seq, account.out_of_order) == (
-            total,
-            PER_ACCOUNT,
-            PER_ACCOUNT,
-            0,
-        ), account
-        tally = audit_store.get(tallies, f"acct-{a}")
-        assert tally is not None
-        assert (tally.events, tally.last_seq, tally.out_of_order) == (PER_ACCOUNT, PER_ACCOUNT, 0)
+    assert_folded(
+        partial(ledger_store.get, accounts),
+        partial(audit_store.get, tallies),
+        ACCOUNTS,
+        PER_ACCOUNT,
+    )
     log = stack.log()
     published = [
         dict(record.headers)["ce_id"].decode()

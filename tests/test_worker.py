@@ -19,7 +19,7 @@ from loglane.stores.base import Batch
 from loglane.stores.sqlite import SQLiteStore
 from loglane.testing import LandscapeTest
 from loglane.worker import Worker
-from tests.apps.ledger import Deposit, accounts, audit, deposits, ledger, tallies
+from tests.apps.ledger import Deposit, accounts, assert_folded, audit, deposits, ledger, tallies
 from tests.conftest import eventually
 
 
@@ -29,21 +29,12 @@ def test_landscape() -> Iterator[LandscapeTest]:
         yield landscape
 
 
-def assert_folded(landscape: LandscapeTest, accounts_count: int, per_account: int) -> None:
-    """Every account holds exactly the fold of its deposits, applied in order, once."""
-    total = per_account * (per_account + 1) // 2
-    for a in range(accounts_count):
-        account = landscape.view(accounts).get(f"acct-{a}")
-        assert account is not None
-        assert (account.balance, account.last_seq, account.applied, account.out_of_order) == (
-            total,
-            per_account,
-            per_account,
-            0,
-        )
-        tally = landscape.view(tallies).get(f"acct-{a}")
-        assert tally is not None
-        assert (tally.events, tally.last_seq, tally.out_of_order) == (per_account, per_account, 0)
+def assert_landscape_folded(
+    landscape: LandscapeTest, accounts_count: int, per_account: int
+) -> None:
+    assert_folded(
+        landscape.view(accounts).get, landscape.view(tallies).get, accounts_count, per_account
+    )
 
 
 def test_a_command_is_materialized_and_its_event_emitted(test_landscape: LandscapeTest) -> None:
@@ -74,7 +65,7 @@ def test_reads_in_a_handler_see_the_batchs_own_earlier_writes(
     for command in deposits(accounts_count=3, per_account=10):
         test_landscape.send(command)
     test_landscape.run_until_quiet()
-    assert_folded(test_landscape, 3, 10)
+    assert_landscape_folded(test_landscape, 3, 10)
 
 
 def test_per_key_order_holds_across_a_restart(tmp_path: Path) -> None:
@@ -92,7 +83,7 @@ def test_per_key_order_holds_across_a_restart(tmp_path: Path) -> None:
         for command in commands[150:]:
             second.send(command)
         second.run_until_quiet()
-        assert_folded(second, 10, 30)
+        assert_landscape_folded(second, 10, 30)
 
 
 class CrashOnPublish(EmbeddedLog):

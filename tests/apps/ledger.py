@@ -7,6 +7,8 @@ that slipped through, or a lost event, shows in its counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import BaseModel
 
 from loglane import Event, Landscape, Service, Transaction
@@ -83,3 +85,30 @@ def deposits(accounts_count: int, per_account: int) -> list[Deposit]:
         for seq in range(1, per_account + 1)
         for a in range(accounts_count)
     ]
+
+
+def assert_folded(
+    read_account: Callable[[str], Account | None],
+    read_tally: Callable[[str], Tally | None],
+    accounts_count: int,
+    per_account: int,
+) -> None:
+    """Every account holds exactly the fold of its deposits, applied in order and once, and the
+    audit counted each `Deposited` once, in order."""
+    total = per_account * (per_account + 1) // 2
+    for a in range(accounts_count):
+        account = read_account(f"acct-{a}")
+        assert account is not None
+        assert (account.balance, account.applied, account.last_seq, account.out_of_order) == (
+            total,
+            per_account,
+            per_account,
+            0,
+        ), account
+        tally = read_tally(f"acct-{a}")
+        assert tally is not None
+        assert (tally.events, tally.last_seq, tally.out_of_order) == (
+            per_account,
+            per_account,
+            0,
+        ), tally

@@ -19,6 +19,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ from loglane.stores.base import Store
 from loglane.stores.postgres import PostgresStore
 from loglane.stores.sqlite import SQLiteStore
 from loglane.worker import ensure_topics
-from tests.apps.ledger import accounts, deposits, landscape, ledger, tallies
+from tests.apps.ledger import accounts, assert_folded, deposits, landscape, ledger, tallies
 from tests.conftest import eventually
 from tests.kafka_broker import Broker, ManagedBroker, admin, delete_landscape
 from tests.postgres import drop_schemas, unique_prefix, with_schema
@@ -201,25 +202,14 @@ def members(stack: KafkaStack, group: str) -> list[int]:
 def assert_exactly_once(stack: KafkaStack, request_ids: list[str]) -> None:
     """Views equal the fold of the input, in order; every output id there, applied once."""
     assert len(set(request_ids)) == ACCOUNTS * PER_ACCOUNT
-    total = PER_ACCOUNT * (PER_ACCOUNT + 1) // 2
     ledger_store, audit_store = stack.store("ledger"), stack.store("audit")
     try:
-        for a in range(ACCOUNTS):
-            account = ledger_store.get(accounts, f"acct-{a}")
-            assert account is not None
-            assert (account.balance, account.applied, account.last_seq, account.out_of_order) == (
-                total,
-                PER_ACCOUNT,
-                PER_ACCOUNT,
-                0,
-            ), account
-            tally = audit_store.get(tallies, f"acct-{a}")
-            assert tally is not None
-            assert (tally.events, tally.last_seq, tally.out_of_order) == (
-                PER_ACCOUNT,
-                PER_ACCOUNT,
-                0,
-            ), tally
+        assert_folded(
+            partial(ledger_store.get, accounts),
+            partial(audit_store.get, tallies),
+            ACCOUNTS,
+            PER_ACCOUNT,
+        )
     finally:
         ledger_store.close()
         audit_store.close()
