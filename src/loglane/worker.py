@@ -35,6 +35,7 @@ from loglane.errors import (
     StaleBatchError,
 )
 from loglane.events import Event
+from loglane.faults import crash_point
 from loglane.logs.base import Consumer, Log
 from loglane.records import Message, Record, TopicPartition
 from loglane.service import Handler, Service
@@ -126,15 +127,19 @@ class Worker:
         """One poll, handle, commit, publish pass; returns how many records it took."""
         consumer = self._require_consumer()
         records = consumer.poll(self.poll_timeout if timeout is None else timeout, self.batch_size)
+        crash_point("after_poll")
         committed: list[tuple[TopicPartition, int | None, list[Message]]] = []
         for source, batch in _by_partition(records).items():
             outcome = self._process(source, batch)
             if outcome is not None:
                 committed.append(outcome)
+        crash_point("after_commit")
         self._publish(committed)
+        crash_point("after_publish")
         if self._log_offsets:
             consumer.commit(self._log_offsets)
             self._log_offsets = {}
+            crash_point("after_log_commit")
         if not records and self._published:
             self.store.delete_outbox(self.service.name, self._published)
             self._published = {}
@@ -326,6 +331,7 @@ class Worker:
         logger.info(
             "revoked %s", ", ".join(map(str, partitions)), extra={"service": self.service.name}
         )
+        crash_point("in_revoke")
         published = {tp: self._published.pop(tp) for tp in partitions if tp in self._published}
         if published:
             self.store.delete_outbox(self.service.name, published)
@@ -345,6 +351,7 @@ class Worker:
             self._published.pop(tp, None)
             recent = self.store.applied(self.service.name, tp, position - self.dedupe_window)
             self._applied[tp] = AppliedWindow(self.dedupe_window, recent)
+        crash_point("in_assign")
         self._flush_outbox(partitions)
 
     def _flush_outbox(self, partitions: Sequence[TopicPartition]) -> None:

@@ -45,6 +45,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError, StaleBatchError
+from loglane.faults import crash_point
 from loglane.records import Message, Position, TopicPartition, decode_headers, encode_headers
 from loglane.stores._postgres_notify import (
     ChangeMarker,
@@ -329,6 +330,7 @@ class PostgresStore(Store):
         with self._connection() as conn:
             with conn.transaction():
                 last_seq = self._write(conn, schema, tables, batch, created)
+                crash_point("in_commit")
             self._staged.setdefault(conn, set()).update(created)
         return last_seq
 

@@ -30,6 +30,7 @@ import msgpack
 
 from loglane._sqlite import SQLiteFile
 from loglane.errors import ConfigurationError, StaleBatchError
+from loglane.faults import crash_point
 from loglane.records import Message, Position, TopicPartition, decode_headers, encode_headers
 from loglane.stores.base import (
     AcceptedCommand,
@@ -249,6 +250,7 @@ class SQLiteStore(Store):
                 )
             if batch.published_upto is not None:
                 self._delete_outbox(db, batch.service, {batch.source: batch.published_upto})
+            crash_point("in_commit")
         return last_seq
 
     @staticmethod
