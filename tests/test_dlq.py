@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from loglane import Event, RequestStatus, Retry, Service, Transaction
 from loglane.dlq import dead_letters, redrive
 from loglane.errors import BackendUnavailableError
+from loglane.records import Message
 from loglane.stores.base import Batch, Store
 from loglane.testing import LandscapeTest
 from tests.test_cli import loglane
@@ -113,6 +114,36 @@ def test_a_redrive_repeated_after_a_crash_is_applied_once(landscape: LandscapeTe
     assert redrive(landscape.log, landscape.stores["fragile"], fragile) == 1
     landscape.run_until_quiet()
     assert landscape.view(items).get("b") == Item(item="b", times=1)
+
+
+def test_copies_of_one_dead_letter_are_applied_once(landscape: LandscapeTest) -> None:
+    request_id = landscape.send(Keep(item="charge"))
+    landscape.run_until_quiet()
+    (letter,) = dead_letters(landscape.log, fragile)
+    # the outbox published again after a crash: a second copy, from the same source record
+    landscape.log.append([Message(letter.topic, letter.key, letter.value, letter.headers)])
+    assert len(dead_letters(landscape.log, fragile)) == 2
+    broken["now"] = False
+    assert redrive(landscape.log, landscape.stores["fragile"], fragile) == 2
+    landscape.run_until_quiet()
+    assert landscape.view(items).get("charge") == Item(item="charge", times=1)
+    done = landscape.outcome(request_id)
+    assert done is not None
+    assert done.status is RequestStatus.DONE
+
+
+def test_a_redriven_record_that_fails_again_can_be_redriven_again(
+    landscape: LandscapeTest,
+) -> None:
+    landscape.send(Keep(item="e"))
+    landscape.run_until_quiet()
+    assert redrive(landscape.log, landscape.stores["fragile"], fragile) == 1
+    landscape.run_until_quiet()
+    assert len(dead_letters(landscape.log, fragile, landscape.stores["fragile"])) == 1
+    broken["now"] = False
+    assert redrive(landscape.log, landscape.stores["fragile"], fragile) == 1
+    landscape.run_until_quiet()
+    assert landscape.view(items).get("e") == Item(item="e", times=1)
 
 
 def test_a_dead_letter_from_another_services_output_returns_to_its_handler(

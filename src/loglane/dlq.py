@@ -1,8 +1,12 @@
 """The dead-letter queue of a service: list what failed, and re-drive it once fixed.
 
 Re-driving appends each dead letter back to the service's input topic. It keeps the correlation
-id (its request is tracked as before) and gets a new event id derived from its place in the DLQ,
-so duplicate detection lets it through once, and a re-drive repeated after a crash is dropped.
+id (its request is tracked as before) and gets a new event id derived from the place of the
+record that failed (its `loglane_source` header), so duplicate detection lets it through once.
+Every copy of one dead letter gets that same id, so the worker applies it once however many
+copies reach the input: a crash after a batch committed publishes its dead letters again, and a
+re-drive repeated after a crash appends them again. A re-driven record that fails again is a
+new dead letter, from its own place in the input topic, and can be re-driven once more.
 A dead letter that came from another service's output topic carries `loglane_origin`, so the
 worker routes it to the handler of that topic. How far the DLQ was re-driven is a fenced
 position in the service's store, like any input position.
@@ -54,7 +58,13 @@ def redrive(log: Log, store: Store, service: Service) -> int:
 
 
 def _as_input(letter: Record, service: Service) -> Message:
-    place = f"{letter.topic}:{letter.partition}:{letter.offset}"
+    source = letter.header(SOURCE_HEADER)
+    # A dead letter without its source (written by hand) is known only by its place in the DLQ.
+    place = (
+        source.decode()
+        if source is not None
+        else f"{letter.topic}:{letter.partition}:{letter.offset}"
+    )
     headers: list[tuple[str, bytes]] = []
     for name, value in letter.headers:
         if name == "ce_id":
