@@ -132,6 +132,28 @@ def test_copies_of_one_dead_letter_are_applied_once(landscape: LandscapeTest) ->
     assert done.status is RequestStatus.DONE
 
 
+def test_two_dead_letters_from_one_place_of_a_recreated_log_are_two_events(
+    landscape: LandscapeTest,
+) -> None:
+    landscape.send(Keep(item="old"))
+    landscape.run_until_quiet()
+    (letter,) = dead_letters(landscape.log, fragile)
+    # the record that failed at that place of the input after the log was recreated
+    newer = Keep(item="new")
+    headers = tuple(
+        (name, f"{value.decode()}-2".encode() if name == "ce_id" else value)
+        for name, value in letter.headers
+    )
+    landscape.log.append(
+        [Message(letter.topic, letter.key, newer.model_dump_json().encode(), headers)]
+    )
+    broken["now"] = False
+    assert redrive(landscape.log, landscape.stores["fragile"], fragile) == 2
+    landscape.run_until_quiet()
+    assert landscape.view(items).get("old") == Item(item="old", times=1)
+    assert landscape.view(items).get("new") == Item(item="new", times=1)
+
+
 def test_a_redriven_record_that_fails_again_can_be_redriven_again(
     landscape: LandscapeTest,
 ) -> None:

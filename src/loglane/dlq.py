@@ -1,12 +1,14 @@
 """The dead-letter queue of a service: list what failed, and re-drive it once fixed.
 
 Re-driving appends each dead letter back to the service's input topic. It keeps the correlation
-id (its request is tracked as before) and gets a new event id derived from the place of the
-record that failed (its `loglane_source` header), so duplicate detection lets it through once.
-Every copy of one dead letter gets that same id, so the worker applies it once however many
-copies reach the input: a crash after a batch committed publishes its dead letters again, and a
-re-drive repeated after a crash appends them again. A re-driven record that fails again is a
-new dead letter, from its own place in the input topic, and can be re-driven once more.
+id (its request is tracked as before) and gets a new event id derived from the place and the
+id of the record that failed (its `loglane_source` and `ce_id` headers), so duplicate detection
+lets it through once. Every copy of one dead letter gets that same id, so the worker applies it
+once however many copies reach the input: a crash after a batch committed publishes its dead
+letters again, and a re-drive repeated after a crash appends them again. The failed record's id
+keeps apart two records at one place, as in a log recreated since (`loglane reset`). A
+re-driven record that fails again is a new dead letter, from its own place in the input topic,
+and can be re-driven once more.
 A dead letter that came from another service's output topic carries `loglane_origin`, so the
 worker routes it to the handler of that topic. How far the DLQ was re-driven is a fenced
 position in the service's store, like any input position.
@@ -68,7 +70,8 @@ def _as_input(letter: Record, service: Service) -> Message:
     headers: list[tuple[str, bytes]] = []
     for name, value in letter.headers:
         if name == "ce_id":
-            headers.append((name, output_event_id(service.name, place, 0).encode()))
+            cause = f"{place} {value.hex()}"
+            headers.append((name, output_event_id(service.name, cause, 0).encode()))
         elif name == SOURCE_HEADER:
             origin = value.decode().rsplit(":", 2)[0]
             if origin != service.input_topic:
