@@ -104,3 +104,28 @@ def test_retention_deletes_old_records_and_moves_the_start_offset(tmp_path: Path
     assert log.offsets("t")[0].start == 3
     assert [r.value for r in log.read(TopicPartition("t", 0), 0, 10)] == [b"new"]
     log.close()
+
+
+def test_reopening_a_topic_without_a_retention_keeps_the_one_it_was_given(
+    tmp_path: Path,
+) -> None:
+    first = EmbeddedLog(tmp_path / "log.db")
+    first.create_topic("t", 1, retention_ms=1000)
+    first.close()
+    log = EmbeddedLog(tmp_path / "log.db")
+    log.create_topic("t", 1)  # as every start of the service's workers does
+    log.append([Message("t", b"k", b"old")] * 3)
+    (now_ms,) = [r.timestamp_ms for r in log.read(TopicPartition("t", 0), 2, 1)]
+    assert log.enforce_retention(now_ms=now_ms + 5000) == 3
+    log.close()
+
+
+def test_an_explicit_retention_replaces_the_topics_old_one(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.db")
+    log.create_topic("t", 1, retention_ms=1000)
+    log.create_topic("t", 1, retention_ms=60_000)
+    log.append([Message("t", b"k", b"old")] * 3)
+    (now_ms,) = [r.timestamp_ms for r in log.read(TopicPartition("t", 0), 2, 1)]
+    assert log.enforce_retention(now_ms=now_ms + 5000) == 0
+    assert log.enforce_retention(now_ms=now_ms + 120_000) == 3
+    log.close()

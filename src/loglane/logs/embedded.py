@@ -136,12 +136,15 @@ class EmbeddedLog(Log):
     # -- topics ---------------------------------------------------------------------------------
 
     def create_topic(self, name: str, partitions: int, *, retention_ms: int | None = None) -> int:
+        """Create `name` unless it exists; an existing topic keeps its partitions, and keeps
+        its retention unless `retention_ms` gives a new one."""
         if partitions < 1:
             raise ConfigurationError(f"topic {name!r}: partitions must be at least 1")
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO topics (name, partitions, retention_ms) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET retention_ms = excluded.retention_ms",
+                "ON CONFLICT (name) DO UPDATE SET "
+                "retention_ms = coalesce(excluded.retention_ms, retention_ms)",
                 (name, partitions, retention_ms),
             )
             topic_id, actual = db.execute(
