@@ -99,7 +99,6 @@ def fresh_store(url: str, **options: Any) -> PostgresStore:
 def run_store(url: str, work: Work, copy_threshold: int) -> float:
     store = fresh_store(url, copy_threshold=copy_threshold)
     position: int | None = None
-    last_seq: int | None = None
     started = time.perf_counter()
     for n, items in enumerate(work.batches):
         batch = Batch(
@@ -107,14 +106,15 @@ def run_store(url: str, work: Work, copy_threshold: int) -> float:
             source=SOURCE,
             expected_position=position,
             position=(position or 0) + len(items),
-            writes={items_view: {item.key: item for item in items}},
+            writes={items_view: {item.key: items_view.image(item) for item in items}},
         )
         if work.full:
             batch.outbox = work.outboxes[n]
             batch.requests = work.outcomes[n]
             batch.applied_ids = [outcome.request_id for outcome in work.outcomes[n]]
-            batch.published_upto = last_seq
         last_seq = store.commit(batch)
+        if work.full and last_seq is not None:  # published: the worker deletes it at once
+            store.delete_outbox(service.name, {SOURCE: last_seq})
         position = batch.position
     elapsed = time.perf_counter() - started
     _drop(url, store.schema(service.name))

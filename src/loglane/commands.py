@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic_core import to_json
 
-from loglane.envelope import Envelope, new_event_id, now_rfc3339
+from loglane.envelope import COMMAND_SOURCE, Envelope, new_event_id, now_rfc3339
 from loglane.events import Event
 from loglane.logs.base import Log
 from loglane.records import Message, Position
@@ -16,7 +16,7 @@ def command_message(
     command: Event,
     *,
     request_id: str | None = None,
-    source: str = "loglane",
+    source: str = COMMAND_SOURCE,
     traceparent: str | None = None,
 ) -> tuple[str, Message]:
     """The request id and the message that posts `command` to `service`'s input topic.

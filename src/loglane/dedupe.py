@@ -1,10 +1,25 @@
-"""Dropping re-published duplicates: the ids a worker applied recently, per partition.
+"""Dropping re-published duplicates, exactly: origin watermarks, and a window of applied ids.
 
-After a crash between commit and publish, output events are published again with the same
-ids, a little later in the same partitions (same key, same partition). A consumer remembers
-the ids of events it applied within the last `window` offsets of each input partition and
-skips any it meets again. The ids are stored with each batch, so the memory survives
-restarts; one row per batch keeps the write path sequential.
+An event can reach a worker twice: a Loglane worker that crashed after publishing its outbox
+but before deleting it publishes the same events again when its partition is next assigned
+(the same ids, the same `ce_loglaneorigin`), and any producer may retry a send. Two
+mechanisms drop the second copy:
+
+- **Origin watermarks**, for events another Loglane service emitted. Such an event names its
+  origin: the input partition, offset and emit index of the record whose handling emitted it.
+  One producer partition's events are committed, published and re-published in that order,
+  and the log keeps the order within each partition, so every copy of an event arrives after
+  the original in the same consumer partition, and no later event arrives before a
+  re-published copy of an earlier one. The worker keeps, per consumer partition and origin
+  partition, the highest (offset, index) applied, stored in the same transaction as its
+  position; an event at or below it is a copy. This holds however late the copy comes (a
+  producer down for a day), and costs one small entry per origin partition.
+- **Applied ids**, for commands and other events without an origin: the (source, id) pairs
+  applied within the last `window` offsets of each input partition, stored one row per batch
+  so they survive restarts. A copy further back than that is not recognised; commands posted
+  through the HTTP API are not appended twice in the first place (its `Idempotency-Key`
+  ledger), and the Kafka producer is idempotent, so the window covers producers outside
+  Loglane that re-send.
 """
 
 from __future__ import annotations
@@ -12,9 +27,40 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
+from loglane.envelope import Envelope
+from loglane.stores.base import Watermarks
+
+
+def identity(envelope: Envelope) -> str:
+    """The (source, id) pair that identifies an event, as one string."""
+    return f"{envelope.source}\x1f{envelope.id}"
+
+
+def origin_mark(origin: str) -> tuple[str, tuple[int, int]] | None:
+    """`topic/partition/offset/index` as (`topic/partition`, (offset, index)); None if malformed."""
+    parts = origin.rsplit("/", 3)
+    if len(parts) != 4 or not all(part.isdigit() for part in parts[1:]):
+        return None
+    topic, partition, offset, index = parts
+    return f"{topic}/{partition}", (int(offset), int(index))
+
+
+def seen_before(watermarks: Watermarks, origin: str) -> bool | None:
+    """Whether an event from `origin` was applied already, moving the watermark if not;
+    None when the origin cannot be read (fall back to ids)."""
+    mark = origin_mark(origin)
+    if mark is None:
+        return None
+    place, position = mark
+    last = watermarks.get(place)
+    if last is not None and position <= last:
+        return True
+    watermarks[place] = position
+    return False
+
 
 class AppliedWindow:
-    """Event ids applied from one partition within the last `window` offsets."""
+    """Event identities applied from one partition within the last `window` offsets."""
 
     def __init__(self, window: int, batches: Iterable[tuple[int, Iterable[str]]] = ()) -> None:
         self.window = window

@@ -14,6 +14,12 @@ same in another, and a producer outside Python (or `kcat`) can post a command by
     ce_correlationid   the request id that started the chain (optional)
     ce_causationid     the id of the event whose handling emitted this one (optional)
     ce_traceparent     W3C trace context (optional)
+    ce_loglaneorigin   on events a Loglane worker emits: `topic/partition/offset/index`, the
+                       input record whose handling emitted it and the event's index among
+                       that record's events; consumers use it to drop re-published copies
+
+(`ce_source`, `ce_id`) identifies an event, as CloudEvents says: two producers may use the
+same id, and Loglane tells their events apart by source.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from loglane.records import Headers, Record
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
+COMMAND_SOURCE = "loglane"
+"""The `ce_source` of commands that Loglane's own clients post (the HTTP API, `loglane send`,
+`LandscapeTest.send`); request ids are unique within it."""
 
 _OUTPUT_ID_NAMESPACE = uuid.UUID("6f6e3c36-3f1e-4b8e-9a52-6c6f676c616e")
 
@@ -46,6 +55,12 @@ class Envelope:
     correlation_id: str | None = None
     causation_id: str | None = None
     traceparent: str | None = None
+    origin: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        """The id of the request this event belongs to: its correlation id, else its own."""
+        return self.correlation_id or self.id
 
     def headers(self) -> Headers:
         headers: list[tuple[str, bytes]] = [
@@ -62,6 +77,8 @@ class Envelope:
             headers.append(("ce_causationid", self.causation_id.encode()))
         if self.traceparent is not None:
             headers.append(("ce_traceparent", self.traceparent.encode()))
+        if self.origin is not None:
+            headers.append(("ce_loglaneorigin", self.origin.encode()))
         return tuple(headers)
 
 
@@ -80,18 +97,28 @@ def read_envelope(record: Record) -> Envelope:
         specversion = headers.get("ce_specversion", b"1.0").decode()
         if specversion != SPECVERSION:
             raise EnvelopeError(f"ce_specversion {specversion!r} is not supported; use 1.0")
-        return Envelope(
-            id=headers["ce_id"].decode(),
-            type=headers["ce_type"].decode(),
-            source=headers["ce_source"].decode(),
-            time=headers.get("ce_time", b"").decode(),
-            data=record.value,
-            correlation_id=_text(headers.get("ce_correlationid")),
-            causation_id=_text(headers.get("ce_causationid")),
-            traceparent=_text(headers.get("ce_traceparent")),
+        return _check_text(
+            Envelope(
+                id=headers["ce_id"].decode(),
+                type=headers["ce_type"].decode(),
+                source=headers["ce_source"].decode(),
+                time=headers.get("ce_time", b"").decode(),
+                data=record.value,
+                correlation_id=_text(headers.get("ce_correlationid")),
+                causation_id=_text(headers.get("ce_causationid")),
+                traceparent=_text(headers.get("ce_traceparent")),
+                origin=_text(headers.get("ce_loglaneorigin")),
+            )
         )
     except UnicodeDecodeError as exc:
         raise EnvelopeError("a ce_ header is not UTF-8; CloudEvents attributes are text") from exc
+
+
+def _check_text(envelope: Envelope) -> Envelope:
+    attributes = (envelope.id, envelope.source, envelope.type, envelope.correlation_id or "")
+    if any("\x00" in attribute for attribute in attributes):
+        raise EnvelopeError("a ce_ attribute holds a NUL character; CloudEvents ids are text")
+    return envelope
 
 
 def _text(value: bytes | None) -> str | None:
@@ -112,15 +139,20 @@ def new_event_id() -> str:
     return str(uuid.UUID(int=value))
 
 
-def output_event_id(service: str, cause_id: str, index: int) -> str:
-    """The id of the `index`-th event `service` emits while handling event `cause_id`.
+def output_event_id(
+    service: str, cause_id: str, index: int, *, cause_source: str = COMMAND_SOURCE
+) -> str:
+    """The id of the `index`-th event `service` emits while handling event `cause_id` of
+    `cause_source`.
 
     Derived, not random, so a batch re-run after a crash emits the very same ids and
-    consumers can drop the duplicates.
+    consumers can drop the duplicates; two causes that share an id but not a source get
+    different ids.
     """
-    digest = hashlib.sha1(
-        _OUTPUT_ID_NAMESPACE.bytes + f"{service}\x00{cause_id}\x00{index}".encode()
-    )
+    name = f"{service}\x00{cause_id}\x00{index}"
+    if cause_source != COMMAND_SOURCE:  # commands keep the ids they were given before
+        name = f"{service}\x00{cause_source}\x00{cause_id}\x00{index}"
+    digest = hashlib.sha1(_OUTPUT_ID_NAMESPACE.bytes + name.encode())
     # the same bytes as uuid.uuid5(), without building a UUID object on the hot path
     raw = bytearray(digest.digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50

@@ -2,10 +2,13 @@
 
     LoglaneError
     ├── ConfigurationError       a service, view, handler or option is declared wrongly
-    │   └── BadURLError          a --log / --db URL cannot be used
+    │   ├── BadURLError          a --log / --db URL cannot be used
+    │   └── PositionAheadOfLogError  a stored position lies beyond the log's end
     ├── BackendUnavailableError  a log or store server cannot be reached
     ├── EnvelopeError            a record is not a readable CloudEvent
-    └── StaleBatchError          a batch lost its partition to another worker (fenced)
+    ├── StaleBatchError          a batch lost its partition to another worker (fenced)
+    ├── BatchConflictError       a batch met another batch's locks; it is run again
+    └── BatchRejectedError       the store refused a batch's changes (bad data, failing SQL)
 
 Every message says what went wrong and what to do about it.
 """
@@ -38,3 +41,20 @@ class StaleBatchError(LoglaneError):
 
     The batch is rolled back in full; the worker reloads the position and carries on.
     """
+
+
+class PositionAheadOfLogError(ConfigurationError):
+    """A stored input position lies beyond the end of its partition: the log was recreated
+    or truncated under the store. Consuming would skip every new record until the log grew
+    past the old position, so the worker stops and says how to reset."""
+
+
+class BatchConflictError(LoglaneError):
+    """The batch's transaction lost a lock race with another batch (a deadlock or a
+    serialization failure); it was rolled back in full and the worker runs it again."""
+
+
+class BatchRejectedError(LoglaneError):
+    """The store refused the changes of a batch: a value it cannot hold, a constraint, or a
+    handler's SQL that fails. Nothing was written; the worker isolates the event at fault,
+    dead-letters it with this message, and commits the rest."""

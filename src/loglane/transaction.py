@@ -1,7 +1,8 @@
 """The `tx` a handler receives: view reads and writes, emitted events, a rejection.
 
-A batch of one input partition shares a `UnitOfWork`: reads see the batch's earlier writes,
-and everything is flushed in one store transaction when the batch commits. Each event's
+A batch of one input partition shares a `UnitOfWork`: reads see the batch's earlier writes
+and, below them, the rows the batch's store transaction reads (under its locks); everything
+is written in that transaction when the batch commits. Each event's
 changes stay in its own `Transaction` until its handler returns, so a handler that raises
 (and is retried, or dead-lettered) leaves nothing behind.
 """
@@ -16,27 +17,35 @@ from pydantic_core import to_json
 from loglane.envelope import Envelope, output_event_id
 from loglane.events import Event, Rejected
 from loglane.records import Message
-from loglane.stores.base import Row, Statement, Store
-from loglane.views import Key, View
+from loglane.stores.base import Row, Statement, StoreTransaction
+from loglane.views import Key, RowImage, View
 
 _ABSENT: Any = object()
 
 
 class UnitOfWork:
-    """The view changes of one batch, layered over the store's committed rows."""
+    """The view changes of one batch, layered over the rows its store transaction reads.
 
-    def __init__(self, store: Store) -> None:
+    Rows are kept as documents: every `get` builds a fresh model, so a handler that changes
+    a row in place and then fails leaves nothing behind for its retry or the next event.
+    """
+
+    def __init__(self, store: StoreTransaction) -> None:
         self._store = store
-        self.writes: dict[View[Any], dict[Key, Any]] = {}
+        self._committed: dict[View[Any], dict[Key, str | bytes | None]] = {}
+        self.writes: dict[View[Any], dict[Key, RowImage | None]] = {}
         self.statements: list[Statement] = []
 
-    def read(self, view: View[Row], key: Key) -> Row | None:
-        rows = self.writes.get(view)
-        if rows is not None:
-            row = rows.get(key, _ABSENT)
-            if row is not _ABSENT:
-                return row  # type: ignore[no-any-return]
-        return self._store.get(view, key)
+    def document(self, view: View[Any], key: Key) -> str | bytes | None:
+        """The row's document as the batch sees it: its own writes, else the store's."""
+        written = self.writes.get(view)
+        if written is not None and key in written:
+            image = written[key]
+            return None if image is None else image.document
+        committed = self._committed.setdefault(view, {})
+        if key not in committed:
+            committed[key] = self._store.get(view, key)
+        return committed[key]
 
     def absorb(self, tx: Transaction) -> None:
         for view, rows in tx.writes.items():
@@ -55,18 +64,22 @@ class ViewAccess(Generic[Row]):
         self._rows = tx.writes.setdefault(view, {})
 
     def get(self, key: Key) -> Row | None:
-        row = self._rows.get(key, _ABSENT)
-        if row is _ABSENT:
-            return self._tx.unit.read(self._view, key)
-        return row  # type: ignore[no-any-return]
+        """A copy of the row at `key` as this batch sees it, or None."""
+        image = self._rows.get(key, _ABSENT)
+        if image is _ABSENT:
+            document = self._tx.unit.document(self._view, key)
+        else:
+            document = None if image is None else image.document
+        return None if document is None else self._view.load(document)
 
     def put(self, row: Row) -> None:
+        """Write `row` as it is now; changing the object afterwards changes nothing."""
         if not isinstance(row, self._view.model):
             raise TypeError(
                 f"view {self._view.name!r} holds {self._view.model.__name__} rows, "
                 f"not {type(row).__name__}"
             )
-        self._rows[self._view.key_of(row)] = row
+        self._rows[self._view.key_of(row)] = self._view.image(row)
 
     def delete(self, key: Key) -> None:
         self._rows[key] = None
@@ -83,10 +96,13 @@ class Transaction:
         output_topic: str,
         cause: Envelope,
         key: bytes | None,
+        origin: str,
         time: str,
     ) -> None:
+        """`key` is the message key of emitted events unless `emit` is given one; `origin`
+        (`topic/partition/offset`) is where the event being handled sits in the log."""
         self.unit = unit
-        self.writes: dict[View[Any], dict[Key, Any]] = {}
+        self.writes: dict[View[Any], dict[Key, RowImage | None]] = {}
         self.messages: list[Message] = []
         self.statements: list[Statement] = []
         self.event_ids: list[str] = []
@@ -95,6 +111,7 @@ class Transaction:
         self._output_topic = output_topic
         self._cause = cause
         self._key = key
+        self._origin = origin
         self._time = time
 
     @property
@@ -105,7 +122,7 @@ class Transaction:
     @property
     def request_id(self) -> str:
         """The id of the request this event belongs to (its correlation id)."""
-        return self._cause.correlation_id or self._cause.id
+        return self._cause.request_id
 
     def __getitem__(self, view: View[Row]) -> ViewAccess[Row]:
         if self.rejection is not None:
@@ -115,7 +132,8 @@ class Transaction:
     def emit(self, event: Event, *, key: str | None = None) -> None:
         """Publish `event` on the service's output topic once the batch commits.
 
-        It is keyed like the event being handled unless `key` is given.
+        It is keyed by the handler's declared key (for a command, the value of its `key=`
+        field; for another service's event, the key its emitter gave it) unless `key` is given.
         """
         if self.rejection is not None:
             raise RuntimeError("the command was rejected; return from the handler after reject()")
@@ -134,8 +152,11 @@ class Transaction:
         self.statements.append(Statement(sql, params))
 
     def _append(self, event: Event, key: str | None) -> None:
+        index = len(self.event_ids)
         envelope = Envelope(
-            id=output_event_id(self._service, self._cause.id, len(self.event_ids)),
+            id=output_event_id(
+                self._service, self._cause.id, index, cause_source=self._cause.source
+            ),
             type=event.event_type,
             source=self._service,
             time=self._time,
@@ -143,6 +164,7 @@ class Transaction:
             correlation_id=self.request_id,
             causation_id=self._cause.id,
             traceparent=self._cause.traceparent,
+            origin=f"{self._origin}/{index}",
         )
         message_key = self._key if key is None else key.encode()
         self.messages.append(

@@ -26,6 +26,15 @@ class Column:
     kind: type  # one of str, int, float, bool
 
 
+@dataclass(frozen=True, slots=True)
+class RowImage:
+    """A row as it is written: its JSON document and its indexed fields' values, taken when
+    the handler put it, so later changes to the model object cannot leak into the write."""
+
+    document: bytes
+    columns: tuple[Any, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class View(Generic[Row]):
     """A table of `model` rows keyed by the `key` field, declared by `Service.view`."""
@@ -70,6 +79,9 @@ class View(Generic[Row]):
 
     def column_values(self, row: Row) -> tuple[Any, ...]:
         return tuple(getattr(row, column.name) for column in self.columns)
+
+    def image(self, row: Row) -> RowImage:
+        return RowImage(to_json(row), self.column_values(row))
 
     def check_filters(self, where: Mapping[str, Any]) -> None:
         """Refuse filters on fields that have no index: they would scan the whole table."""

@@ -3,16 +3,22 @@
 One pass of the loop (`run_once`), top to bottom:
 
 1. poll records from the partitions this worker owns;
-2. per partition, run the handlers in offset order against a unit of work;
-3. commit the view changes, the new input position, the outbox rows, request outcomes and the
-   ids of applied events in ONE store transaction, fenced on the position the batch began at;
-4. publish the committed outbox rows to the log (`<service>.out`, `<service>.dlq`);
+2. per partition, open ONE store transaction, fenced on the position the batch began at, and
+   run the handlers in offset order against a unit of work whose reads come from it;
+3. write the view changes, the new input position, the outbox rows, request outcomes and the
+   ids of applied events in that transaction, and commit;
+4. publish the committed outbox rows to the log (`<service>.out`, `<service>.dlq`), then
+   delete them from the outbox;
 5. commit the log's consumer offsets last, so they trail the store, never lead it.
+
+If the store refuses a batch (a value it cannot hold, a handler's failing SQL), the batch is
+halved until the event at fault stands alone; that event goes to the DLQ and the rest commit.
 
 Positions live in the store: on start, or when a partition is assigned, the worker reads
 them there and seeks the log to them. A crash anywhere replays at most the uncommitted batch,
-whose effects were never written; outbox rows committed but not yet published are published
-again (same ids) when the partition is next assigned, and consumers drop the duplicates.
+whose effects were never written; outbox rows committed but not yet deleted are published
+again (same ids) when the partition is next assigned, and consumers drop the duplicates
+(`loglane.dedupe`).
 """
 
 from __future__ import annotations
@@ -22,16 +28,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from loglane.dedupe import AppliedWindow
+from loglane.dedupe import AppliedWindow, identity, seen_before
 from loglane.dlq import ERROR_HEADER, ORIGIN_HEADER, SOURCE_HEADER
 from loglane.envelope import Envelope, now_rfc3339, read_envelope
 from loglane.errors import (
     BackendUnavailableError,
+    BatchConflictError,
+    BatchRejectedError,
     ConfigurationError,
     EnvelopeError,
+    PositionAheadOfLogError,
     StaleBatchError,
 )
 from loglane.events import Event
@@ -39,7 +49,7 @@ from loglane.faults import crash_point
 from loglane.logs.base import Consumer, Log
 from loglane.records import Message, Record, TopicPartition
 from loglane.service import Handler, Service
-from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store
+from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store, Watermarks
 from loglane.transaction import Transaction, UnitOfWork
 
 logger = logging.getLogger("loglane.worker")
@@ -72,8 +82,8 @@ class Worker:
         self.dedupe_window = dedupe_window
         self._consumer: Consumer | None = None
         self._positions: dict[TopicPartition, int | None] = {}
-        self._published: dict[TopicPartition, int] = {}
         self._applied: dict[TopicPartition, AppliedWindow] = {}
+        self._origins: dict[TopicPartition, Watermarks] = {}
         self._log_offsets: dict[TopicPartition, int] = {}
         self._async: asyncio.Runner | None = None
         self.on_commit = on_commit
@@ -88,7 +98,11 @@ class Worker:
         self._consumer = self.log.consumer(self.service.name, self.service.topics, self)
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until `stop` is set; back off and recover while a backend is unreachable."""
+        """Loop until `stop` is set; back off and recover while a backend is unreachable.
+
+        Only a `ConfigurationError` ends the loop: any other error rolls the batch back, is
+        logged with its traceback, and the partitions resume from their stored positions.
+        """
         self.start()
         backoff = 0.1
         recovering = False
@@ -100,13 +114,16 @@ class Worker:
                         recovering = False
                     self.run_once()
                     backoff = 0.1
-                except BackendUnavailableError as exc:
-                    logger.warning(
-                        "backend unavailable, retrying in %.1fs: %s",
-                        backoff,
-                        exc,
-                        extra={"service": self.service.name},
-                    )
+                except ConfigurationError:
+                    raise
+                except Exception as exc:
+                    extra = {"service": self.service.name}
+                    if isinstance(exc, BackendUnavailableError):
+                        logger.warning(
+                            "backend unavailable, retrying in %.1fs: %s", backoff, exc, extra=extra
+                        )
+                    else:
+                        logger.exception("worker error, retrying in %.1fs", backoff, extra=extra)
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     recovering = True
@@ -128,43 +145,97 @@ class Worker:
         consumer = self._require_consumer()
         records = consumer.poll(self.poll_timeout if timeout is None else timeout, self.batch_size)
         crash_point("after_poll")
-        committed: list[tuple[TopicPartition, int | None, list[Message]]] = []
+        committed: list[Committed] = []
         for source, batch in _by_partition(records).items():
-            outcome = self._process(source, batch)
-            if outcome is not None:
-                committed.append(outcome)
+            committed.extend(self._commit_isolating(source, batch, {}))
         crash_point("after_commit")
         self._publish(committed)
-        crash_point("after_publish")
         if self._log_offsets:
             consumer.commit(self._log_offsets)
             self._log_offsets = {}
             crash_point("after_log_commit")
-        if not records and self._published:
-            self.store.delete_outbox(self.service.name, self._published)
-            self._published = {}
         return len(records)
 
-    def _process(
-        self, source: TopicPartition, records: list[Record]
-    ) -> tuple[TopicPartition, int | None, list[Message]] | None:
-        """Handle one partition's records and commit them; None if nothing was committed."""
+    def _commit_isolating(
+        self, source: TopicPartition, records: list[Record], poison: dict[int, str]
+    ) -> list[Committed]:
+        """Commit `records`; if the store refuses them, halve the batch until the refused
+        event stands alone, dead-letter it with the store's reason, and commit the rest."""
+        try:
+            committed = self._commit(source, records, poison)
+        except BatchRejectedError as exc:
+            if len(records) == 1:
+                reason = f"the store refused its changes: {exc}"
+                committed = self._commit(source, records, {records[0].offset: reason})
+            else:
+                middle = len(records) // 2
+                return self._commit_isolating(
+                    source, records[:middle], poison
+                ) + self._commit_isolating(source, records[middle:], poison)
+        return [] if committed is None else [committed]
+
+    def _commit(
+        self, source: TopicPartition, records: list[Record], poison: dict[int, str]
+    ) -> Committed | None:
+        """Handle one partition's records in its store transaction and commit them.
+
+        Records in `poison` (by offset) are dead-lettered with the reason given instead of
+        handled. None if nothing was committed: the partition was revoked, or lost.
+        """
         if source not in self._positions:
             return None  # revoked while these records were in flight
         expected = self._positions[source]
         records = [record for record in records if record.offset >= (expected or 0)]
         if not records:
             return None
-        batch = Batch(
-            service=self.service.name,
-            source=source,
-            expected_position=expected,
-            position=records[-1].offset + 1,
-            published_upto=self._published.pop(source, None),
-        )
-        unit = UnitOfWork(self.store)
-        batch_time = now_rfc3339()
+        position = records[-1].offset + 1
         applied = self._applied[source]
+        while True:
+            batch = Batch(
+                service=self.service.name,
+                source=source,
+                expected_position=expected,
+                position=position,
+                forget_applied_before=applied.horizon(position),
+            )
+            origins = dict(self._origins[source])
+            try:
+                with self.store.transaction(self.service.name, source, expected) as store_tx:
+                    unit = UnitOfWork(store_tx)
+                    self._handle_all(records, unit, batch, poison, applied, origins)
+                    batch.writes = unit.writes
+                    batch.statements = unit.statements
+                    if origins != self._origins[source]:
+                        batch.origins = origins
+                    last_seq = store_tx.write(batch)
+                    crash_point("in_commit")
+                break
+            except StaleBatchError as exc:
+                logger.warning("%s", exc, extra={"service": self.service.name})
+                self._resume([source])
+                return None
+            except BatchConflictError as exc:
+                logger.info("batch of %s ran again: %s", source, exc)
+        self._positions[source] = position
+        self._log_offsets[source] = position
+        self._origins[source] = origins
+        applied.add(position, batch.applied_ids)
+        self.handled += len(records)
+        if self.on_commit is not None:
+            self._tell_committed(self.on_commit, batch)
+        return Committed(source, last_seq, batch.outbox)
+
+    def _handle_all(
+        self,
+        records: list[Record],
+        unit: UnitOfWork,
+        batch: Batch,
+        poison: dict[int, str],
+        applied: AppliedWindow,
+        origins: Watermarks,
+    ) -> None:
+        """Run the handlers of `records` in offset order, skipping events applied before."""
+        batch_time = now_rfc3339()
         in_batch: set[str] = set()
         for record in records:
             try:
@@ -172,26 +243,22 @@ class Worker:
             except EnvelopeError as exc:
                 batch.outbox.append(self._dead_letter(record, str(exc)))
                 continue
-            if envelope.id in applied or envelope.id in in_batch:
+            seen = None
+            if envelope.origin is not None and record.topic != self.service.input_topic:
+                seen = seen_before(origins, envelope.origin)
+            if seen is None:
+                event_identity = identity(envelope)
+                seen = event_identity in applied or event_identity in in_batch
+                if not seen:
+                    in_batch.add(event_identity)
+                    batch.applied_ids.append(event_identity)
+            if seen:
                 continue  # a duplicate: the event was applied already
-            in_batch.add(envelope.id)
+            reason = poison.get(record.offset)
+            if reason is not None:
+                self._fail(record, envelope, batch, reason)
+                continue
             self._handle(record, envelope, unit, batch, batch_time)
-        batch.writes = unit.writes
-        batch.forget_applied_before = applied.horizon(batch.position)
-        batch.statements = unit.statements
-        try:
-            last_seq = self.store.commit(batch)
-        except StaleBatchError as exc:
-            logger.warning("%s", exc, extra={"service": self.service.name})
-            self._resume([source])
-            return None
-        self._positions[source] = batch.position
-        self._log_offsets[source] = batch.position
-        applied.add(batch.position, batch.applied_ids)
-        self.handled += len(records)
-        if self.on_commit is not None:
-            self._tell_committed(self.on_commit, batch)
-        return source, last_seq, batch.outbox
 
     def _tell_committed(self, listener: Callable[[Batch], None], batch: Batch) -> None:
         # The batch is durable whatever the listener does; a failing listener must not stop
@@ -213,7 +280,6 @@ class Worker:
             is_command = False
         if handler is None and not is_command:
             return  # another service's event that this one does not subscribe to
-        batch.applied_ids.append(envelope.id)
         if handler is None:
             accepted = ", ".join(sorted(self.service.commands)) or "none"
             self._fail(
@@ -228,6 +294,12 @@ class Worker:
         except ValidationError as exc:
             self._fail(record, envelope, batch, f"invalid {envelope.type}: {exc}")
             return
+        key = record.key
+        if handler.key_field is not None:
+            key = str(getattr(event, handler.key_field)).encode()
+            if is_command and record.key != key:
+                self._fail(record, envelope, batch, _misplaced(record.key, key, handler))
+                return
         retry = self.service.retry
         for attempt in range(retry.attempts):
             tx = Transaction(
@@ -235,13 +307,14 @@ class Worker:
                 service=self.service.name,
                 output_topic=self.service.output_topic,
                 cause=envelope,
-                key=record.key,
+                key=key,
+                origin=f"{record.topic}/{record.partition}/{record.offset}",
                 time=time_,
             )
             try:
                 self._call(handler, event, tx)
-            except BackendUnavailableError:
-                raise
+            except (BackendUnavailableError, BatchConflictError, BatchRejectedError):
+                raise  # the batch's transaction is gone; the whole batch runs again
             except Exception as exc:
                 if attempt + 1 < retry.attempts:
                     time.sleep(retry.delay(attempt))
@@ -256,7 +329,8 @@ class Worker:
             if is_command:
                 batch.requests.append(
                     RequestOutcome(
-                        request_id=tx.request_id,
+                        request_id=envelope.request_id,
+                        source=envelope.source,
                         status=RequestStatus.DONE
                         if tx.rejection is None
                         else RequestStatus.REJECTED,
@@ -284,14 +358,15 @@ class Worker:
             extra={
                 "service": self.service.name,
                 "offset": record.offset,
-                "request_id": envelope.correlation_id or envelope.id,
+                "request_id": envelope.request_id,
             },
         )
         batch.outbox.append(self._dead_letter(record, error))
         if record.topic == self.service.input_topic:
             batch.requests.append(
                 RequestOutcome(
-                    request_id=envelope.correlation_id or envelope.id,
+                    request_id=envelope.request_id,
+                    source=envelope.source,
                     status=RequestStatus.FAILED,
                     detail=error,
                 )
@@ -308,16 +383,16 @@ class Worker:
 
     # -- after commit ---------------------------------------------------------------------------
 
-    def _publish(
-        self, committed: Sequence[tuple[TopicPartition, int | None, list[Message]]]
-    ) -> None:
-        """Publish what the batches committed; their outbox rows are deleted with the next batch."""
-        messages = [message for _, _, batch_messages in committed for message in batch_messages]
+    def _publish(self, committed: Sequence[Committed]) -> None:
+        """Publish what the batches committed, then delete it from the outbox at once: a
+        crash can only re-publish what was published in the last pass."""
+        messages = [message for batch in committed for message in batch.messages]
         if messages:
             self.log.append(messages)
-        for source, last_seq, _ in committed:
-            if last_seq is not None:
-                self._published[source] = last_seq
+        published = {batch.source: batch.last_seq for batch in committed if batch.last_seq}
+        if published:
+            crash_point("after_publish")
+            self.store.delete_outbox(self.service.name, published)
 
     # -- partitions coming and going ------------------------------------------------------------
 
@@ -332,27 +407,43 @@ class Worker:
             "revoked %s", ", ".join(map(str, partitions)), extra={"service": self.service.name}
         )
         crash_point("in_revoke")
-        published = {tp: self._published.pop(tp) for tp in partitions if tp in self._published}
-        if published:
-            self.store.delete_outbox(self.service.name, published)
         for tp in partitions:
             self._positions.pop(tp, None)
             self._log_offsets.pop(tp, None)
             self._applied.pop(tp, None)
+            self._origins.pop(tp, None)
 
     def _resume(self, partitions: Sequence[TopicPartition]) -> None:
         """Seek `partitions` to their stored positions and publish what their outbox holds."""
         consumer = self._require_consumer()
         stored = self.store.positions(self.service.name)
+        self._check_within_log(partitions, stored)
         for tp in partitions:
             position = stored.get(tp, 0)
             self._positions[tp] = stored.get(tp)
             consumer.seek(tp, position)
-            self._published.pop(tp, None)
             recent = self.store.applied(self.service.name, tp, position - self.dedupe_window)
             self._applied[tp] = AppliedWindow(self.dedupe_window, recent)
+            self._origins[tp] = self.store.watermarks(self.service.name, tp)
         crash_point("in_assign")
         self._flush_outbox(partitions)
+
+    def _check_within_log(
+        self, partitions: Sequence[TopicPartition], stored: dict[TopicPartition, int]
+    ) -> None:
+        """Refuse to go on when a stored position lies beyond its partition's end."""
+        for topic in sorted({tp.topic for tp in partitions if tp in stored}):
+            ends = self.log.offsets(topic)
+            for tp in partitions:
+                offsets = ends.get(tp.partition)
+                if tp.topic == topic and tp in stored and offsets and stored[tp] > offsets.end:
+                    raise PositionAheadOfLogError(
+                        f"{self.service.name}: the stored position of {tp} is {stored[tp]}, "
+                        f"beyond the log's end ({offsets.end}): the log was recreated or "
+                        "truncated under these views, and new records would be skipped. Stop "
+                        f"the workers and run `loglane reset APP --service {self.service.name}` "
+                        "to read the log from its start"
+                    )
 
     def _flush_outbox(self, partitions: Sequence[TopicPartition]) -> None:
         """Publish outbox rows a crash left behind (same ids as before), then delete them."""
@@ -370,6 +461,23 @@ class Worker:
         if self._consumer is None:
             raise RuntimeError("the worker is not started; call start() first")
         return self._consumer
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A batch the store committed: the outbox rows to publish, up to `last_seq`."""
+
+    source: TopicPartition
+    last_seq: int | None
+    messages: list[Message]
+
+
+def _misplaced(record_key: bytes | None, key: bytes, handler: Handler) -> str:
+    return (
+        f"record key {record_key!r} is not the command's {handler.key_field} ({key!r}); "
+        "commands of one key must share a partition to keep their order: post them with "
+        f"the message key set to their {handler.key_field}"
+    )
 
 
 def _by_partition(records: list[Record]) -> dict[TopicPartition, list[Record]]:

@@ -6,6 +6,7 @@ service with a unique name, so backends that keep one schema per service stay is
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,10 +14,10 @@ from dataclasses import dataclass
 import pytest
 from pydantic import BaseModel
 
-from loglane.errors import ConfigurationError, StaleBatchError
+from loglane.errors import BatchRejectedError, ConfigurationError, StaleBatchError
 from loglane.records import Message, TopicPartition
 from loglane.service import Service
-from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store
+from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Statement, Store
 from loglane.views import View
 
 
@@ -43,6 +44,12 @@ class Declared:
         return self.service.name
 
     def batch(self, expected: int | None, position: int, **changes: object) -> Batch:
+        """A batch of `SOURCE`; `writes` may hold model rows, written as their images."""
+        writes = changes.pop("writes", {})
+        changes["writes"] = {
+            view: {key: None if row is None else view.image(row) for key, row in rows.items()}
+            for view, rows in writes.items()  # type: ignore[attr-defined]
+        }
         return Batch(
             service=self.name,
             source=SOURCE,
@@ -186,7 +193,8 @@ class StoreContract:
     ) -> None:
         first = store.commit(bank.batch(None, 1, outbox=[message("a"), message("b")]))
         assert first is not None
-        store.commit(bank.batch(1, 2, outbox=[message("c")], published_upto=first))
+        store.commit(bank.batch(1, 2, outbox=[message("c")]))
+        store.delete_outbox(bank.name, {SOURCE: first})
         assert [e.message.value for e in store.outbox(bank.name, [SOURCE], 10)] == [b"c"]
         assert store.outbox_backlog(bank.name) == {SOURCE: 1}
         (entry,) = store.outbox(bank.name, [SOURCE], 10)
@@ -267,3 +275,94 @@ class StoreContract:
         assert store.applied(bank.name, other, 0) == [(5, ["x"])]
         store.commit(bank.batch(20, 30, applied_ids=["d"], forget_applied_before=20))
         assert store.applied(bank.name, SOURCE, 0) == [(20, ["c"]), (30, ["d"])]
+
+    def test_a_transaction_reads_committed_rows_and_commits_its_batch(
+        self, store: Store, bank: Declared
+    ) -> None:
+        ada = Account(account_id="a1", owner="ada", balance=1)
+        store.commit(bank.batch(None, 1, writes={bank.accounts: {"a1": ada}}))
+        with store.transaction(bank.name, SOURCE, 1) as tx:
+            document = tx.get(bank.accounts, "a1")
+            assert document is not None
+            assert Account.model_validate_json(document) == ada
+            assert tx.get(bank.accounts, "nobody") is None
+            richer = ada.model_copy(update={"balance": 2})
+            tx.write(bank.batch(1, 2, writes={bank.accounts: {"a1": richer}}))
+        assert store.get(bank.accounts, "a1") == richer
+        assert store.positions(bank.name) == {SOURCE: 2}
+
+    def test_a_transaction_on_a_moved_position_is_refused_before_anything_runs(
+        self, store: Store, bank: Declared
+    ) -> None:
+        store.commit(bank.batch(None, 5))
+        with pytest.raises(StaleBatchError), store.transaction(bank.name, SOURCE, 3):
+            pytest.fail("the block of a stale transaction ran")
+        with pytest.raises(StaleBatchError), store.transaction(bank.name, SOURCE, None):
+            pytest.fail("the block of a stale transaction ran")
+
+    def test_a_batch_the_store_refuses_raises_batch_rejected_and_writes_nothing(
+        self, store: Store, bank: Declared
+    ) -> None:
+        ada = Account(account_id="a1", owner="ada", balance=1)
+        broken = bank.batch(
+            None,
+            1,
+            writes={bank.accounts: {"a1": ada}},
+            statements=[Statement("INSERT INTO no_such_table VALUES (1)")],
+        )
+        with pytest.raises(BatchRejectedError), store.transaction(bank.name, SOURCE, None) as tx:
+            tx.write(broken)
+        assert store.get(bank.accounts, "a1") is None
+        assert store.positions(bank.name) == {}
+
+    def test_two_transactions_reading_one_row_are_serialized(
+        self, store: Store, bank: Declared
+    ) -> None:
+        """Batches of two partitions adding to one row: the second reads the first's write."""
+        other = TopicPartition("bank.in", 0)
+        first_read = threading.Event()
+        totals: list[int] = []
+
+        def add_one(source: TopicPartition, hold: bool) -> None:
+            with store.transaction(bank.name, source, None) as tx:
+                document = tx.get(bank.counters, 7)
+                hits = 0 if document is None else Counter.model_validate_json(document).hits
+                totals.append(hits)
+                if hold:
+                    first_read.set()
+                    second.join(0.5)  # the second would read now, if nothing stopped it
+                row = Counter(number=7, hits=hits + 1)
+                tx.write(
+                    Batch(
+                        service=bank.name,
+                        source=source,
+                        expected_position=None,
+                        position=1,
+                        writes={bank.counters: {7: bank.counters.image(row)}},
+                    )
+                )
+
+        second = threading.Thread(target=lambda: (first_read.wait(30), add_one(other, False)))
+        second.start()
+        add_one(SOURCE, True)
+        second.join(60)
+        assert sorted(totals) == [0, 1]
+        assert store.get(bank.counters, 7) == Counter(number=7, hits=2)
+
+    def test_watermarks_are_kept_with_the_position(self, store: Store, bank: Declared) -> None:
+        assert store.watermarks(bank.name, SOURCE) == {}
+        store.commit(bank.batch(None, 1, origins={"up.in/0": (4, 1)}))
+        store.commit(bank.batch(1, 2))  # a batch that moved no watermark keeps them
+        assert store.watermarks(bank.name, SOURCE) == {"up.in/0": (4, 1)}
+        store.commit(bank.batch(2, 3, origins={"up.in/0": (9, 0), "up.in/1": (2, 0)}))
+        assert store.watermarks(bank.name, SOURCE) == {"up.in/0": (9, 0), "up.in/1": (2, 0)}
+
+    def test_request_outcomes_of_two_sources_with_one_id_are_kept_apart(
+        self, store: Store, bank: Declared
+    ) -> None:
+        ours = RequestOutcome(request_id="r", status=RequestStatus.DONE)
+        theirs = RequestOutcome(request_id="r", source="billing", status=RequestStatus.FAILED)
+        store.commit(bank.batch(None, 1, requests=[ours, theirs]))
+        assert store.request(bank.name, "r") == ours
+        assert store.request(bank.name, "r", source="billing") == theirs
+        assert store.requests(bank.name, ["r"], source="nobody") == {}

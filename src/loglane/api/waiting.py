@@ -26,6 +26,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from loglane.envelope import COMMAND_SOURCE
 from loglane.records import TopicPartition
 from loglane.stores.base import Batch, RequestOutcome, Store
 
@@ -138,7 +139,11 @@ class Watcher:
         """A worker of this process committed `batch`; safe to call from any thread."""
         if self._loop is None or self._loop.is_closed():
             return
-        outcomes = {outcome.request_id: outcome for outcome in batch.requests}
+        outcomes = {
+            outcome.request_id: outcome
+            for outcome in batch.requests
+            if outcome.source == COMMAND_SOURCE  # another producer's id may look the same
+        }
         self._loop.call_soon_threadsafe(self._resolve, outcomes, {batch.source: batch.position})
 
     def _resolve(

@@ -10,7 +10,7 @@ import psycopg
 from pydantic_core import to_jsonable_python
 
 from loglane.errors import ConfigurationError
-from loglane.views import Key, View
+from loglane.views import Key, RowImage, View
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -83,6 +83,19 @@ MIGRATIONS = (
                 PRIMARY KEY (service, request_id)
             )""",
             "CREATE INDEX loglane_accepted_by_time ON loglane_accepted (accepted_at)",
+        ),
+    ),
+    Migration(
+        3,
+        "origin watermarks with positions; request outcomes by source, pruned by age",
+        (
+            "ALTER TABLE loglane_positions ADD COLUMN origins BYTEA",
+            "ALTER TABLE loglane_requests ADD COLUMN source TEXT NOT NULL DEFAULT 'loglane'",
+            "ALTER TABLE loglane_requests ADD COLUMN handled_at DOUBLE PRECISION NOT NULL "
+            "DEFAULT extract(epoch FROM now())",
+            "ALTER TABLE loglane_requests DROP CONSTRAINT loglane_requests_pkey",
+            "ALTER TABLE loglane_requests ADD PRIMARY KEY (service, source, request_id)",
+            "CREATE INDEX loglane_requests_by_time ON loglane_requests (handled_at)",
         ),
     ),
 )
@@ -162,14 +175,14 @@ class ViewTable:
         or bool are kept as their JSON text."""
         return as_text(value) if self._kinds[name] is str else value
 
-    def values(self, key: Key, row: Any) -> tuple[Any, ...]:
+    def values(self, key: Key, image: RowImage) -> tuple[Any, ...]:
         """The row as the table's columns: the key, the document, the indexed fields."""
         if key.__class__ is not self.view.key_kind:
             key = self.key_param(key)
-        document = self.view.document(row).decode()
+        document = image.document.decode()
         if not self._column_names:
             return (key, document)
-        columns = [getattr(row, name) for name in self._column_names]
+        columns = list(image.columns)
         for i in self._text_columns:
             if columns[i].__class__ is not str:
                 columns[i] = as_text(columns[i])

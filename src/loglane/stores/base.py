@@ -3,32 +3,40 @@
 A store keeps, for each service, in one database and under one transaction per batch:
 
 - the views' rows,
-- the input positions (next offset to read, per consumed topic partition),
+- the input positions (next offset to read, per consumed topic partition), and with each
+  the origin watermarks: per input partition of another Loglane service whose output it
+  consumes, the last (offset, index) applied from there, so re-published copies are dropped,
 - the outbox (events and DLQ records written with the batch, published after commit),
 - the ids of events applied recently, one row per batch (to drop re-published duplicates),
-- request tracking (request id -> status, output event ids and the events themselves),
+- request tracking ((source, request id) -> status, output event ids and the events
+  themselves), pruned after a retention period,
 - the command ledger: commands the HTTP API appended to the input, by request id, so a
   retried POST with the same `Idempotency-Key` is not appended twice and a request is known
   (pending) before any worker handles it.
 
-`commit` is the single write of the hot path. It is fenced: the position update only succeeds
-if the stored position is still the one the batch started from, so a worker that lost its
-partition cannot commit a stale batch over the new owner's work.
+`transaction` opens the single write of the hot path. It is fenced: it only proceeds if the
+stored position is still the one the batch started from, so a worker that lost its partition
+cannot commit a stale batch over the new owner's work. The worker runs a batch's handlers
+inside it: their view reads see committed state under the transaction's locks, so batches of
+different partitions that read and write one row are serialized, never lose an update.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+import msgpack
 from pydantic import BaseModel
 
-from loglane.errors import ConfigurationError
+from loglane.envelope import COMMAND_SOURCE
+from loglane.errors import ConfigurationError, StaleBatchError
 from loglane.records import Message, Position, TopicPartition
-from loglane.views import Key, View
+from loglane.views import Key, RowImage, View
 
 Row = TypeVar("Row", bound=BaseModel)
 
@@ -51,6 +59,7 @@ class RequestOutcome:
 
     request_id: str
     status: RequestStatus
+    source: str = COMMAND_SOURCE
     event_ids: tuple[str, ...] = ()
     detail: str | None = None
     events: tuple[Message, ...] = ()
@@ -87,21 +96,66 @@ class Statement:
     params: Sequence[Any] | Mapping[str, Any] = ()
 
 
+Watermarks = dict[str, tuple[int, int]]
+"""Per origin partition (`topic/partition`): the (offset, index) of the last event applied."""
+
+
 @dataclass(slots=True, kw_only=True)
 class Batch:
-    """Everything one batch of one input partition changes, committed in one transaction."""
+    """Everything one batch of one input partition changes, committed in one transaction.
+
+    `writes` maps each view's keys to the row image to upsert, or None to delete. `origins`,
+    when given, replaces the stored watermarks of `source`.
+    """
 
     service: str
     source: TopicPartition
     expected_position: int | None
     position: int
-    writes: dict[View[Any], dict[Key, Any]] = field(default_factory=dict)
+    writes: dict[View[Any], dict[Key, RowImage | None]] = field(default_factory=dict)
     outbox: list[Message] = field(default_factory=list)
     requests: list[RequestOutcome] = field(default_factory=list)
     applied_ids: list[str] = field(default_factory=list)
     forget_applied_before: int | None = None
-    published_upto: int | None = None
+    origins: Watermarks | None = None
     statements: list[Statement] = field(default_factory=list)
+
+
+def stale_batch(
+    service: str, source: TopicPartition, expected_position: int | None
+) -> StaleBatchError:
+    return StaleBatchError(
+        f"{service}: the stored position of {source} is no longer {expected_position}; "
+        "another worker owns the partition now"
+    )
+
+
+def encode_watermarks(watermarks: Watermarks) -> bytes:
+    return msgpack.packb(watermarks)  # type: ignore[no-any-return]
+
+
+def decode_watermarks(blob: bytes | None) -> Watermarks:
+    if not blob:
+        return {}
+    return {place: (offset, index) for place, (offset, index) in msgpack.unpackb(blob).items()}
+
+
+class StoreTransaction(ABC):
+    """The open transaction of one batch: reads under its locks, then one write."""
+
+    @abstractmethod
+    def get(self, view: View[Any], key: Key) -> str | bytes | None:
+        """The document of `view`'s row at `key` as committed, or None; locked against other
+        transactions' reads of the same key until this one ends."""
+
+    @abstractmethod
+    def write(self, batch: Batch) -> int | None:
+        """Write `batch` (views, then statements, position, outbox, outcomes, applied ids).
+
+        Returns the seq of the batch's last outbox entry (None without any). Raises
+        `BatchRejectedError` if the store refuses the batch's data (the transaction is then
+        unusable and must end), `BatchConflictError` on a lost lock race.
+        """
 
 
 class Store(ABC):
@@ -114,6 +168,10 @@ class Store(ABC):
     @abstractmethod
     def positions(self, service: str) -> dict[TopicPartition, int]:
         """The stored input positions of `service`: the next offset to read per partition."""
+
+    @abstractmethod
+    def watermarks(self, service: str, source: TopicPartition) -> Watermarks:
+        """The origin watermarks stored with `source`'s position (empty if none)."""
 
     @abstractmethod
     def get(self, view: View[Row], key: Key) -> Row | None:
@@ -138,14 +196,25 @@ class Store(ABC):
         as (batch end position, ids)."""
 
     @abstractmethod
+    def transaction(
+        self, service: str, source: TopicPartition, expected_position: int | None
+    ) -> AbstractContextManager[StoreTransaction]:
+        """Open the transaction of a batch of `source`, or raise `StaleBatchError` if the
+        stored position is no longer `expected_position` (None: no position stored yet).
+
+        Leaving the block normally commits; an exception rolls everything back.
+        """
+
     def commit(self, batch: Batch) -> int | None:
         """Apply `batch` atomically, or raise `StaleBatchError` and change nothing.
 
         The batch's `statements` run after its view writes, in order, in the same transaction.
 
         Returns the seq of the batch's last outbox entry (None without any), so the worker
-        can publish the entries it holds in memory and later delete them by seq.
+        can publish the entries it holds in memory and then delete them by seq.
         """
+        with self.transaction(batch.service, batch.source, batch.expected_position) as tx:
+            return tx.write(batch)
 
     @abstractmethod
     def outbox(
@@ -161,18 +230,19 @@ class Store(ABC):
     def outbox_backlog(self, service: str) -> dict[TopicPartition, int]:
         """How many entries wait in the outbox, per source partition."""
 
+    def request(
+        self, service: str, request_id: str, *, source: str = COMMAND_SOURCE
+    ) -> RequestOutcome | None:
+        """The outcome of the request `request_id` that `source` posted, or None while no
+        worker has handled it (or after the retention period)."""
+        return self.requests(service, [request_id], source=source).get(request_id)
+
     @abstractmethod
-    def request(self, service: str, request_id: str) -> RequestOutcome | None:
-        """The outcome of a request, or None while no worker has handled it."""
-
-    def requests(self, service: str, request_ids: Collection[str]) -> dict[str, RequestOutcome]:
-        """The outcomes of those of `request_ids` that a worker handled, in one round trip.
-
-        The HTTP API asks this for every waiting request at once; backends override the
-        one-by-one default with a single query.
-        """
-        found = {request_id: self.request(service, request_id) for request_id in request_ids}
-        return {request_id: outcome for request_id, outcome in found.items() if outcome}
+    def requests(
+        self, service: str, request_ids: Collection[str], *, source: str = COMMAND_SOURCE
+    ) -> dict[str, RequestOutcome]:
+        """The outcomes of those of `request_ids` (posted by `source`) that a worker
+        handled, in one round trip: the HTTP API asks for every waiting request at once."""
 
     def change_marker(self) -> int | None:
         """A number that changes whenever another connection commits, or None if unknown.

@@ -7,18 +7,25 @@ with their own SQL, named as in the SQLite store:
     <view>                  one per view: the key field, `doc` (the row as JSONB), and one
                             column per indexed field, each named after its field, each with
                             a btree index `<view>_by_<field>`
-    loglane_positions       service, topic, partition, "offset" (next offset to read)
+    loglane_positions       service, topic, partition, "offset" (next offset to read),
+                            origins (MessagePack: the origin watermarks, see loglane.dedupe)
     loglane_outbox          seq, service, source_topic, source_partition, topic, key, value, headers
     loglane_applied         service, topic, partition, position, event_ids (TEXT[]: the ids a
                             batch applied, kept a while to drop duplicates)
-    loglane_requests        service, request_id, status, event_ids (JSON text), detail,
-                            events (MessagePack: [topic, key, value, headers] per message)
+    loglane_requests        service, source, request_id, status, event_ids (JSON text),
+                            detail, events (MessagePack: [topic, key, value, headers] per
+                            message), handled_at (pruned after `ledger_retention` seconds)
     loglane_accepted        service, request_id, fingerprint, topic, partition, "offset",
                             accepted_at: the HTTP API's command ledger
     loglane_schema_version  version, description, applied_at: the migrations applied
 
 Loglane creates and migrates its own tables when it first touches a schema, under an advisory
 lock, so any number of workers may start at once and an upgrade needs no SQL by hand.
+
+A batch's handlers run inside its transaction. A view read takes a transaction-scoped
+advisory lock on the row's key first, so two batches (of different partitions, or workers)
+that read and write one row are serialized and neither loses the other's update; a deadlock
+between two such batches rolls one back, and the worker runs it again.
 
 A handler's own statements (`tx.execute`, `%s` parameters) run in the commit after the view
 writes, with the service's schema first on the search path, so they name its tables unqualified.
@@ -29,13 +36,14 @@ Each commit notifies the channel `loglane_<service>`: `listen` gives a `CommitLi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from functools import partial
 from typing import Any
 
@@ -44,8 +52,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError, StaleBatchError
-from loglane.faults import crash_point
+from loglane.envelope import COMMAND_SOURCE
+from loglane.errors import (
+    BackendUnavailableError,
+    BadURLError,
+    BatchConflictError,
+    BatchRejectedError,
+    ConfigurationError,
+)
 from loglane.records import Message, Position, TopicPartition, decode_headers, encode_headers
 from loglane.stores._postgres_notify import (
     ChangeMarker,
@@ -63,6 +77,11 @@ from loglane.stores.base import (
     RequestStatus,
     Row,
     Store,
+    StoreTransaction,
+    Watermarks,
+    decode_watermarks,
+    encode_watermarks,
+    stale_batch,
 )
 from loglane.views import Key, View
 
@@ -86,10 +105,20 @@ _OUTBOX_COLUMNS = (
     "value",
     "headers",
 )
-_REQUEST_COLUMNS = ("service", "request_id", "status", "event_ids", "detail", "events")
+_REQUEST_COLUMNS = (
+    "service",
+    "source",
+    "request_id",
+    "status",
+    "event_ids",
+    "detail",
+    "events",
+    "handled_at",
+)
 # A view whose worker has not created its table (or schema) yet reads as empty.
 _NOT_YET_CREATED = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 _PRUNE_LEDGER_EVERY = 256
+_PRUNE_REQUESTS_EVERY = 1024
 
 
 class PostgresStore(Store):
@@ -121,6 +150,7 @@ class PostgresStore(Store):
         self.copy_threshold = copy_threshold
         self.ledger_retention = ledger_retention
         self._ledger_writes = 0
+        self._commits = 0
         self._marker: ChangeMarker | None = None
         self._services: set[str] = set()
         self._where = describe(conninfo)
@@ -216,6 +246,16 @@ class PostgresStore(Store):
             ).fetchall()
         return {TopicPartition(topic, partition): offset for topic, partition, offset in rows}
 
+    def watermarks(self, service: str, source: TopicPartition) -> Watermarks:
+        schema = quote(self.schema(service))
+        with self._connection() as conn:
+            row = conn.execute(
+                f"SELECT origins FROM {schema}.loglane_positions "
+                "WHERE service = %s AND topic = %s AND partition = %s",
+                (service, source.topic, source.partition),
+            ).fetchone()
+        return decode_watermarks(None if row is None else row[0])
+
     def get(self, view: View[Row], key: Key) -> Row | None:
         table = self._view_table(view)
         with self._connection() as conn, suppress(*_NOT_YET_CREATED):
@@ -296,20 +336,21 @@ class PostgresStore(Store):
             ).fetchall()
         return {TopicPartition(topic, partition): n for topic, partition, n in rows}
 
-    def request(self, service: str, request_id: str) -> RequestOutcome | None:
-        return self.requests(service, [request_id]).get(request_id)
-
-    def requests(self, service: str, request_ids: Collection[str]) -> dict[str, RequestOutcome]:
+    def requests(
+        self, service: str, request_ids: Collection[str], *, source: str = COMMAND_SOURCE
+    ) -> dict[str, RequestOutcome]:
         schema = quote(self.schema(service))
         with self._connection() as conn:
             rows = conn.execute(
                 f"SELECT request_id, status, event_ids, detail, events "
-                f"FROM {schema}.loglane_requests WHERE service = %s AND request_id = ANY(%s)",
-                (service, list(request_ids)),
+                f"FROM {schema}.loglane_requests WHERE service = %s AND source = %s "
+                "AND request_id = ANY(%s)",
+                (service, source, list(request_ids)),
             ).fetchall()
         return {
             request_id: RequestOutcome(
                 request_id=request_id,
+                source=source,
                 status=RequestStatus(status),
                 event_ids=tuple(json.loads(event_ids)),
                 detail=detail,
@@ -320,19 +361,33 @@ class PostgresStore(Store):
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def commit(self, batch: Batch) -> int | None:
-        schema = self.schema(batch.service)
-        unprepared = [view for view in batch.writes if view not in self._tables]
-        if unprepared:
-            self.prepare(batch.service, unprepared)
-        tables = {view: self._tables[view] for view in batch.writes}
-        created: list[str] = []
+    def transaction(
+        self, service: str, source: TopicPartition, expected_position: int | None
+    ) -> AbstractContextManager[StoreTransaction]:
+        return self._transaction(service, source, expected_position)
+
+    @contextmanager
+    def _transaction(
+        self, service: str, source: TopicPartition, expected_position: int | None
+    ) -> Iterator[StoreTransaction]:
+        schema = self.schema(service)
         with self._connection() as conn:
-            with conn.transaction():
-                last_seq = self._write(conn, schema, tables, batch, created)
-                crash_point("in_commit")
-            self._staged.setdefault(conn, set()).update(created)
-        return last_seq
+            try:
+                with conn.transaction():
+                    # The position row stays locked until the commit: a zombie and the
+                    # partition's new owner are serialized, and the second sees it moved.
+                    row = conn.execute(
+                        f'SELECT "offset" FROM {quote(schema)}.loglane_positions '
+                        "WHERE service = %s AND topic = %s AND partition = %s FOR UPDATE",
+                        (service, source.topic, source.partition),
+                    ).fetchone()
+                    if (None if row is None else row[0]) != expected_position:
+                        raise stale_batch(service, source, expected_position)
+                    transaction = _PostgresTransaction(self, conn, schema)
+                    yield transaction
+                self._staged.setdefault(conn, set()).update(transaction.created)
+            except psycopg.errors.TransactionRollback as exc:  # deadlock, serialization
+                raise BatchConflictError(_one_line(exc)) from exc
 
     def _write(
         self,
@@ -342,16 +397,16 @@ class PostgresStore(Store):
         batch: Batch,
         created: list[str],
     ) -> int | None:
-        """The body of `commit`'s transaction, in the order the statements run."""
+        """The writes of a batch's transaction, in the order the statements run."""
         schema = quote(schema_name)
         source = (batch.service, batch.source.topic, batch.source.partition)
         writer = _BatchWriter(conn, self.copy_threshold, partial(self._stage, conn, created))
         _advance_position(writer.cursor, schema, batch)
         for view, rows in batch.writes.items():
             table = tables[view]
-            upserts = [table.values(key, row) for key, row in rows.items() if row is not None]
+            upserts = [table.values(key, image) for key, image in rows.items() if image]
             writer.insert(table.name, table.columns, upserts, table.on_conflict)
-            deletes = [table.key_param(key) for key, row in rows.items() if row is None]
+            deletes = [table.key_param(key) for key, image in rows.items() if image is None]
             if deletes:
                 writer.execute(table.delete, (deletes,))
         outbox = [
@@ -370,30 +425,35 @@ class PostgresStore(Store):
                 (*source, batch.forget_applied_before),
             )
         # Commands of one batch sharing a request id: the last outcome wins, as row by row.
-        outcomes = {outcome.request_id: outcome for outcome in batch.requests}
+        outcomes = {(o.source, o.request_id): o for o in batch.requests}
+        now = time.time()
         writer.insert(
             f"{schema}.loglane_requests",
             _REQUEST_COLUMNS,
             [
                 (
                     batch.service,
+                    o.source,
                     o.request_id,
                     o.status.value,
                     json.dumps(o.event_ids),
                     o.detail,
                     _encode_messages(o.events),
+                    now,
                 )
                 for o in outcomes.values()
             ],
-            "ON CONFLICT (service, request_id) DO UPDATE SET status = excluded.status, "
-            "event_ids = excluded.event_ids, detail = excluded.detail, events = excluded.events",
+            "ON CONFLICT (service, source, request_id) DO UPDATE SET status = excluded.status, "
+            "event_ids = excluded.event_ids, detail = excluded.detail, events = excluded.events, "
+            "handled_at = excluded.handled_at",
         )
-        if batch.published_upto is not None:
-            writer.execute(
-                f"DELETE FROM {schema}.loglane_outbox WHERE service = %s "
-                "AND source_topic = %s AND source_partition = %s AND seq <= %s",
-                (*source, batch.published_upto),
-            )
+        if outcomes:
+            self._commits += 1
+            if self._commits % _PRUNE_REQUESTS_EVERY == 0:
+                writer.execute(
+                    f"DELETE FROM {schema}.loglane_requests WHERE handled_at < %s",
+                    (now - self.ledger_retention,),
+                )
         if batch.statements:
             writer.execute(f"SET LOCAL search_path TO {schema}, public")
         for statement in batch.statements:
@@ -402,7 +462,12 @@ class PostgresStore(Store):
             "SELECT pg_notify(%s, %s)",
             (
                 channel(batch.service),
-                payload(schema_name, *source[1:], batch.position, list(outcomes)),
+                payload(
+                    schema_name,
+                    *source[1:],
+                    batch.position,
+                    [rid for src, rid in outcomes if src == COMMAND_SOURCE],
+                ),
             ),
         )
         last_seq = writer.flush(
@@ -548,6 +613,51 @@ class PostgresStore(Store):
         self._pool.close()
 
 
+class _PostgresTransaction(StoreTransaction):
+    """A batch's transaction on one pooled connection, from the fence to the commit."""
+
+    def __init__(self, store: PostgresStore, conn: Connection, schema: str) -> None:
+        self._store = store
+        self._conn = conn
+        self._schema = schema
+        self.created: list[str] = []
+
+    def get(self, view: View[Any], key: Key) -> str | None:
+        if isinstance(key, str) and "\x00" in key:
+            raise ValueError(f"view {view.name!r}: PostgreSQL keys cannot hold NUL characters")
+        table = self._store._view_table(view)
+        cursor = self._conn.cursor()
+        try:
+            with self._conn.pipeline():  # one round trip: the lock, then a fresh snapshot
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_row_lock(table.name, key),))
+                cursor.execute(table.select_one, (table.key_param(key),))
+            row = cursor.fetchone()
+        except psycopg.OperationalError:
+            raise  # a lost connection, or a deadlock (TransactionRollback): not the data's fault
+        except psycopg.Error as exc:
+            raise BatchRejectedError(_one_line(exc)) from exc
+        return None if row is None else str(row[0])
+
+    def write(self, batch: Batch) -> int | None:
+        store = self._store
+        unprepared = [view for view in batch.writes if view not in store._tables]
+        if unprepared:
+            store.prepare(batch.service, unprepared)
+        tables = {view: store._tables[view] for view in batch.writes}
+        try:
+            return store._write(self._conn, self._schema, tables, batch, self.created)
+        except psycopg.OperationalError:
+            raise
+        except (psycopg.Error, OverflowError, ValueError) as exc:
+            raise BatchRejectedError(_one_line(exc)) from exc
+
+
+def _row_lock(table: str, key: Key) -> int:
+    """A 64-bit advisory lock id for one row: a collision only serializes two batches more."""
+    digest = hashlib.blake2b(f"{table}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 class _BatchWriter:
     """The statements of one commit: large row sets are copied at once (COPY cannot run in a
     pipeline) into staging tables, everything else waits to be sent in one pipeline."""
@@ -611,18 +721,21 @@ def _advance_position(cursor: Cursor, schema: str, batch: Batch) -> None:
     at once are serialized, and the second finds the position moved.
     """
     source = batch.source
+    origins = None if batch.origins is None else encode_watermarks(batch.origins)
     if batch.expected_position is None:
         cursor.execute(
-            f"INSERT INTO {schema}.loglane_positions VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT DO NOTHING",
-            (batch.service, source.topic, source.partition, batch.position),
+            f'INSERT INTO {schema}.loglane_positions (service, topic, partition, "offset", '
+            "origins) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (batch.service, source.topic, source.partition, batch.position, origins),
         )
     else:
         cursor.execute(
-            f'UPDATE {schema}.loglane_positions SET "offset" = %s WHERE service = %s '
+            f'UPDATE {schema}.loglane_positions SET "offset" = %s, '
+            "origins = coalesce(%s, origins) WHERE service = %s "
             'AND topic = %s AND partition = %s AND "offset" = %s',
             (
                 batch.position,
+                origins,
                 batch.service,
                 source.topic,
                 source.partition,
@@ -630,10 +743,7 @@ def _advance_position(cursor: Cursor, schema: str, batch: Batch) -> None:
             ),
         )
     if cursor.rowcount != 1:
-        raise StaleBatchError(
-            f"{batch.service}: the stored position of {source} is no longer "
-            f"{batch.expected_position}; another worker owns the partition now"
-        )
+        raise stale_batch(batch.service, source, batch.expected_position)
 
 
 def _copy(

@@ -4,13 +4,15 @@ Tables users may query with their own SQL:
 
     <view>                  one per view: the key field, `doc` (the row as JSON), and one
                             column per indexed field, each named after its field
-    loglane_positions       service, topic, partition, offset (next offset to read)
+    loglane_positions       service, topic, partition, offset (next offset to read),
+                            origins (MessagePack: the origin watermarks, see loglane.dedupe)
     loglane_outbox          seq, service, source_topic, source_partition, topic, key, value, headers
     loglane_applied         service, topic, partition, position, event_ids (MessagePack list:
                             the ids a batch applied, kept a while to drop duplicates)
-    loglane_requests        service, request_id, status, event_ids (JSON), detail,
+    loglane_requests        service, source, request_id, status, event_ids (JSON), detail,
                             events (MessagePack: [topic, key, value, headers] per
-                            emitted message, so the HTTP API can answer with them)
+                            emitted message, so the HTTP API can answer with them),
+                            handled_at (pruned after `ledger_retention` seconds)
     loglane_accepted        service, request_id, fingerprint, topic, partition, offset,
                             accepted_at: the HTTP API's command ledger (pruned after
                             `ledger_retention` seconds)
@@ -22,15 +24,19 @@ import json
 import sqlite3
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from loglane._sqlite import SQLiteFile
-from loglane.errors import ConfigurationError, StaleBatchError
-from loglane.faults import crash_point
+from loglane.envelope import COMMAND_SOURCE
+from loglane.errors import (
+    BackendUnavailableError,
+    BatchRejectedError,
+    ConfigurationError,
+)
 from loglane.records import Message, Position, TopicPartition, decode_headers, encode_headers
 from loglane.stores.base import (
     AcceptedCommand,
@@ -40,10 +46,15 @@ from loglane.stores.base import (
     RequestStatus,
     Row,
     Store,
+    StoreTransaction,
+    Watermarks,
+    decode_watermarks,
+    encode_watermarks,
+    stale_batch,
 )
 from loglane.views import Key, View
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS loglane_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,6 +63,7 @@ CREATE TABLE IF NOT EXISTS loglane_positions (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
     offset INTEGER NOT NULL,
+    origins BLOB,
     PRIMARY KEY (service, topic, partition)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS loglane_outbox (
@@ -76,12 +88,16 @@ CREATE TABLE IF NOT EXISTS loglane_applied (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS loglane_requests (
     service TEXT NOT NULL,
+    source TEXT NOT NULL,
     request_id TEXT NOT NULL,
     status TEXT NOT NULL,
     event_ids TEXT NOT NULL,
     detail TEXT,
-    PRIMARY KEY (service, request_id)
+    events BLOB,
+    handled_at REAL NOT NULL,
+    PRIMARY KEY (service, source, request_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS loglane_requests_by_time ON loglane_requests (handled_at);
 CREATE TABLE IF NOT EXISTS loglane_accepted (
     service TEXT NOT NULL,
     request_id TEXT NOT NULL,
@@ -97,6 +113,15 @@ CREATE INDEX IF NOT EXISTS loglane_accepted_by_time ON loglane_accepted (accepte
 
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
 _PRUNE_LEDGER_EVERY = 256
+_PRUNE_REQUESTS_EVERY = 1024
+# Version 1 kept request outcomes by id alone, without their source or a time to prune by.
+_REQUESTS_FROM_1 = (
+    "ALTER TABLE loglane_requests RENAME TO loglane_requests_1",
+    *_SCHEMA.split(";"),
+    "INSERT INTO loglane_requests SELECT service, 'loglane', request_id, status, event_ids, "
+    "detail, events, CAST(strftime('%s', 'now') AS REAL) FROM loglane_requests_1",
+    "DROP TABLE loglane_requests_1",
+)
 
 
 class SQLiteStore(Store):
@@ -111,16 +136,31 @@ class SQLiteStore(Store):
         self.path = self._file.path
         self.ledger_retention = ledger_retention
         self._ledger_writes = 0
+        self._commits = 0
         self._sql: dict[View[Any], _ViewSQL] = {}
-        self._file.execute_script(_SCHEMA)
         with self._file.transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO loglane_meta VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            columns = {row[1] for row in db.execute("PRAGMA table_info(loglane_requests)")}
-            if "events" not in columns:
-                db.execute("ALTER TABLE loglane_requests ADD COLUMN events BLOB")
+            _migrate(db)
+
+    def transaction(
+        self, service: str, source: TopicPartition, expected_position: int | None
+    ) -> AbstractContextManager[StoreTransaction]:
+        return self._transaction(service, source, expected_position)
+
+    @contextmanager
+    def _transaction(
+        self, service: str, source: TopicPartition, expected_position: int | None
+    ) -> Iterator[StoreTransaction]:
+        # BEGIN IMMEDIATE takes the file's write lock: no other batch, in any process, reads
+        # or writes between this one's reads and its commit.
+        with self._file.transaction() as db:
+            row = db.execute(
+                "SELECT offset FROM loglane_positions WHERE service = ? AND topic = ? "
+                "AND partition = ?",
+                (service, source.topic, source.partition),
+            ).fetchone()
+            if (None if row is None else row[0]) != expected_position:
+                raise stale_batch(service, source, expected_position)
+            yield _SQLiteTransaction(self, db)
 
     def prepare(self, service: str, views: Sequence[View[Any]]) -> None:
         with self._file.transaction() as db:
@@ -138,6 +178,18 @@ class SQLiteStore(Store):
             "SELECT topic, partition, offset FROM loglane_positions WHERE service = ?", (service,)
         )
         return {TopicPartition(topic, partition): offset for topic, partition, offset in rows}
+
+    def watermarks(self, service: str, source: TopicPartition) -> Watermarks:
+        row = (
+            self._file.connection()
+            .execute(
+                "SELECT origins FROM loglane_positions WHERE service = ? AND topic = ? "
+                "AND partition = ?",
+                (service, source.topic, source.partition),
+            )
+            .fetchone()
+        )
+        return decode_watermarks(None if row is None else row[0])
 
     def get(self, view: View[Row], key: Key) -> Row | None:
         with _absent_table_is_empty():
@@ -179,106 +231,6 @@ class SQLiteStore(Store):
             (service, source.topic, source.partition, since),
         )
         return [(position, list(msgpack.unpackb(ids))) for position, ids in rows]
-
-    def commit(self, batch: Batch) -> int | None:
-        last_seq = None
-        source_row = (batch.service, batch.source.topic, batch.source.partition)
-        with self._file.transaction() as db:
-            self._advance_position(db, batch)
-            for view, rows in batch.writes.items():
-                sql = self._view(view)
-                upserts = [
-                    (key, view.document(row).decode(), *view.column_values(row))
-                    for key, row in rows.items()
-                    if row is not None
-                ]
-                deletes = [(key,) for key, row in rows.items() if row is None]
-                if upserts:
-                    db.executemany(sql.upsert, upserts)
-                if deletes:
-                    db.executemany(sql.delete, deletes)
-            for statement in batch.statements:
-                db.execute(statement.sql, statement.params)
-            if batch.outbox:
-                db.executemany(
-                    "INSERT INTO loglane_outbox (service, source_topic, source_partition, "
-                    "topic, key, value, headers) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            batch.service,
-                            batch.source.topic,
-                            batch.source.partition,
-                            message.topic,
-                            message.key,
-                            message.value,
-                            encode_headers(message.headers),
-                        )
-                        for message in batch.outbox
-                    ],
-                )
-                (last_seq,) = db.execute("SELECT last_insert_rowid()").fetchone()
-            if batch.applied_ids:
-                db.execute(
-                    "INSERT INTO loglane_applied VALUES (?, ?, ?, ?, ?)",
-                    (*source_row, batch.position, msgpack.packb(batch.applied_ids)),
-                )
-            if batch.forget_applied_before is not None:
-                db.execute(
-                    "DELETE FROM loglane_applied WHERE service = ? AND topic = ? "
-                    "AND partition = ? AND position < ?",
-                    (*source_row, batch.forget_applied_before),
-                )
-            if batch.requests:
-                db.executemany(
-                    "INSERT INTO loglane_requests "
-                    "(service, request_id, status, event_ids, detail, events) "
-                    "VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (service, request_id) DO UPDATE SET status = excluded.status, "
-                    "event_ids = excluded.event_ids, detail = excluded.detail, "
-                    "events = excluded.events",
-                    [
-                        (
-                            batch.service,
-                            outcome.request_id,
-                            outcome.status.value,
-                            json.dumps(outcome.event_ids),
-                            outcome.detail,
-                            _encode_messages(outcome.events),
-                        )
-                        for outcome in batch.requests
-                    ],
-                )
-            if batch.published_upto is not None:
-                self._delete_outbox(db, batch.service, {batch.source: batch.published_upto})
-            crash_point("in_commit")
-        return last_seq
-
-    @staticmethod
-    def _advance_position(db: sqlite3.Connection, batch: Batch) -> None:
-        """Move the batch's position, only from where the batch began: the fence."""
-        source = batch.source
-        if batch.expected_position is None:
-            cursor = db.execute(
-                "INSERT INTO loglane_positions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (batch.service, source.topic, source.partition, batch.position),
-            )
-        else:
-            cursor = db.execute(
-                "UPDATE loglane_positions SET offset = ? WHERE service = ? AND topic = ? "
-                "AND partition = ? AND offset = ?",
-                (
-                    batch.position,
-                    batch.service,
-                    source.topic,
-                    source.partition,
-                    batch.expected_position,
-                ),
-            )
-        if cursor.rowcount != 1:
-            raise StaleBatchError(
-                f"{batch.service}: the stored position of {source} is no longer "
-                f"{batch.expected_position}; another worker owns the partition now"
-            )
 
     def outbox(
         self, service: str, sources: Collection[TopicPartition], limit: int
@@ -325,10 +277,9 @@ class SQLiteStore(Store):
         )
         return {TopicPartition(topic, partition): n for topic, partition, n in rows}
 
-    def request(self, service: str, request_id: str) -> RequestOutcome | None:
-        return self.requests(service, [request_id]).get(request_id)
-
-    def requests(self, service: str, request_ids: Collection[str]) -> dict[str, RequestOutcome]:
+    def requests(
+        self, service: str, request_ids: Collection[str], *, source: str = COMMAND_SOURCE
+    ) -> dict[str, RequestOutcome]:
         db = self._file.connection()
         ids = list(request_ids)
         found: dict[str, RequestOutcome] = {}
@@ -336,12 +287,14 @@ class SQLiteStore(Store):
             chunk = ids[start : start + 500]
             rows = db.execute(
                 "SELECT request_id, status, event_ids, detail, events FROM loglane_requests "
-                f"WHERE service = ? AND request_id IN ({','.join('?' * len(chunk))})",
-                (service, *chunk),
+                "WHERE service = ? AND source = ? "
+                f"AND request_id IN ({','.join('?' * len(chunk))})",
+                (service, source, *chunk),
             )
             for request_id, status, event_ids, detail, events in rows:
                 found[request_id] = RequestOutcome(
                     request_id=request_id,
+                    source=source,
                     status=RequestStatus(status),
                     event_ids=tuple(json.loads(event_ids)),
                     detail=detail,
@@ -437,6 +390,162 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._file.close()
+
+
+class _SQLiteTransaction(StoreTransaction):
+    """A batch's write transaction on the store's file, its write lock held throughout."""
+
+    def __init__(self, store: SQLiteStore, db: sqlite3.Connection) -> None:
+        self._store = store
+        self._db = db
+
+    def get(self, view: View[Any], key: Key) -> str | None:
+        with _absent_table_is_empty():
+            row = self._db.execute(self._store._view(view).select_one, (key,)).fetchone()
+            return None if row is None else str(row[0])
+        return None
+
+    def write(self, batch: Batch) -> int | None:
+        try:
+            return self._write(batch)
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise BackendUnavailableError(f"cannot write to {self._store.path}: {exc}") from exc
+            raise BatchRejectedError(str(exc)) from exc
+        except (sqlite3.Error, OverflowError) as exc:
+            raise BatchRejectedError(str(exc)) from exc
+
+    def _write(self, batch: Batch) -> int | None:
+        db = self._db
+        last_seq = None
+        source_row = (batch.service, batch.source.topic, batch.source.partition)
+        _advance_position(db, batch)
+        for view, rows in batch.writes.items():
+            sql = self._store._view(view)
+            upserts = [
+                (key, image.document.decode(), *image.columns)
+                for key, image in rows.items()
+                if image is not None
+            ]
+            deletes = [(key,) for key, image in rows.items() if image is None]
+            if upserts:
+                db.executemany(sql.upsert, upserts)
+            if deletes:
+                db.executemany(sql.delete, deletes)
+        for statement in batch.statements:
+            db.execute(statement.sql, statement.params)
+        if batch.outbox:
+            db.executemany(
+                "INSERT INTO loglane_outbox (service, source_topic, source_partition, "
+                "topic, key, value, headers) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (*source_row, m.topic, m.key, m.value, encode_headers(m.headers))
+                    for m in batch.outbox
+                ],
+            )
+            (last_seq,) = db.execute("SELECT last_insert_rowid()").fetchone()
+        if batch.applied_ids:
+            db.execute(
+                "INSERT INTO loglane_applied VALUES (?, ?, ?, ?, ?)",
+                (*source_row, batch.position, msgpack.packb(batch.applied_ids)),
+            )
+        if batch.forget_applied_before is not None:
+            db.execute(
+                "DELETE FROM loglane_applied WHERE service = ? AND topic = ? "
+                "AND partition = ? AND position < ?",
+                (*source_row, batch.forget_applied_before),
+            )
+        if batch.requests:
+            now = time.time()
+            db.executemany(
+                "INSERT INTO loglane_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (service, source, request_id) DO UPDATE SET "
+                "status = excluded.status, event_ids = excluded.event_ids, "
+                "detail = excluded.detail, events = excluded.events, "
+                "handled_at = excluded.handled_at",
+                [
+                    (
+                        batch.service,
+                        o.source,
+                        o.request_id,
+                        o.status.value,
+                        json.dumps(o.event_ids),
+                        o.detail,
+                        _encode_messages(o.events),
+                        now,
+                    )
+                    for o in batch.requests
+                ],
+            )
+            self._store._commits += 1
+            if self._store._commits % _PRUNE_REQUESTS_EVERY == 0:
+                db.execute(
+                    "DELETE FROM loglane_requests WHERE handled_at < ?",
+                    (now - self._store.ledger_retention,),
+                )
+        return int(last_seq) if last_seq is not None else None
+
+
+def _advance_position(db: sqlite3.Connection, batch: Batch) -> None:
+    """Move the batch's position (and its watermarks), only from where the batch began."""
+    source = batch.source
+    origins = None if batch.origins is None else encode_watermarks(batch.origins)
+    if batch.expected_position is None:
+        cursor = db.execute(
+            "INSERT INTO loglane_positions VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (batch.service, source.topic, source.partition, batch.position, origins),
+        )
+    else:
+        cursor = db.execute(
+            "UPDATE loglane_positions SET offset = ?, origins = coalesce(?, origins) "
+            "WHERE service = ? AND topic = ? AND partition = ? AND offset = ?",
+            (
+                batch.position,
+                origins,
+                batch.service,
+                source.topic,
+                source.partition,
+                batch.expected_position,
+            ),
+        )
+    if cursor.rowcount != 1:
+        raise stale_batch(batch.service, source, batch.expected_position)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc) or "disk I/O" in str(exc)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create Loglane's tables, or bring those of an older version up to this one."""
+    if _columns(db, "loglane_meta"):
+        row = db.execute("SELECT value FROM loglane_meta WHERE name = 'schema_version'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"this database is at schema version {row[0]}, written by a newer Loglane "
+                f"than this one (version {SCHEMA_VERSION}); upgrade Loglane"
+            )
+    positions = _columns(db, "loglane_positions")
+    if positions and "origins" not in positions:
+        db.execute("ALTER TABLE loglane_positions ADD COLUMN origins BLOB")
+    requests = _columns(db, "loglane_requests")
+    statements: Sequence[str] = _SCHEMA.split(";")
+    if requests and "source" not in requests:
+        if "events" not in requests:
+            db.execute("ALTER TABLE loglane_requests ADD COLUMN events BLOB")
+        statements = _REQUESTS_FROM_1
+    for statement in statements:
+        if statement.strip():
+            db.execute(statement)
+    db.execute(
+        "INSERT INTO loglane_meta VALUES ('schema_version', ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (str(SCHEMA_VERSION),),
+    )
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 @contextmanager
