@@ -12,10 +12,11 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from loglane.errors import ConfigurationError
+from loglane.errors import BackendUnavailableError, ConfigurationError
 from loglane.logs.base import Consumer, Log
 from loglane.partitioner import partition_for
 from loglane.records import Message, Record, TopicPartition
+from tests.conftest import eventually
 
 
 class Owner:
@@ -33,6 +34,34 @@ class Owner:
     def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
         self.revoked.extend(partitions)
         self.owned.difference_update(partitions)
+
+
+class RefusesFirstAssignment(Owner):
+    """Fails to take its first assignment, as a worker does whose store is briefly down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[TopicPartition] = []
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        if not self.refused:
+            self.refused.extend(partitions)
+            raise BackendUnavailableError("the store is down")
+        super().on_assigned(partitions)
+
+
+class FailsFirstRevocation(Owner):
+    """Fails to let go of its first revoked partitions, as a worker does whose store is down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[TopicPartition] = []
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        if not self.failed:
+            self.failed.extend(partitions)
+            raise BackendUnavailableError("the store is down")
+        super().on_revoked(partitions)
 
 
 def unique(prefix: str) -> str:
@@ -248,3 +277,68 @@ class LogContract:
             assert sorted(r.value for r in got) == sorted(t.encode() for t in topics)
         finally:
             consumer.close()
+
+    def test_partitions_a_listener_failed_to_take_are_offered_again_before_records_flow(
+        self, log: Log, topic: str
+    ) -> None:
+        log.append([Message(topic, f"k{i}".encode(), b"v") for i in range(20)])
+        owner = RefusesFirstAssignment()
+        consumer = log.consumer(unique("group"), [topic], owner)
+        try:
+            with pytest.raises(BackendUnavailableError, match="the store is down"):
+                poll_until([consumer], lambda: False)
+            assert owner.refused
+            assert owner.owned == set()
+            assert consumer.assignment() == frozenset()
+            records: list[Record] = []
+            poll_until(
+                [consumer], lambda: len(owner.owned) == 3 and len(records) >= 20, into=records
+            )
+            assert set(owner.refused) <= set(owner.assigned)
+            assert sorted(owner.assigned) == [TopicPartition(topic, p) for p in range(3)]
+            assert len(records) == 20
+            for partition in range(3):
+                offsets = [r.offset for r in records if r.partition == partition]
+                assert offsets == list(range(len(offsets)))
+        finally:
+            consumer.close()
+
+    def test_a_member_whose_listener_fails_to_let_go_gives_the_partitions_up_all_the_same(
+        self, log: Log
+    ) -> None:
+        topic = unique("topic")
+        log.create_topic(topic, 4)
+        group = unique("group")
+        a, b = FailsFirstRevocation(), Owner()
+        first = log.consumer(group, [topic], a)
+        try:
+            poll_until([first], lambda: len(a.owned) == 4)
+            second = log.consumer(group, [topic], b)
+            try:
+                with pytest.raises(BackendUnavailableError, match="the store is down"):
+                    poll_until([first, second], lambda: False)
+                assert a.failed
+                assert first.assignment().isdisjoint(a.failed)
+                poll_until(
+                    [first, second],
+                    lambda: len(b.owned) == 2 and len(first.assignment()) == 2,
+                )
+                assert set(a.failed) == b.owned == second.assignment()
+                assert first.assignment() == {TopicPartition(topic, p) for p in range(4)} - b.owned
+                log.append([Message(topic, f"k{i}".encode(), b"v") for i in range(40)])
+                by_first: list[Record] = []
+                by_second: list[Record] = []
+
+                def all_delivered() -> bool:
+                    by_first.extend(first.poll(0.05, 500))
+                    by_second.extend(second.poll(0.05, 500))
+                    return len(by_first) + len(by_second) >= 40
+
+                eventually(all_delivered, timeout=60.0, step=0.0)
+                assert {r.topic_partition for r in by_first} <= first.assignment()
+                assert {r.topic_partition for r in by_second} <= second.assignment()
+                assert len(by_first) + len(by_second) == 40
+            finally:
+                second.close()
+        finally:
+            first.close()

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from loglane.errors import BackendUnavailableError
 from loglane.logs.base import Log
 from loglane.logs.embedded import EmbeddedLog
-from loglane.records import Message, TopicPartition
-from tests.contracts.log_contract import LogContract, Owner, poll_until, unique
+from loglane.records import Message, Record, TopicPartition
+from tests.conftest import eventually
+from tests.contracts.log_contract import (
+    FailsFirstRevocation,
+    LogContract,
+    Owner,
+    poll_until,
+    unique,
+)
 
 
 class TestEmbeddedLog(LogContract):
@@ -103,6 +112,76 @@ def test_retention_deletes_old_records_and_moves_the_start_offset(tmp_path: Path
     log.append([Message("t", b"k", b"new")])
     assert log.offsets("t")[0].start == 3
     assert [r.value for r in log.read(TopicPartition("t", 0), 0, 10)] == [b"new"]
+    log.close()
+
+
+class RefusesToTakeOver(Owner):
+    """Takes its first partitions, then fails once to take more: its store went down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[TopicPartition] = []
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        if self.owned and not self.refused:
+            self.refused.extend(partitions)
+            raise BackendUnavailableError("the store is down")
+        super().on_assigned(partitions)
+
+
+def test_a_survivor_that_fails_to_take_a_dead_members_partitions_is_offered_them_again(
+    tmp_path: Path,
+) -> None:
+    log = EmbeddedLog(tmp_path / "log.db", session_timeout=0.5, heartbeat_interval=0.05)
+    log.create_topic("t", 4)
+    log.append([Message("t", f"k{i}".encode(), b"v") for i in range(40)])
+    group = unique("group")
+    survivor = RefusesToTakeOver()
+    dead = log.consumer(group, ["t"], Owner())
+    live = log.consumer(group, ["t"], survivor)
+    poll_until([dead, live], lambda: len(live.assignment()) == 2 == len(dead.assignment()))
+    own = live.assignment()
+    # `dead` never polls again, like a killed process; the survivor's store fails as it takes over
+    with pytest.raises(BackendUnavailableError, match="the store is down"):
+        poll_until([live], lambda: False)
+    assert set(survivor.refused) == {TopicPartition("t", p) for p in range(4)} - own
+    assert live.assignment() == own
+    ends = log.offsets("t")
+    expected = sum(ends[tp.partition].end for tp in survivor.refused)
+    records: list[Record] = []
+    poll_until([live], lambda: len(records) >= expected, into=records)
+    assert survivor.owned == live.assignment() == {TopicPartition("t", p) for p in range(4)}
+    for tp in survivor.refused:
+        offsets = [r.offset for r in records if r.topic_partition == tp]
+        assert offsets == list(range(ends[tp.partition].end))
+    live.close()
+    log.close()
+
+
+def test_a_member_whose_lease_lapsed_lets_go_even_if_its_listener_fails_and_takes_them_again(
+    tmp_path: Path,
+) -> None:
+    log = EmbeddedLog(tmp_path / "log.db", session_timeout=0.5, heartbeat_interval=0.05)
+    log.create_topic("t", 2)
+    owner = FailsFirstRevocation()
+    consumer = log.consumer(unique("group"), ["t"], owner)
+    poll_until([consumer], lambda: len(owner.owned) == 2)
+    # the member stalls (a long GC pause, a stopped process) until its leases lapse
+    db = log.connection()
+    eventually(
+        lambda: db.execute("SELECT max(expires_at) FROM leases").fetchone()[0] < time.time(),
+        message="the leases lapsed",
+    )
+    with pytest.raises(BackendUnavailableError, match="the store is down"):
+        consumer.poll(0.0, 10)
+    assert sorted(owner.failed) == [TopicPartition("t", 0), TopicPartition("t", 1)]
+    assert consumer.assignment() == frozenset()
+    log.append([Message("t", b"k", b"after")])
+    got: list[Record] = []
+    poll_until([consumer], lambda: len(consumer.assignment()) == 2 and bool(got), into=got)
+    assert sorted(owner.assigned) == sorted(2 * owner.failed)
+    assert [r.value for r in got] == [b"after"]
+    consumer.close()
     log.close()
 
 

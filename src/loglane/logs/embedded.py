@@ -4,7 +4,9 @@ Durable (WAL, `synchronous=FULL` by default) and safe for many processes at once
 is one `BEGIN IMMEDIATE` transaction, so concurrent appenders get dense, unique offsets.
 Consumer groups work as Kafka's do in shape: members heartbeat into the file, partitions are
 spread round-robin over the live members, and each owned partition is a lease that a dead
-member loses after `session_timeout` seconds.
+member loses after `session_timeout` seconds. A partition counts as owned once the listener's
+`on_assigned` returns; if it raises, `poll` raises too and offers the partition again on the
+next call, while the member keeps the lease.
 """
 
 from __future__ import annotations
@@ -296,6 +298,8 @@ class EmbeddedConsumer(Consumer):
         self._listener = listener
         self.member_id = str(uuid.uuid4())
         self._owned: set[TopicPartition] = set()
+        # leased, but the listener has not taken them yet (or raised): where each will start
+        self._unannounced: dict[TopicPartition, int] = {}
         self._fetch: dict[TopicPartition, int] = {}
         self._next_heartbeat = 0.0
         self._next_retention = time.monotonic() + _RETENTION_CHECK_SECONDS
@@ -306,7 +310,8 @@ class EmbeddedConsumer(Consumer):
         return frozenset(self._owned)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
-        self._fetch[partition] = offset
+        if partition in self._owned or partition in self._unannounced:
+            self._fetch[partition] = offset
 
     def poll(self, timeout: float, max_records: int) -> list[Record]:
         deadline = time.monotonic() + timeout
@@ -314,6 +319,7 @@ class EmbeddedConsumer(Consumer):
         while True:
             if time.monotonic() >= self._next_heartbeat:
                 self._heartbeat()
+            self._announce()
             version = db.execute("PRAGMA data_version").fetchone()[0]
             records = self._fetch_records(max_records)
             remaining = deadline - time.monotonic()
@@ -364,6 +370,7 @@ class EmbeddedConsumer(Consumer):
         rows = [
             (self._group, self._topic_id(tp), tp.partition, offset, self.member_id)
             for tp, offset in offsets.items()
+            if tp in self._owned
         ]
         with self._log.transaction() as db:
             db.executemany(
@@ -380,7 +387,12 @@ class EmbeddedConsumer(Consumer):
     # -- the group protocol ---------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        """Renew membership, claim the partitions due to this member, give up the others."""
+        """Renew membership, claim the partitions due to this member, give up the others.
+
+        Every lease this member holds ends up owned, unannounced (waiting for `on_assigned`)
+        or released, even when the listener raises: a lease that is held but not read would
+        stall its partition for good.
+        """
         now = time.time()
         expires = now + self._log.session_timeout
         with self._log.transaction() as db:
@@ -411,13 +423,15 @@ class EmbeddedConsumer(Consumer):
             )
             me = members.index(self.member_id)
             due = {slot for i, slot in enumerate(everything) if i % len(members) == me}
-            claimed: list[TopicPartition] = []
+            claimed: list[tuple[TopicPartition, tuple[int, int]]] = []
             lost: list[TopicPartition] = []
+            surplus: list[TopicPartition] = []
             for slot in everything:
                 tp = TopicPartition(self._topics[slot[0]].name, slot[1])
                 owner, epoch, lease_expiry = leases.get(slot, (None, 0, 0.0))
                 mine_now = owner == self.member_id and lease_expiry >= now
-                if tp in self._owned and not mine_now:
+                known = tp in self._owned or tp in self._unannounced
+                if known and not mine_now:
                     lost.append(tp)
                 if slot in due and (owner is None or lease_expiry < now or mine_now):
                     db.execute(
@@ -427,9 +441,11 @@ class EmbeddedConsumer(Consumer):
                         "expires_at = excluded.expires_at",
                         (self._group, *slot, self.member_id, epoch + (not mine_now), expires),
                     )
-                    if not mine_now or tp in lost:
-                        claimed.append(tp)
+                    if not (mine_now and known):
+                        claimed.append((tp, slot))
                 elif mine_now:
+                    # renewed so that it stays ours while the listener lets go of it
+                    surplus.append(tp)
                     db.execute(
                         "UPDATE leases SET expires_at = ? WHERE grp = ? AND topic_id = ? "
                         "AND partition = ?",
@@ -443,45 +459,70 @@ class EmbeddedConsumer(Consumer):
                 )
             }
         self._next_heartbeat = time.monotonic() + self._log.heartbeat_interval
-        surplus = [tp for tp in self._owned if tp not in lost and self._slot(tp) not in due]
-        self._revoke(lost)
-        if surplus:
-            self._release(surplus)
-        if claimed:
-            for tp in claimed:
-                self._owned.add(tp)
-                self._fetch[tp] = committed.get(self._slot(tp), 0)
-            self._listener.on_assigned(claimed)
         if time.monotonic() >= self._next_retention:
             self._next_retention = time.monotonic() + _RETENTION_CHECK_SECONDS
             self._log.enforce_retention()
+        try:
+            self._revoke(lost)
+            if surplus:
+                self._release(surplus)
+        finally:
+            # offered to the listener by `_announce`; a partition both lost and claimed again
+            # (its lease lapsed meanwhile) is announced afresh
+            for tp, slot in claimed:
+                self._unannounced[tp] = committed.get(slot, 0)
 
     def _slot(self, tp: TopicPartition) -> tuple[int, int]:
         return (self._topic_id(tp), tp.partition)
 
-    def _revoke(self, partitions: list[TopicPartition]) -> None:
-        if not partitions:
+    def _announce(self) -> None:
+        """Offer the listener the partitions claimed but not yet taken; they count as owned
+        once it returns. If it raises, they stay unannounced and the next poll offers them
+        again: the member keeps their leases meanwhile, but reads nothing from them."""
+        if not self._unannounced:
             return
-        self._listener.on_revoked(partitions)
-        for tp in partitions:
-            self._owned.discard(tp)
-            self._fetch.pop(tp, None)
+        pending = sorted(self._unannounced)
+        for tp in pending:
+            self._fetch[tp] = self._unannounced[tp]
+        self._listener.on_assigned(pending)
+        self._unannounced.clear()
+        self._owned.update(pending)
+
+    def _revoke(self, partitions: list[TopicPartition]) -> None:
+        """Forget `partitions`, telling the listener of those it had taken; they are
+        forgotten even if it raises, since the member no longer holds them."""
+        announced = [tp for tp in partitions if tp in self._owned]
+        try:
+            if announced:
+                self._listener.on_revoked(announced)
+        finally:
+            for tp in partitions:
+                self._owned.discard(tp)
+                self._unannounced.pop(tp, None)
+                self._fetch.pop(tp, None)
 
     def _release(self, partitions: list[TopicPartition]) -> None:
-        """Hand `partitions` over: tell the listener first, then drop the leases."""
-        self._revoke(partitions)
-        with self._log.transaction() as db:
-            db.executemany(
-                "DELETE FROM leases WHERE grp = ? AND topic_id = ? AND partition = ? AND owner = ?",
-                [(self._group, *self._slot(tp), self.member_id) for tp in partitions],
-            )
+        """Hand `partitions` over: tell the listener first, then drop the leases (either way:
+        another member takes them over from the store's positions)."""
+        try:
+            self._revoke(partitions)
+        finally:
+            with self._log.transaction() as db:
+                db.executemany(
+                    "DELETE FROM leases WHERE grp = ? AND topic_id = ? AND partition = ? "
+                    "AND owner = ?",
+                    [(self._group, *self._slot(tp), self.member_id) for tp in partitions],
+                )
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._release(sorted(self._owned))
-        with self._log.transaction() as db:
-            db.execute(
-                "DELETE FROM members WHERE grp = ? AND member = ?", (self._group, self.member_id)
-            )
+        try:
+            self._release(sorted(self._owned | self._unannounced.keys()))
+        finally:
+            with self._log.transaction() as db:
+                db.execute(
+                    "DELETE FROM members WHERE grp = ? AND member = ?",
+                    (self._group, self.member_id),
+                )
