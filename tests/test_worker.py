@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from loglane.envelope import output_event_id, read_envelope
 from loglane.errors import StaleBatchError
 from loglane.logs.embedded import EmbeddedLog
 from loglane.records import Message, Position, TopicPartition
-from loglane.stores.base import Batch
+from loglane.stores.base import Batch, StoreTransaction
 from loglane.stores.sqlite import SQLiteStore
 from loglane.testing import LandscapeTest
 from loglane.worker import Worker
@@ -153,22 +154,24 @@ def test_a_republished_duplicate_is_dropped_by_the_consumer(test_landscape: Land
 def test_a_batch_that_lost_its_partition_commits_nothing(tmp_path: Path) -> None:
     log = EmbeddedLog(tmp_path / "log.db")
     zombie = Worker(ledger, log, SQLiteStore(tmp_path / "ledger.db"))
-    heir = Worker(ledger, log, SQLiteStore(tmp_path / "ledger.db"))
+    heir = SQLiteStore(tmp_path / "ledger.db")
     zombie.start()
     log.append([command_message(ledger, d)[1] for d in deposits(accounts_count=1, per_account=5)])
-    real_commit = zombie.store.commit
+    real_transaction = zombie.store.transaction
 
-    def heir_takes_over_first(batch: Batch) -> int | None:
-        # while the zombie's batch is in flight, the heir handles the same records and commits
-        heir.start()
-        heir.run_once(timeout=5)
-        return real_commit(batch)
+    def heir_commits_first(
+        service: str, source: TopicPartition, expected: int | None
+    ) -> AbstractContextManager[StoreTransaction]:
+        # while the zombie's batch is in flight, the partition's new owner commits past it
+        zombie.store.transaction = real_transaction  # type: ignore[method-assign]
+        heir.commit(Batch(service=service, source=source, expected_position=expected, position=5))
+        return real_transaction(service, source, expected)
 
-    zombie.store.commit = heir_takes_over_first  # type: ignore[method-assign]
-    zombie.run_once(timeout=5)
-    account = heir.store.get(accounts, "acct-0")
-    assert account is not None
-    assert (account.balance, account.applied, account.out_of_order) == (15, 5, 0)
+    zombie.store.transaction = heir_commits_first  # type: ignore[method-assign]
+    assert zombie.run_once(timeout=5) == 5
+    assert zombie.handled == 0, "the zombie's batch was fenced off"
+    assert heir.get(accounts, "acct-0") is None
+    assert sum(o.end for o in log.offsets("ledger.out").values()) == 0
     heir.close()
     zombie.close()
 
@@ -185,7 +188,7 @@ def test_a_stale_store_commit_is_refused_and_leaves_the_batch_unapplied(tmp_path
                 source=source,
                 expected_position=5,
                 position=12,
-                writes={accounts: {"x": accounts.model(account="x")}},
+                writes={accounts: {"x": accounts.image(accounts.model(account="x"))}},
             )
         )
     assert store.get(accounts, "x") is None

@@ -1,0 +1,271 @@
+"""The exactly-once promise at its edges: refused writes, shared rows, sources, late copies, keys.
+
+Each test runs on the embedded log with its views in SQLite and, marked `postgres`, in
+PostgreSQL: what the promise says must hold on every store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from loglane import Event, RequestStatus, Retry, Service, Transaction
+from loglane.commands import command_message
+from loglane.dlq import ERROR_HEADER
+from loglane.envelope import read_envelope
+from loglane.errors import PositionAheadOfLogError
+from loglane.logs.embedded import EmbeddedLog
+from loglane.records import Message
+from loglane.testing import LandscapeTest
+from loglane.urls import open_log, open_store
+from loglane.worker import Worker, ensure_topics
+from tests.apps.ledger import Deposit, audit, ledger, tallies
+from tests.postgres import schemas, with_schema
+
+tills = Service("tills", partitions=4, retry=Retry(attempts=3, backoff_seconds=0.001))
+
+
+class Sale(Event):
+    till: str
+    region: str
+    amount: int
+    note: str = ""
+    fail_once: bool = False
+
+
+class Total(BaseModel):
+    region: str
+    sales: int = 0
+    amount: int = 0
+    notes: list[str] = []
+
+
+totals = tills.view("totals", Total, key="region")
+failed_once: set[str] = set()
+
+
+@tills.handles(Sale, key="till")
+def sell(sale: Sale, tx: Transaction) -> None:
+    total = tx[totals].get(sale.region) or Total(region=sale.region)
+    total.sales += 1  # changed in place: a retry must not see this attempt's change
+    total.amount += sale.amount
+    total.notes.append(sale.note)
+    if sale.fail_once and tx.event_id not in failed_once:
+        failed_once.add(tx.event_id)
+        raise RuntimeError("the till jammed")
+    if sale.note == "bad sql":
+        tx.execute("INSERT INTO no_such_table VALUES (1)")
+    tx[totals].put(total)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The embedded log with the views in SQLite, or in PostgreSQL."""
+    log_url = f"embedded:///{tmp_path}/log.db?session_timeout=2&heartbeat_interval=0.05"
+    if request.param == "sqlite":
+        yield {"log_url": log_url, "db_url": f"sqlite:///{tmp_path}/{{service}}.db"}
+        return
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    with schemas(postgres_url) as prefix:
+        yield {"log_url": log_url, "db_url": with_schema(postgres_url, prefix + "{service}")}
+
+
+def sale(n: int, **fields: object) -> Sale:
+    return Sale(till=f"till-{n % 10}", region="eu", amount=n, note=str(n), **fields)  # type: ignore[arg-type]
+
+
+def test_an_event_whose_writes_the_store_refuses_is_dead_lettered_and_the_rest_applied(
+    urls: dict[str, str],
+) -> None:
+    sales = [sale(n) for n in range(20)]
+    sales[7] = sale(7).model_copy(update={"note": "bad sql"})
+    with LandscapeTest(tills, batch_size=100, **urls) as test:
+        request_ids = [test.send(s) for s in sales]
+        test.run_until_quiet()
+        total = test.view(totals).get("eu")
+        assert total is not None
+        assert (total.sales, total.amount) == (19, sum(range(20)) - 7)
+        (letter,) = test.dead_letters("tills")
+        assert read_envelope(letter).id == request_ids[7]
+        assert b"the store refused its changes" in dict(letter.headers)[ERROR_HEADER]
+        outcome = test.outcome(request_ids[7])
+        assert outcome is not None
+        assert outcome.status is RequestStatus.FAILED
+        more = test.send(sale(20))
+        test.run_until_quiet()
+        assert test.outcome(more) is not None, "the partition moved on"
+
+
+@pytest.mark.postgres
+def test_a_nul_character_postgresql_cannot_hold_is_dead_lettered_not_wedged(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    with schemas(postgres_url) as prefix:
+        db_url = with_schema(postgres_url, prefix + "{service}")
+        with LandscapeTest(
+            tills, batch_size=100, db_url=db_url, log_url=f"embedded:///{tmp_path}/l.db"
+        ) as test:
+            good = [test.send(sale(n)) for n in range(5)]
+            poison = test.send(sale(5).model_copy(update={"note": "Bo\u0000b"}))
+            later = test.send(sale(6))
+            test.run_until_quiet()
+            assert [test.outcome(r).status for r in [*good, later]] == ["done"] * 6  # type: ignore[union-attr]
+            failed = test.outcome(poison)
+            assert failed is not None
+            assert failed.status is RequestStatus.FAILED
+            assert len(test.dead_letters("tills")) == 1
+            total = test.view(totals).get("eu")
+            assert total is not None
+            assert total.sales == 6
+
+
+def test_a_retried_handler_starts_from_the_row_as_it_was(urls: dict[str, str]) -> None:
+    with LandscapeTest(tills, batch_size=100, **urls) as test:
+        test.send(sale(1))
+        test.send(sale(11, fail_once=True))  # the same till: the same partition, in order
+        test.run_until_quiet()
+        assert test.view(totals).get("eu") == Total(
+            region="eu", sales=2, amount=12, notes=["1", "11"]
+        )
+
+
+def test_workers_of_different_partitions_adding_to_one_row_lose_no_update(
+    urls: dict[str, str],
+) -> None:
+    count = 1200
+    log = open_log(urls["log_url"])
+    ensure_topics(log, [tills])
+    log.append([command_message(tills, sale(n))[1] for n in range(count)])
+    workers = [
+        Worker(tills, open_log(urls["log_url"]), open_store(urls["db_url"], "tills"), batch_size=25)
+        for _ in range(2)
+    ]
+    stop = threading.Event()
+    threads = [threading.Thread(target=worker.run, args=(stop,)) for worker in workers]
+    for thread in threads:
+        thread.start()
+    store = open_store(urls["db_url"], "tills")
+    try:
+        wait_while_progressing(lambda: sum(store.positions("tills").values()), count)
+        assert all(worker.handled > 0 for worker in workers), "both workers took partitions"
+        total = store.get(totals, "eu")
+        assert total is not None
+        assert (total.sales, total.amount) == (count, sum(range(count)))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        for worker in workers:
+            worker.store.close()
+            worker.log.close()
+        store.close()
+        log.close()
+
+
+def wait_while_progressing(measure: object, target: int, stall: float = 120.0) -> None:
+    """Wait until `measure()` reaches `target`; fail only if it stops moving for `stall` s."""
+    last, since = -1, time.monotonic()
+    while (value := measure()) < target:  # type: ignore[operator]
+        if value != last:
+            last, since = value, time.monotonic()
+        elif time.monotonic() - since > stall:
+            raise AssertionError(f"stuck at {value} of {target} for {stall}s")
+        time.sleep(0.05)
+
+
+def test_commands_of_two_sources_sharing_an_id_are_two_commands(urls: dict[str, str]) -> None:
+    with LandscapeTest(tills, **urls) as test:
+        _, ours = command_message(tills, sale(1), request_id="r-1")
+        _, theirs = command_message(tills, sale(2), request_id="r-1", source="billing")
+        test.log.append([ours, theirs])
+        test.run_until_quiet()
+        total = test.view(totals).get("eu")
+        assert total is not None
+        assert (total.sales, total.amount) == (2, 3)
+        store = test.stores["tills"]
+        assert store.request("tills", "r-1") is not None
+        assert store.request("tills", "r-1", source="billing") is not None
+
+
+def test_a_copy_republished_long_after_its_original_is_still_dropped(tmp_path: Path) -> None:
+    """Far beyond the window of applied ids: the origin watermark recognises it."""
+    with LandscapeTest(
+        ledger,
+        log_url=f"embedded:///{tmp_path}/log.db",
+        db_url=f"sqlite:///{tmp_path}/{{service}}.db",
+    ) as test:
+        for seq in range(1, 41):
+            test.send(Deposit(account="a", seq=seq, amount=1))
+        test.run_until_quiet()
+        first = min(test.records("ledger.out"), key=lambda r: r.offset)
+        log = EmbeddedLog(tmp_path / "log.db")
+        ensure_topics(log, [audit])
+        store = open_store(f"sqlite:///{tmp_path}/{{service}}.db", "audit")
+        follower = Worker(audit, log, store, dedupe_window=5)
+        follower.start()
+        wait_while_progressing(lambda: drained(follower), 40)
+        log.append([Message(first.topic, first.key, first.value, first.headers)])
+        wait_while_progressing(lambda: drained(follower), 41)
+        tally = store.get(tallies, "a")
+        assert tally is not None
+        assert tally.events == 40
+        follower.close()
+        store.close()
+        log.close()
+
+
+def drained(worker: Worker) -> int:
+    worker.run_once(timeout=0.05)
+    return sum(worker.store.positions(worker.service.name).values())
+
+
+def test_a_command_whose_record_key_is_not_its_declared_key_is_dead_lettered(
+    urls: dict[str, str],
+) -> None:
+    with LandscapeTest(tills, **urls) as test:
+        _, message = command_message(tills, sale(1))
+        test.log.append([Message(message.topic, b"till-9", message.value, message.headers)])
+        test.log.append([Message(message.topic, None, message.value, message.headers)])
+        test.run_until_quiet()
+        letters = test.dead_letters("tills")
+        assert len(letters) == 2
+        assert all(b"is not the command's till" in dict(r.headers)[ERROR_HEADER] for r in letters)
+        assert test.view(totals).get("eu") is None
+
+
+def test_output_events_are_keyed_by_the_handlers_declared_key(urls: dict[str, str]) -> None:
+    with LandscapeTest(ledger, **urls) as test:
+        test.send(Deposit(account="acct-7", seq=1, amount=5))
+        test.run_until_quiet()
+        (record,) = test.records("ledger.out")
+        assert record.key == b"acct-7"
+
+
+def run_until_an_error(worker: Worker) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        worker.run_once(timeout=0.05)
+
+
+def test_a_position_beyond_a_recreated_logs_end_stops_the_worker_with_what_to_do(
+    tmp_path: Path,
+) -> None:
+    db_url = f"sqlite:///{tmp_path}/{{service}}.db"
+    with LandscapeTest(tills, log_url=f"embedded:///{tmp_path}/old.db", db_url=db_url) as test:
+        for n in range(8):
+            test.send(sale(n))
+        test.run_until_quiet()
+    log = EmbeddedLog(tmp_path / "new.db")
+    ensure_topics(log, [tills])
+    worker = Worker(tills, log, open_store(db_url, "tills"))
+    worker.start()
+    with pytest.raises(PositionAheadOfLogError, match="loglane reset"):
+        run_until_an_error(worker)
+    worker.close()
+    worker.store.close()
+    log.close()
