@@ -23,6 +23,34 @@ def eventually(
         time.sleep(step)
 
 
+def while_progressing(
+    condition: Callable[[], bool],
+    progress: Callable[[], object],
+    *,
+    stalled_after: float = 120.0,
+    step: float = 0.5,
+    message: str = "condition",
+) -> None:
+    """Wait until `condition()` holds, for as long as `progress()` keeps changing.
+
+    For waits whose length depends on the machine's load, such as a landscape draining its
+    backlog: the test fails only when `progress()` (a count, an offset sum; any comparable
+    value) has stayed the same for `stalled_after` seconds, however long the whole wait takes.
+    Finite work stops moving, so a condition that never holds still fails.
+    """
+    last = progress()
+    moved_at = time.monotonic()
+    while not condition():
+        now = progress()
+        if now != last:
+            last, moved_at = now, time.monotonic()
+        elif time.monotonic() - moved_at > stalled_after:
+            raise AssertionError(
+                f"{message} did not hold, and progress stalled at {now!r:.200} for {stalled_after}s"
+            )
+        time.sleep(step)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """A PostgreSQL server for the tests marked `postgres` (see tests/postgres.py)."""

@@ -1,10 +1,15 @@
 """The Apache Kafka broker behind the `kafka` tests (a pytest plugin, see tests/conftest.py).
 
-The session starts a single-node broker with `scripts/kafka start` on 127.0.0.1 (port
-LOGLANE_KAFKA_PORT, default 19092), on empty storage, and stops it at the end; a broker that
-already runs there is used as it is and left running. With LOGLANE_KAFKA=host:port the tests
-use that broker instead. A failing test that used a broker gets the tail of its log in the
-report.
+The session starts a single-node broker with `scripts/kafka start` on 127.0.0.1, on empty
+storage, and stops it at the end; a broker that already runs there is used as it is and left
+running. With LOGLANE_KAFKA=host:port the tests use that broker instead. A failing test that
+used a broker gets the tail of its log in the report.
+
+Every port a session's brokers use is derived from LOGLANE_KAFKA_PORT (default 19092), so
+sessions with ports 4 apart never touch each other's brokers:
+
+    base, base + 1        the shared broker: clients, controller
+    base + 2, base + 3    the chaos tests' own broker, which they stop and start
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from tests.conftest import eventually
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kafka"
 _LOG_TAIL_LINES = 80
+PORTS_PER_BROKER = 2  # clients, controller
 
 
 @dataclass(frozen=True)
@@ -115,13 +121,23 @@ def is_running(env: dict[str, str] | None = None) -> bool:
 
 @dataclass
 class ManagedBroker:
-    """A broker of our own on `port`, for tests that stop and start it."""
+    """A broker of our own, listening for clients on `port` and for its controller on the next
+    port (both set, so neither comes from the caller's environment)."""
 
     port: int
     env: dict[str, str] = field(init=False)
 
+    @classmethod
+    def numbered(cls, index: int) -> ManagedBroker:
+        """The session's broker `index` (0 is the shared one), on ports from LOGLANE_KAFKA_PORT."""
+        base = int(os.environ.get("LOGLANE_KAFKA_PORT", "19092"))
+        return cls(base + index * PORTS_PER_BROKER)
+
     def __post_init__(self) -> None:
-        self.env = {"LOGLANE_KAFKA_PORT": str(self.port)}
+        self.env = {
+            "LOGLANE_KAFKA_PORT": str(self.port),
+            "LOGLANE_KAFKA_CONTROLLER_PORT": str(self.port + 1),
+        }
 
     def start(self) -> Broker:
         run_script("start", self.env)
@@ -146,7 +162,7 @@ def kafka_broker() -> Iterator[Broker]:
     if address:
         yield Broker(address)
         return
-    managed = ManagedBroker(int(os.environ.get("LOGLANE_KAFKA_PORT", "19092")))
+    managed = ManagedBroker.numbered(0)
     already = is_running(managed.env)
     if not already:
         managed.reset()  # no topics left over from earlier sessions

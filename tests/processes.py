@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from loglane.errors import ConfigurationError
 from loglane.logs.embedded import EmbeddedLog
@@ -56,12 +58,45 @@ class Stack:
         return dict(rows)
 
 
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment of a `python -m loglane` child: this one, with ROOT first on PYTHONPATH.
+
+    The caller's PYTHONPATH stays behind ROOT, so a test run on other sources
+    (`PYTHONPATH=src pytest`) runs its children on them too.
+    """
+    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
+
+
+class Stores(Protocol):
+    """A stack that opens the store of a service (`Stack`, and the Kafka tests' own)."""
+
+    def store(self, service: str) -> Store: ...
+
+
+def landscape_progress(stack: Stores, services: Iterable[str]) -> tuple[int, int]:
+    """A measure that changes whenever `services` commit or publish: the sum of their stored
+    positions, and how many entries wait in their outboxes.
+
+    Pass it to `tests.conftest.while_progressing` to wait for a landscape to drain.
+    """
+    positions = backlog = 0
+    for service in services:
+        store = stack.store(service)
+        try:
+            positions += sum(store.positions(service).values())
+            backlog += sum(store.outbox_backlog(service).values())
+        finally:
+            store.close()
+    return positions, backlog
+
+
 class WorkerProcess:
     """`python -m loglane <args>` in a child process, output kept in a file."""
 
     def __init__(self, stack: Stack, *args: str, name: str = "worker") -> None:
         self.output = stack.folder / f"{name}-{time.monotonic_ns()}.log"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = child_environment()
         with self.output.open("w") as sink:
             self.process = subprocess.Popen(
                 [
