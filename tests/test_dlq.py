@@ -144,9 +144,7 @@ def test_two_dead_letters_from_one_place_of_a_recreated_log_are_two_events(
         (name, f"{value.decode()}-2".encode() if name == "ce_id" else value)
         for name, value in letter.headers
     )
-    landscape.log.append(
-        [Message(letter.topic, letter.key, newer.model_dump_json().encode(), headers)]
-    )
+    landscape.log.append([Message(letter.topic, b"new", newer.model_dump_json().encode(), headers)])
     broken["now"] = False
     assert redrive(landscape.log, landscape.stores["fragile"], fragile) == 2
     landscape.run_until_quiet()
