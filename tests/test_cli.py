@@ -168,7 +168,7 @@ def test_reset_to_the_end_leaves_what_the_log_holds_unread(
     )
     assert result.returncode == 0, result.stderr
     assert sum(ledger_positions(tmp_path).values()) == 3
-    with LandscapeTest(ledger, audit, log_url=recreated[1], db_url=recreated[3]) as test:
+    with LandscapeTest(ledger, log_url=recreated[1], db_url=recreated[3]) as test:
         test.run_until_quiet()
         assert test.view(accounts).get("a").balance == 5  # type: ignore[union-attr]
 

@@ -398,17 +398,13 @@ def reset(
         try:
             plan = plan_reset(event_log, store, chosen, to)
             _print_reset_plan(chosen, plan)
-            changing = sum(row.changes for row in plan)
-            if not changing:
-                console.print(f"every position of {chosen.name} is at the log's {to} already")
-                return
             if not yes:
-                _confirm_reset(chosen, changing, to)
-            written = reset_positions(store, chosen, plan)
+                _confirm_reset(chosen, len(plan), to)
+            reset_positions(store, chosen, plan)
         finally:
             store.close()
             event_log.close()
-    console.print(f"reset {written} positions of {chosen.name} to the log's {to}")
+    console.print(f"reset {len(plan)} positions of {chosen.name} to the log's {to}")
 
 
 def _print_reset_plan(service: Service, plan: list[PositionReset]) -> None:
@@ -421,7 +417,7 @@ def _print_reset_plan(service: Service, plan: list[PositionReset]) -> None:
             _dash(row.stored),
             str(row.log_start),
             str(row.log_end),
-            str(row.to) if row.changes else "(as is)",
+            str(row.to),
         )
     console.print(table)
     beyond = sum(row.beyond_end for row in plan)
@@ -432,14 +428,14 @@ def _print_reset_plan(service: Service, plan: list[PositionReset]) -> None:
         )
 
 
-def _confirm_reset(service: Service, changing: int, to: ResetTarget) -> None:
+def _confirm_reset(service: Service, positions: int, to: ResetTarget) -> None:
     if not sys.stdin.isatty():
         raise LoglaneError(
             "reset asks for confirmation and there is no terminal to ask on; "
             "pass --yes to reset without asking"
         )
     question = (
-        f"Stop every worker of {service.name} first. Reset {changing} positions to the log's {to}?"
+        f"Stop every worker of {service.name} first. Reset {positions} positions to the log's {to}?"
     )
     if not typer.confirm(question):
         console.print("nothing was reset")

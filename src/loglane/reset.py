@@ -4,8 +4,10 @@ A worker reads from the positions stored with its views, never from the log's ow
 the log is recreated or truncated under the store, a stored position can lie beyond the end of
 its partition, and the worker would skip every new record until the log grew past it. A reset
 sets the position of every partition the service consumes (its input and the outputs it
-follows) to the log's current start, or its end, and changes nothing else: views, outbox,
-request outcomes and the memory of applied ids stay as they are.
+follows) to the log's current start, or its end. With each position it forgets the origin
+watermarks stored there (how far the service applied each upstream input, see
+`loglane.dedupe`): they count offsets of the old log and would drop the new one's events.
+Nothing else changes: views, outbox, request outcomes and the memory of applied ids stay.
 
 Each position is written by a fenced commit from the position read just before, like a batch:
 if a worker of the service commits meanwhile, the reset stops with `StaleBatchError`. Stop the
@@ -44,10 +46,6 @@ class PositionReset:
         """The stored position lies past the log's end: the log was recreated or truncated."""
         return self.stored is not None and self.stored > self.log_end
 
-    @property
-    def changes(self) -> bool:
-        return self.stored != self.to
-
 
 def plan_reset(log: Log, store: Store, service: Service, to: ResetTarget) -> list[PositionReset]:
     """What a reset of `service` to `to` would write, per partition it consumes; writes nothing."""
@@ -68,22 +66,20 @@ def plan_reset(log: Log, store: Store, service: Service, to: ResetTarget) -> lis
     return plan
 
 
-def reset_positions(store: Store, service: Service, plan: list[PositionReset]) -> int:
-    """Write the positions of `plan` that change, each fenced on its stored one; return how many.
+def reset_positions(store: Store, service: Service, plan: list[PositionReset]) -> None:
+    """Write the positions of `plan`, each fenced on its stored one, without watermarks.
 
     Raises `StaleBatchError` naming how far it got if a position moved since `plan_reset`
     read it; the positions written before stay written, and running the reset again (once
     the workers are stopped) finishes it.
     """
-    written = 0
-    for row in plan:
-        if not row.changes:
-            continue
+    for written, row in enumerate(plan):
         batch = Batch(
             service=service.name,
             source=row.partition,
             expected_position=row.stored,
             position=row.to,
+            origins={},
         )
         try:
             store.commit(batch)
@@ -93,5 +89,3 @@ def reset_positions(store: Store, service: Service, plan: list[PositionReset]) -
                 f"{service.name!r} is running ({written} positions were reset); stop every "
                 f"worker of {service.name!r} and run the reset again"
             ) from None
-        written += 1
-    return written
