@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from loglane.envelope import output_event_id, read_envelope
 from loglane.logs.kafka import KafkaLog
 from loglane.records import TopicPartition
 from loglane.status import service_status
-from loglane.stores.base import Batch
+from loglane.stores.base import StoreTransaction
 from loglane.stores.sqlite import SQLiteStore
 from loglane.testing import LandscapeTest
 from loglane.worker import Worker
@@ -55,28 +56,32 @@ def test_a_worker_whose_batch_outlived_its_group_membership_commits_nothing_stal
     zombie.start()
     commands = [command_message(ledger, d) for d in deposits(1, 5)]
     zombie_log.append([message for _, message in commands])
-    real_commit = zombie.store.commit
-    stalled: list[Batch] = []
+    real_transaction = zombie.store.transaction
+    stalled: list[TopicPartition] = []
 
-    def stall_until_the_heir_has_taken_over(batch: Batch) -> int | None:
-        stalled.append(batch)
+    def stall_until_the_heir_has_taken_over(
+        service: str, source: TopicPartition, expected: int | None
+    ) -> AbstractContextManager[StoreTransaction]:
+        # the zombie polled its batch, then stalls before it opens the batch's transaction
+        stalled.append(source)
+        zombie.store.transaction = real_transaction  # type: ignore[method-assign]
         heir.start()
         run_until(heir, lambda: heir.handled == 5)
-        return real_commit(batch)
+        return real_transaction(service, source, expected)
 
-    zombie.store.commit = stall_until_the_heir_has_taken_over  # type: ignore[method-assign]
+    zombie.store.transaction = stall_until_the_heir_has_taken_over  # type: ignore[method-assign]
     try:
         run_until(zombie, lambda: bool(stalled))
         for _ in range(20):  # the zombie goes on polling and learns that it was put out
             zombie.run_once(timeout=0.1)
-        source = stalled[0].source
+        source = stalled[0]
         assert zombie.handled == 0
         account = heir.store.get(accounts, "acct-0")
         assert account is not None
         assert (account.balance, account.applied, account.out_of_order) == (15, 5, 0)
         assert heir.store.positions("ledger")[source] == 5
         assert heir_log.committed("ledger", source.topic) == {source.partition: 5}
-        # the zombie, fenced, republished the outbox the heir had not cleared yet: same ids
+        # whoever published the heir's outbox, the events carry the same ids
         published = {
             read_envelope(record).id
             for p, o in heir_log.offsets("ledger.out").items()
