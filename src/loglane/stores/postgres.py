@@ -155,7 +155,14 @@ class PostgresStore(Store):
         self._services: set[str] = set()
         self._where = describe(conninfo)
         given = conninfo_to_dict(conninfo)
-        defaults: dict[str, str | int] = {"connect_timeout": 10, "application_name": "loglane"}
+        # A worker holds its batch's transaction while its handlers run; if its process stalls
+        # there (SIGSTOP, a frozen VM), the server ends the session after a minute, so the
+        # locks it holds do not stop the partition's next owner for good.
+        defaults: dict[str, str | int] = {
+            "connect_timeout": 10,
+            "application_name": "loglane",
+            "options": "-c idle_in_transaction_session_timeout=60000",
+        }
         self._conninfo = make_conninfo(
             conninfo, **{name: value for name, value in defaults.items() if name not in given}
         )
