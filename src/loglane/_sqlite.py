@@ -37,7 +37,7 @@ class SQLiteFile:
         self.path = Path(path)
         self._synchronous = synchronous.upper()
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: dict[int, sqlite3.Connection] = {}
         self._lock = threading.Lock()
         self._write_lock = _write_lock(self.path)
         try:
@@ -58,11 +58,19 @@ class SQLiteFile:
             db.execute("PRAGMA busy_timeout = 60000")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
-            db.execute("PRAGMA cache_size = -65536")
+            db.execute("PRAGMA cache_size = -8192")  # 8 MiB a connection; the OS caches the file
             self._local.db = db
             with self._lock:
-                self._connections.append(db)
+                self._close_connections_of_ended_threads()
+                self._connections[threading.get_ident()] = db
         return db
+
+    def _close_connections_of_ended_threads(self) -> None:
+        # Threads come and go (the HTTP API's pool ends idle ones); their connections would
+        # otherwise stay open, with their caches, until the file is closed.
+        alive = {thread.ident for thread in threading.enumerate()}
+        for ident in [ident for ident in self._connections if ident not in alive]:
+            self._connections.pop(ident).close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -95,7 +103,7 @@ class SQLiteFile:
 
     def close(self) -> None:
         with self._lock:
-            for db in self._connections:
+            for db in self._connections.values():
                 db.close()
             self._connections.clear()
         self._local = threading.local()

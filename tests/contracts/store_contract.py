@@ -366,3 +366,15 @@ class StoreContract:
         assert store.request(bank.name, "r") == ours
         assert store.request(bank.name, "r", source="billing") == theirs
         assert store.requests(bank.name, ["r"], source="nobody") == {}
+
+    def test_request_outcomes_older_than_the_retention_are_pruned(
+        self, store: Store, bank: Declared
+    ) -> None:
+        store.ledger_retention = 0.0  # type: ignore[attr-defined]
+        old = RequestOutcome(request_id="old", status=RequestStatus.DONE)
+        store.commit(bank.batch(None, 1, requests=[old]))
+        for n in range(1, 1100):  # pruning runs every so many commits that carry outcomes
+            outcome = RequestOutcome(request_id=f"r{n}", status=RequestStatus.DONE)
+            store.commit(bank.batch(n, n + 1, requests=[outcome]))
+        assert store.request(bank.name, "old") is None
+        assert store.request(bank.name, "r1099") is not None
