@@ -32,7 +32,6 @@ from loglane.stores.base import AcceptedCommand, RequestOutcome
 
 logger = logging.getLogger("loglane.api")
 
-COMMAND_SOURCE = "loglane.api"
 IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:~-]{1,200}$"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -161,12 +160,9 @@ async def _post(
     traceparent = params["traceparent"]
     if traceparent is not None and not _TRACEPARENT.match(traceparent):
         traceparent = None  # W3C: an invalid traceparent is ignored, not an error
+    # the default source, loglane's own, under which workers record the request's outcome
     _, message = command_message(
-        runtime.service,
-        command,
-        request_id=request_id,
-        source=COMMAND_SOURCE,
-        traceparent=traceparent,
+        runtime.service, command, request_id=request_id, traceparent=traceparent
     )
     accepted = AcceptedCommand(
         request_id=request_id, fingerprint=print_, position=None, accepted_at=time.time()
