@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from loglane.api.appending import append_each
 from loglane.api.auth import BearerAuth
 from loglane.api.commands import command_router
 from loglane.api.errors import install_error_handlers
@@ -66,7 +68,7 @@ def create_app(
     if any(not token for token in tokens):
         raise ConfigurationError("an API token must not be empty")
     settings = settings or ApiSettings()
-    appender = GroupWriter(log.append)
+    appender = GroupWriter(partial(append_each, log))
     runtimes = {
         service.name: ServiceRuntime(service, log, store_factory, appender, settings)
         for service in services

@@ -19,14 +19,19 @@ Result = TypeVar("Result")
 
 
 class GroupWriter(Generic[Item, Result]):
-    """Runs `write(items) -> results` (blocking, in a thread) over groups of submitted items.
+    """Runs `write(items) -> outcomes` (blocking, in a thread) over groups of submitted items.
 
-    `write` must return one result per item, in order; if it raises, every item of that
-    group gets the error.
+    `write` returns one outcome per item, in order: the item's result, or the exception
+    that item alone failed with, which `submit` raises for it while the rest of the group
+    get their results. If `write` raises, nothing is known of any item, and every item of
+    that group gets the error.
     """
 
     def __init__(
-        self, write: Callable[[Sequence[Item]], Sequence[Result]], *, max_group: int = 500
+        self,
+        write: Callable[[Sequence[Item]], Sequence[Result | Exception]],
+        *,
+        max_group: int = 500,
     ) -> None:
         self._write = write
         self._max_group = max_group
@@ -46,15 +51,22 @@ class GroupWriter(Generic[Item, Result]):
             while self._waiting:
                 group = self._waiting[: self._max_group]
                 del self._waiting[: self._max_group]
+                outcomes: Sequence[Result | Exception]
                 try:
-                    results = await run_in_threadpool(self._write, [item for item, _ in group])
+                    outcomes = await run_in_threadpool(self._write, [item for item, _ in group])
+                    if len(outcomes) != len(group):
+                        raise RuntimeError(
+                            f"a group write returned {len(outcomes)} outcomes for "
+                            f"{len(group)} items"
+                        )
                 except Exception as exc:
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(group, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+                    outcomes = [exc] * len(group)
+                for (_, future), outcome in zip(group, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
         finally:
             self._drainer = None
