@@ -15,6 +15,7 @@ from loglane.examples.shop import landscape
 from loglane.stores.base import Store
 from loglane.urls import open_log, open_store
 from tests.api.conftest import DEADLINE, LiveServer, Stack
+from tests.api.unstorable import assert_each_is_refused_with_a_detail
 from tests.postgres import PrivateServer, schemas, with_schema
 
 pytestmark = pytest.mark.postgres
@@ -74,6 +75,14 @@ def test_a_wait_is_answered_when_a_worker_elsewhere_commits(stack: PostgresApiSt
         view = client.get("/customers/views/customers/c1", params={"position": body["position"]})
         assert view.status_code == 200, view.text
         assert view.json()["name"] == "Ada"
+
+
+def test_values_postgresql_or_json_cannot_hold_are_422_not_500(
+    stack: PostgresApiStack,
+) -> None:
+    server = stack.serve()
+    with httpx.Client(base_url=server.url, timeout=DEADLINE) as client:
+        assert_each_is_refused_with_a_detail(client)
 
 
 def test_the_api_answers_503_while_postgresql_is_down_and_recovers(tmp_path: Path) -> None:

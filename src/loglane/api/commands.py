@@ -23,6 +23,7 @@ from loglane.api.models import CommandAccepted, Problem, RequestState, output_ev
 from loglane.api.positions import encode_position
 from loglane.api.runtime import KeyInUseError, ServiceRuntime, fingerprint
 from loglane.api.signatures import parameter, with_signature
+from loglane.api.storable import check_document
 from loglane.api.waiting import settled
 from loglane.commands import command_message
 from loglane.envelope import new_event_id
@@ -130,6 +131,8 @@ async def _post(
     wait: float,
     params: dict[str, Any],
 ) -> Response:
+    # a NUL would fail the command's commit on PostgreSQL, a surrogate or NaN its JSON
+    check_document(command.model_dump(by_alias=True), ("body",))
     await runtime.open()
     key: str | None = params["idempotency_key"]
     request_id = key or new_event_id()

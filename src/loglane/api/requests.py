@@ -11,6 +11,7 @@ from loglane.api.commands import request_state
 from loglane.api.models import Problem, RequestState
 from loglane.api.positions import encode_position
 from loglane.api.runtime import ServiceRuntime
+from loglane.api.storable import check
 from loglane.stores.base import RequestStatus
 
 
@@ -37,6 +38,7 @@ def request_router(runtime: ServiceRuntime) -> APIRouter:
         ] = 0.0,
     ) -> RequestState:
         """`pending` until a worker handled it, then `done`, `rejected` or `failed`."""
+        check(request_id, ("path", "request_id"))
         await runtime.open()
         accepted = await runtime.call(runtime.store.accepted, runtime.name, request_id)
         position = None

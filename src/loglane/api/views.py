@@ -21,6 +21,7 @@ from loglane.api.models import Problem
 from loglane.api.positions import BadPositionError, decode_position
 from loglane.api.runtime import ServiceRuntime
 from loglane.api.signatures import parameter, with_signature
+from loglane.api.storable import check, flaw
 from loglane.errors import ConfigurationError
 from loglane.records import TopicPartition
 from loglane.views import Key, View
@@ -57,9 +58,10 @@ def view_router(runtime: ServiceRuntime) -> APIRouter:
 
 def _add_get_row(router: APIRouter, runtime: ServiceRuntime, view: View[Any]) -> None:
     async def get_row(**params: Any) -> Any:
+        key: Key = params["key"]
+        check(key, ("path", "key"))
         await runtime.open()
         await _reach(runtime, params["position"])
-        key: Key = params["key"]
         row = await runtime.call(runtime.store.get, view, key)
         if row is None:
             raise HTTPException(404, f"{view.name} has no row with {view.key} = {key!r}")
@@ -106,14 +108,16 @@ def _add_list_rows(router: APIRouter, runtime: ServiceRuntime, view: View[Any]) 
                 f"{view.name} cannot be filtered by {unknown[0]!r}; indexed fields: {filters}",
                 request.query_params[unknown[0]],
             )
-        await runtime.open()
-        await _reach(runtime, params["position"])
         where = {
             name: params[f"filter_{name}"]
             for name in view.indexes
             if params[f"filter_{name}"] is not None
         }
+        for name, value in where.items():
+            check(value, ("query", name))
         after = _decode_cursor(params["cursor"], view) if params["cursor"] else None
+        await runtime.open()
+        await _reach(runtime, params["position"])
         limit: int = params["limit"]
         rows = await runtime.call(_query, runtime, view, where, after, limit)
         next_cursor = _encode_cursor(view.key_of(rows[-1])) if len(rows) == limit else None
@@ -210,7 +214,8 @@ def _decode_cursor(cursor: str, view: View[Any]) -> Key:
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError):
         key = None
-    if type(key) is not view.key_kind or not isinstance(key, str | int):
+    # no page ends at a key no store can hold, so such a key is no cursor either
+    if type(key) is not view.key_kind or not isinstance(key, str | int) or flaw(key):
         raise _invalid("cursor", "not a cursor; pass the next_cursor of a previous page", cursor)
     return key
 
