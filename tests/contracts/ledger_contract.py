@@ -21,13 +21,26 @@ def fresh_service() -> str:
     return f"api_{uuid.uuid4().hex[:8]}"
 
 
-def appended(request_id: str, offset: int, fingerprint: str = "f1") -> AcceptedCommand:
+def appended(
+    request_id: str, offset: int, fingerprint: str = "f1", *, at: float | None = None
+) -> AcceptedCommand:
+    """A command appended at `offset`; `at` is its claim's owner token, if it claimed."""
     return AcceptedCommand(
         request_id=request_id,
         fingerprint=fingerprint,
         position=Position("shop.in", 1, offset),
-        accepted_at=time.time(),
+        accepted_at=time.time() if at is None else at,
     )
+
+
+def claimed(request_id: str, at: float, fingerprint: str = "f1") -> AcceptedCommand:
+    return AcceptedCommand(
+        request_id=request_id, fingerprint=fingerprint, position=None, accepted_at=at
+    )
+
+
+# Owner tokens far apart: with stale_after=60 a claim at LATER takes over one at EARLIER.
+EARLIER, LATER = 1_000.0, 2_000.0
 
 
 class LedgerContract:
@@ -45,8 +58,9 @@ class LedgerContract:
 
     def test_a_recorded_command_is_returned_with_its_position(self, store: Store) -> None:
         service = fresh_service()
-        store.claim(service, "r1", "f1", stale_after=60)
-        store.record_accepted(service, [appended("r1", 7), appended("r2", 8)])
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=EARLIER)
+        recorded = [appended("r1", 7, at=EARLIER), appended("r2", 8)]
+        assert store.record_accepted(service, recorded) == recorded
         again = store.claim(service, "r1", "f1", stale_after=60)
         assert again is not None
         assert again.position == Position("shop.in", 1, 7)
@@ -57,18 +71,74 @@ class LedgerContract:
 
     def test_a_claim_left_without_a_position_is_taken_over_when_stale(self, store: Store) -> None:
         service = fresh_service()
-        store.claim(service, "r1", "f1", stale_after=60)
-        # a negative age makes every claim stale, with no sleeping for the clock to move
-        assert store.claim(service, "r1", "f2", stale_after=-1) is None
-        taken = store.accepted(service, "r1")
-        assert taken is not None
-        assert taken.fingerprint == "f2"
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=EARLIER)
+        young = store.claim(service, "r1", "f1", stale_after=60, accepted_at=EARLIER + 30)
+        assert young == claimed("r1", at=EARLIER)
+        assert store.claim(service, "r1", "f1", stale_after=60, accepted_at=LATER) is None
+        assert store.accepted(service, "r1") == claimed("r1", at=LATER)
+
+    def test_a_claim_is_not_taken_over_by_one_with_the_same_owner_token(self, store: Store) -> None:
+        service = fresh_service()
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=EARLIER)
+        # however stale it looks, two holders must never share a token
+        same = store.claim(service, "r1", "f1", stale_after=-1, accepted_at=EARLIER)
+        assert same == claimed("r1", at=EARLIER)
+
+    def test_a_stale_claim_of_another_command_is_not_taken_over(self, store: Store) -> None:
+        service = fresh_service()
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=EARLIER)
+        found = store.claim(service, "r1", "f2", stale_after=60, accepted_at=LATER)
+        assert found == claimed("r1", at=EARLIER)
+
+    def test_a_claim_taken_over_can_no_longer_be_released_by_its_first_holder(
+        self, store: Store
+    ) -> None:
+        service = fresh_service()
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=EARLIER)
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=LATER)
+        store.release(service, claimed("r1", at=EARLIER))
+        assert store.accepted(service, "r1") == claimed("r1", at=LATER)
+
+    def test_a_claim_taken_over_can_no_longer_be_recorded_by_its_first_holder(
+        self, store: Store
+    ) -> None:
+        service = fresh_service()
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=EARLIER)
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=LATER)
+        # the first holder's slow append went through after all: the new holder keeps the id
+        late = store.record_accepted(service, [appended("r1", 7, at=EARLIER)])
+        assert late == [claimed("r1", at=LATER)]
+        newest = appended("r1", 8, at=LATER)
+        assert store.record_accepted(service, [newest]) == [newest]
+        assert store.record_accepted(service, [appended("r1", 7, at=EARLIER)]) == [newest]
+        assert store.accepted(service, "r1") == newest
+
+    def test_of_concurrent_takeovers_of_a_stale_claim_exactly_one_is_granted(
+        self, store: Store
+    ) -> None:
+        service = fresh_service()
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=EARLIER)
+        granted: list[float] = []
+        start = threading.Barrier(8)
+
+        def take_over(at: float) -> None:
+            start.wait()
+            if store.claim(service, "r1", "f1", stale_after=60, accepted_at=at) is None:
+                granted.append(at)
+
+        threads = [threading.Thread(target=take_over, args=(LATER + n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        [winner] = granted
+        assert store.accepted(service, "r1") == claimed("r1", at=winner)
 
     def test_an_appended_command_is_never_taken_over(self, store: Store) -> None:
         service = fresh_service()
-        store.claim(service, "r1", "f1", stale_after=60)
-        store.record_accepted(service, [appended("r1", 3)])
-        kept = store.claim(service, "r1", "f1", stale_after=-1)
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=EARLIER)
+        store.record_accepted(service, [appended("r1", 3, at=EARLIER)])
+        kept = store.claim(service, "r1", "f1", stale_after=60, accepted_at=LATER)
         assert kept is not None
         assert kept.position == Position("shop.in", 1, 3)
 
@@ -76,11 +146,11 @@ class LedgerContract:
         self, store: Store
     ) -> None:
         service = fresh_service()
-        store.claim(service, "r1", "f1", stale_after=60)
-        store.release(service, "r1")
+        store.claim(service, "r1", "f1", stale_after=60, accepted_at=EARLIER)
+        store.release(service, claimed("r1", at=EARLIER))
         assert store.claim(service, "r1", "f1", stale_after=60) is None
-        store.record_accepted(service, [appended("r2", 1)])
-        store.release(service, "r2")
+        store.record_accepted(service, [appended("r2", 1, at=EARLIER)])
+        store.release(service, claimed("r2", at=EARLIER))
         assert store.accepted(service, "r2") is not None
 
     def test_services_keep_separate_ledgers(self, store: Store) -> None:

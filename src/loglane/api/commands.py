@@ -4,6 +4,10 @@ A command is answered only once it is durably appended to `<service>.in`: 202 wi
 request id and position, or, with `?wait=SECONDS`, 200 with its outcome and events when
 a worker handles it in time. A rejection is an outcome like any other (200, status
 `rejected`), not an HTTP error: the request was valid, the service said no.
+
+A request's id is a new UUIDv7, or with an `Idempotency-Key` the UUIDv5 of the service and
+the key: every retry maps to the same request id, and as no UUIDv5 equals a UUIDv7, no
+key can name a request posted without one, whatever the client sends.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import asyncio
 import logging
 import re
 import time
+import uuid
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Query
@@ -21,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from loglane.api.metrics import ApiMetrics
 from loglane.api.models import CommandAccepted, Problem, RequestState, output_event
 from loglane.api.positions import encode_position
-from loglane.api.runtime import KeyInUseError, ServiceRuntime, fingerprint
+from loglane.api.runtime import Claim, KeyInUseError, ServiceRuntime, fingerprint
 from loglane.api.signatures import parameter, with_signature
 from loglane.api.storable import check_document
 from loglane.api.waiting import settled
@@ -34,6 +40,7 @@ from loglane.stores.base import AcceptedCommand, RequestOutcome
 logger = logging.getLogger("loglane.api")
 
 IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:~-]{1,200}$"
+KEYED_REQUEST_NAMESPACE = uuid.UUID("2a0f6c8e-5b1d-4c37-9e84-6c6f676c616e")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
@@ -135,11 +142,13 @@ async def _post(
     check_document(command.model_dump(by_alias=True), ("body",))
     await runtime.open()
     key: str | None = params["idempotency_key"]
-    request_id = key or new_event_id()
+    request_id = new_event_id() if key is None else keyed_request_id(runtime.name, key)
     print_ = fingerprint(command)
+    claim: Claim | None = None
     if key is not None:
-        existing = await runtime.claim(key, print_)
-        if existing is not None:
+        claim = await runtime.claim(request_id, print_)
+        if not claim.granted:
+            existing = claim.entry
             if existing.fingerprint != print_:
                 # 422 as the IETF Idempotency-Key draft asks, shaped like any validation error
                 raise RequestValidationError(
@@ -167,46 +176,39 @@ async def _post(
     _, message = command_message(
         runtime.service, command, request_id=request_id, traceparent=traceparent
     )
-    accepted = AcceptedCommand(
-        request_id=request_id, fingerprint=print_, position=None, accepted_at=time.time()
-    )
+    if claim is None:
+        accepted = AcceptedCommand(
+            request_id=request_id, fingerprint=print_, position=None, accepted_at=time.time()
+        )
+    else:
+        accepted = claim.entry  # ours, its accepted_at the claim's owner token
     with runtime.watcher.request(request_id) as future:
         # shielded: once the append starts, a client hanging up must not leave the command
         # appended but unrecorded, or its claim released while the append goes through
         position = await asyncio.shield(
-            _accept(runtime, accepted, message, claimed=key is not None)
+            _accept(runtime, accepted, message, claimed=claim is not None)
         )
         metrics.commands.labels(runtime.name, command.event_type, "accepted").inc()
         outcome = future.result() if wait > 0 and await settled(future, wait) else None
     return _answer(runtime, metrics, request_id, position, outcome, wait)
 
 
+def keyed_request_id(service: str, key: str) -> str:
+    """The request id of a POST to `service` with `Idempotency-Key: key` (a UUIDv5)."""
+    return str(uuid.uuid5(KEYED_REQUEST_NAMESPACE, f"{service}:{key}"))
+
+
 async def _accept(
     runtime: ServiceRuntime, accepted: AcceptedCommand, message: Any, *, claimed: bool
 ) -> Position:
+    """Append the command; the position its request is answered with (see record_accepted)."""
     try:
         position = await runtime.appender.submit(message)
     except Exception:
         if claimed:
-            await _release(runtime, accepted.request_id)
+            await runtime.release(accepted)
         raise
-    await runtime.record_accepted(
-        AcceptedCommand(
-            request_id=accepted.request_id,
-            fingerprint=accepted.fingerprint,
-            position=position,
-            accepted_at=accepted.accepted_at,
-        )
-    )
-    return position
-
-
-async def _release(runtime: ServiceRuntime, request_id: str) -> None:
-    try:
-        await runtime.call(runtime.store.release, runtime.name, request_id)
-    except Exception as exc:
-        # the claim then goes stale and is taken over after claim_timeout
-        logger.warning("%s: cannot release the claim of %s: %s", runtime.name, request_id, exc)
+    return await runtime.record_accepted(replace(accepted, position=position))
 
 
 def _answer(

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from pydantic_core import to_json
@@ -118,8 +119,8 @@ class ServiceRuntime:
 
     # -- the command ledger ---------------------------------------------------------------------
 
-    async def claim(self, request_id: str, fingerprint: str) -> AcceptedCommand | None:
-        """Claim `request_id` for appending, or the entry of whoever accepted it first.
+    async def claim(self, request_id: str, fingerprint: str) -> Claim:
+        """Claim `request_id` for appending, or find the entry of whoever accepted it first.
 
         While another request holds the claim without a position yet, wait for it (this
         only happens to concurrent retries, so a short backoff poll is cheap enough); its
@@ -128,29 +129,58 @@ class ServiceRuntime:
         deadline = time.monotonic() + self.settings.claim_timeout * 2
         delay = 0.002
         while True:
-            entry = await self.call(
-                self._claim_once, request_id, fingerprint, self.settings.claim_timeout
-            )
-            if entry is None or entry.position is not None or entry.fingerprint != fingerprint:
-                return entry
+            claim = await self.call(self._claim_once, request_id, fingerprint)
+            entry = claim.entry
+            if claim.granted or entry.position is not None or entry.fingerprint != fingerprint:
+                return claim
             if time.monotonic() > deadline:
                 raise KeyInUseError(
-                    f"a request with Idempotency-Key {request_id!r} is still being accepted; "
-                    "retry in a moment"
+                    f"another request with this Idempotency-Key (request id {request_id}) "
+                    "is still being accepted; retry in a moment"
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    def _claim_once(
-        self, request_id: str, fingerprint: str, stale_after: float
-    ) -> AcceptedCommand | None:
-        return self.store.claim(self.name, request_id, fingerprint, stale_after=stale_after)
+    def _claim_once(self, request_id: str, fingerprint: str) -> Claim:
+        mine = AcceptedCommand(
+            request_id=request_id, fingerprint=fingerprint, position=None, accepted_at=time.time()
+        )
+        found = self.store.claim(
+            self.name,
+            request_id,
+            fingerprint,
+            stale_after=self.settings.claim_timeout,
+            accepted_at=mine.accepted_at,
+        )
+        return Claim(entry=mine, granted=True) if found is None else Claim(entry=found)
 
-    async def record_accepted(self, accepted: AcceptedCommand) -> None:
-        """Note the appended command in the ledger; the command is durable already, so a
-        failure here is logged, not raised: the request must still be answered with 202."""
+    async def record_accepted(self, accepted: AcceptedCommand) -> Position:
+        """Note the appended command in the ledger; the position its request is answered with.
+
+        That is the command's own position, unless its claim was taken over while it was
+        being appended (it took longer than `claim_timeout`). Then the new holder appends
+        the command again under the same request id, workers handle the first copy and
+        drop the second (`loglane.dedupe`), and every request with that id is answered with
+        the one position the ledger holds: this one waits for the new holder's, or claims
+        the id back if the new holder released it or went stale in turn.
+
+        The command is durable already, so a failure here is logged, not raised: the
+        request must still be answered, with the command's own position.
+        """
+        own = accepted.position
+        if own is None:
+            raise ValueError(f"request {accepted.request_id} has no position to record")
         try:
-            await self._ledger.submit(accepted)
+            while True:
+                entry = await self._ledger.submit(accepted)
+                if entry == accepted:
+                    return own
+                if entry.position is not None:
+                    return entry.position
+                claim = await self.claim(accepted.request_id, accepted.fingerprint)
+                if not claim.granted:
+                    return own if claim.entry.position is None else claim.entry.position
+                accepted = replace(accepted, accepted_at=claim.entry.accepted_at)
         except Exception as exc:
             logger.warning(
                 "%s: appended request %s but could not record it (it shows as unknown until "
@@ -159,10 +189,30 @@ class ServiceRuntime:
                 accepted.request_id,
                 exc,
             )
+            return own
 
-    def _record_accepted(self, accepted: Sequence[AcceptedCommand]) -> list[None]:
-        self.store.record_accepted(self.name, accepted)
-        return [None] * len(accepted)
+    def _record_accepted(self, accepted: Sequence[AcceptedCommand]) -> list[AcceptedCommand]:
+        return self.store.record_accepted(self.name, accepted)
+
+    async def release(self, claim: AcceptedCommand) -> None:
+        """Drop `claim`, whose command was not appended, so a retry can claim it again."""
+        try:
+            await self.call(self.store.release, self.name, claim)
+        except Exception as exc:
+            # the claim then goes stale and is taken over after claim_timeout
+            logger.warning(
+                "%s: cannot release the claim of %s: %s", self.name, claim.request_id, exc
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """What claiming a request id came to: when `granted`, `entry` is the caller's own
+    claim (its `accepted_at` the owner token) to append and then record or release; else
+    the entry of whoever claimed or accepted the id first."""
+
+    entry: AcceptedCommand
+    granted: bool = False
 
 
 def fingerprint(command: Event) -> str:

@@ -255,24 +255,46 @@ class Store(ABC):
     # -- the command ledger (used by the HTTP API) ---------------------------------------------
 
     def claim(
-        self, service: str, request_id: str, fingerprint: str, *, stale_after: float
+        self,
+        service: str,
+        request_id: str,
+        fingerprint: str,
+        *,
+        stale_after: float,
+        accepted_at: float | None = None,
     ) -> AcceptedCommand | None:
         """Reserve `request_id` before its command is appended; atomic across processes.
 
         Returns None when the caller now holds the claim: it must append the command and
         then `record_accepted` it, or `release` the claim if the append failed. Otherwise
         returns the existing entry: appended (with a position), or claimed by someone else
-        (position None). A claim left without a position for `stale_after` seconds (its
-        holder crashed) is taken over, and None is returned.
+        (position None).
+
+        The claim's `accepted_at` (default: now) is its owner token: `record_accepted` and
+        `release` act on a claim only for a command with that same `accepted_at`. A claim
+        left without a position for `stale_after` seconds (its holder crashed, or its
+        append hangs) is taken over by a claim of the same fingerprint, whose later
+        `accepted_at` then owns it; a stale claim of another fingerprint is returned as is.
         """
         raise self._no_ledger()
 
-    def record_accepted(self, service: str, commands: Sequence[AcceptedCommand]) -> None:
-        """Record appended commands (each with its position), replacing their claims."""
+    def record_accepted(
+        self, service: str, commands: Sequence[AcceptedCommand]
+    ) -> list[AcceptedCommand]:
+        """Record appended commands (each with its position); the ledger's entry of each.
+
+        A command replaces its own claim (the entry of its request id with its
+        `accepted_at` and no position yet), or creates its entry if there is none (a
+        command posted without a key). The entry of another request is left alone and
+        returned in the command's place: the command's claim was taken over while it was
+        being appended. So the returned entry equals the command exactly when it was
+        recorded (or had been, by an earlier call).
+        """
         raise self._no_ledger()
 
-    def release(self, service: str, request_id: str) -> None:
-        """Drop a claim whose command was not appended, so a retry can claim it again."""
+    def release(self, service: str, claim: AcceptedCommand) -> None:
+        """Drop the caller's `claim` (its command was not appended), so a retry can claim
+        the request id again; a claim taken over meanwhile is left to its new holder."""
         raise self._no_ledger()
 
     def accepted(self, service: str, request_id: str) -> AcceptedCommand | None:

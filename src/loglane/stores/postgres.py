@@ -514,20 +514,28 @@ class PostgresStore(Store):
     # -- the command ledger (used by the HTTP API) ---------------------------------------------
 
     def claim(
-        self, service: str, request_id: str, fingerprint: str, *, stale_after: float
+        self,
+        service: str,
+        request_id: str,
+        fingerprint: str,
+        *,
+        stale_after: float,
+        accepted_at: float | None = None,
     ) -> AcceptedCommand | None:
         schema = quote(self.schema(service))
-        now = time.time()
+        now = time.time() if accepted_at is None else accepted_at
         with self._connection() as conn:
-            # Concurrent claims of one id: the insert lets one win; a claim left unappended
-            # for `stale_after` is taken over by the update's condition.
+            # Concurrent claims of one id: the insert lets one win; a claim of the same
+            # command left unappended for `stale_after` is taken over by the update's
+            # condition, which also gives the new owner a token (accepted_at) of its own.
             while True:
                 taken = conn.execute(
                     f"INSERT INTO {schema}.loglane_accepted AS a "
                     "(service, request_id, fingerprint, accepted_at) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (service, request_id) DO UPDATE SET fingerprint = "
-                    "excluded.fingerprint, accepted_at = excluded.accepted_at "
-                    "WHERE a.topic IS NULL AND a.accepted_at < %s RETURNING 1",
+                    "ON CONFLICT (service, request_id) DO UPDATE SET accepted_at = "
+                    "excluded.accepted_at WHERE a.topic IS NULL AND a.fingerprint = "
+                    "excluded.fingerprint AND a.accepted_at < %s "
+                    "AND a.accepted_at <> excluded.accepted_at RETURNING 1",
                     (service, request_id, fingerprint, now, now - stale_after),
                 ).fetchone()
                 if taken is not None:
@@ -541,7 +549,9 @@ class PostgresStore(Store):
                     return _accepted(request_id, *row)
                 # released between the two statements: claim again
 
-    def record_accepted(self, service: str, commands: Sequence[AcceptedCommand]) -> None:
+    def record_accepted(
+        self, service: str, commands: Sequence[AcceptedCommand]
+    ) -> list[AcceptedCommand]:
         rows = []
         for command in commands:
             if command.position is None:
@@ -560,26 +570,40 @@ class PostgresStore(Store):
             )
         schema = quote(self.schema(service))
         with self._connection() as conn, conn.transaction():
+            # A claim is replaced only by its owner: the command with its accepted_at. The
+            # entries of other owners stay locked until commit, so they are read back as is.
             conn.cursor().executemany(
-                f"INSERT INTO {schema}.loglane_accepted VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                f"INSERT INTO {schema}.loglane_accepted AS a "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (service, request_id) DO UPDATE SET topic = excluded.topic, "
-                'partition = excluded.partition, "offset" = excluded."offset"',
+                'partition = excluded.partition, "offset" = excluded."offset" '
+                "WHERE a.topic IS NULL AND a.accepted_at = excluded.accepted_at",
                 rows,
             )
+            found = {
+                request_id: _accepted(request_id, *row)
+                for request_id, *row in conn.execute(
+                    'SELECT request_id, fingerprint, topic, partition, "offset", accepted_at '
+                    f"FROM {schema}.loglane_accepted WHERE service = %s "
+                    "AND request_id = ANY(%s)",
+                    (service, [command.request_id for command in commands]),
+                )
+            }
             self._ledger_writes += 1
             if self._ledger_writes % _PRUNE_LEDGER_EVERY == 0:
                 conn.execute(
                     f"DELETE FROM {schema}.loglane_accepted WHERE accepted_at < %s",
                     (time.time() - self.ledger_retention,),
                 )
+        return [found[command.request_id] for command in commands]
 
-    def release(self, service: str, request_id: str) -> None:
+    def release(self, service: str, claim: AcceptedCommand) -> None:
         schema = quote(self.schema(service))
         with self._connection() as conn:
             conn.execute(
                 f"DELETE FROM {schema}.loglane_accepted WHERE service = %s AND request_id = %s "
-                "AND topic IS NULL",
-                (service, request_id),
+                "AND topic IS NULL AND accepted_at = %s",
+                (service, claim.request_id, claim.accepted_at),
             )
 
     def accepted(self, service: str, request_id: str) -> AcceptedCommand | None:

@@ -311,9 +311,15 @@ class SQLiteStore(Store):
     # -- the command ledger ---------------------------------------------------------------------
 
     def claim(
-        self, service: str, request_id: str, fingerprint: str, *, stale_after: float
+        self,
+        service: str,
+        request_id: str,
+        fingerprint: str,
+        *,
+        stale_after: float,
+        accepted_at: float | None = None,
     ) -> AcceptedCommand | None:
-        now = time.time()
+        now = time.time() if accepted_at is None else accepted_at
         with self._file.transaction() as db:
             row = db.execute(
                 "SELECT fingerprint, topic, partition, offset, accepted_at FROM loglane_accepted "
@@ -328,16 +334,23 @@ class SQLiteStore(Store):
                 )
                 return None
             entry = _accepted(request_id, *row)
-            if entry.position is None and entry.accepted_at < now - stale_after:
+            if (
+                entry.position is None
+                and entry.fingerprint == fingerprint
+                and entry.accepted_at < now - stale_after
+                and entry.accepted_at != now  # a new owner needs a token of its own
+            ):
                 db.execute(
-                    "UPDATE loglane_accepted SET fingerprint = ?, accepted_at = ? "
+                    "UPDATE loglane_accepted SET accepted_at = ? "
                     "WHERE service = ? AND request_id = ?",
-                    (fingerprint, now, service, request_id),
+                    (now, service, request_id),
                 )
                 return None
             return entry
 
-    def record_accepted(self, service: str, commands: Sequence[AcceptedCommand]) -> None:
+    def record_accepted(
+        self, service: str, commands: Sequence[AcceptedCommand]
+    ) -> list[AcceptedCommand]:
         rows = []
         for command in commands:
             if command.position is None:
@@ -355,25 +368,40 @@ class SQLiteStore(Store):
                 )
             )
         with self._file.transaction() as db:
+            # a claim is replaced only by its owner: the command with its accepted_at
             db.executemany(
                 "INSERT INTO loglane_accepted VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (service, request_id) DO UPDATE SET topic = excluded.topic, "
-                "partition = excluded.partition, offset = excluded.offset",
+                "partition = excluded.partition, offset = excluded.offset "
+                "WHERE loglane_accepted.topic IS NULL "
+                "AND loglane_accepted.accepted_at = excluded.accepted_at",
                 rows,
             )
+            entries = [
+                _accepted(
+                    command.request_id,
+                    *db.execute(
+                        "SELECT fingerprint, topic, partition, offset, accepted_at "
+                        "FROM loglane_accepted WHERE service = ? AND request_id = ?",
+                        (service, command.request_id),
+                    ).fetchone(),
+                )
+                for command in commands
+            ]
             self._ledger_writes += 1
             if self._ledger_writes % _PRUNE_LEDGER_EVERY == 0:
                 db.execute(
                     "DELETE FROM loglane_accepted WHERE accepted_at < ?",
                     (time.time() - self.ledger_retention,),
                 )
+        return entries
 
-    def release(self, service: str, request_id: str) -> None:
+    def release(self, service: str, claim: AcceptedCommand) -> None:
         with self._file.transaction() as db:
             db.execute(
                 "DELETE FROM loglane_accepted WHERE service = ? AND request_id = ? "
-                "AND topic IS NULL",
-                (service, request_id),
+                "AND topic IS NULL AND accepted_at = ?",
+                (service, claim.request_id, claim.accepted_at),
             )
 
     def accepted(self, service: str, request_id: str) -> AcceptedCommand | None:
