@@ -16,10 +16,10 @@ mechanisms drop the second copy:
   producer down for a day), and costs one small entry per origin partition.
 - **Applied ids**, for commands and other events without an origin: the (source, id) pairs
   applied within the last `window` offsets of each input partition, stored one row per batch
-  so they survive restarts. A copy further back than that is not recognised; commands posted
-  through the HTTP API are not appended twice in the first place (its `Idempotency-Key`
-  ledger), and the Kafka producer is idempotent, so the window covers producers outside
-  Loglane that re-send.
+  so they survive restarts. A copy further back than that is not recognised. The copies the
+  HTTP API can make (a group append retried item by item, a stale `Idempotency-Key` claim
+  taken over) follow their original within seconds, and the Kafka producer is idempotent, so
+  the window is there for producers outside Loglane that re-send.
 """
 
 from __future__ import annotations
