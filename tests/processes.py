@@ -119,6 +119,15 @@ class WorkerProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=60)
 
+    def wait_started(self, timeout: float = 120.0) -> None:
+        """Wait until the process took its partitions: only then does SIGTERM stop it cleanly
+        (a signal that comes while it still imports ends it as the signal's default does)."""
+        deadline = time.monotonic() + timeout
+        while "assigned" not in self.output.read_text():
+            assert self.process.poll() is None, self.describe()
+            assert time.monotonic() < deadline, f"not started within {timeout}s"
+            time.sleep(0.05)
+
     def stop(self) -> int:
         """SIGTERM and wait: a clean shutdown exits 0."""
         if self.process.poll() is None:

@@ -137,6 +137,7 @@ def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(stack: Stack) ->
             step=0.2,
             message="the landscape caught up",
         )
+        worker.wait_started()
         assert worker.stop() == 0, worker.describe()
     finally:
         if worker.process.poll() is None:
