@@ -47,6 +47,16 @@ class UnitOfWork:
             committed[key] = self._store.get(view, key)
         return committed[key]
 
+    def prefetch(self, view: View[Any], keys: list[Key]) -> None:
+        """Read the rows of `keys` the batch has not seen yet, in one round trip."""
+        committed = self._committed.setdefault(view, {})
+        written = self.writes.get(view, {})
+        missing = list({key: None for key in keys if key not in committed and key not in written})
+        if missing:
+            found = self._store.get_many(view, missing)
+            for key in missing:
+                committed[key] = found.get(key)
+
     def absorb(self, tx: Transaction) -> None:
         for view, rows in tx.writes.items():
             self.writes.setdefault(view, {}).update(rows)
@@ -65,6 +75,8 @@ class ViewAccess(Generic[Row]):
 
     def get(self, key: Key) -> Row | None:
         """A copy of the row at `key` as this batch sees it, or None."""
+        if key == self._tx.read_key:
+            self._tx.keyed_reads.add(self._view)
         image = self._rows.get(key, _ABSENT)
         if image is _ABSENT:
             document = self._tx.unit.document(self._view, key)
@@ -98,9 +110,11 @@ class Transaction:
         key: bytes | None,
         origin: str,
         time: str,
+        read_key: Key | None = None,
     ) -> None:
         """`key` is the message key of emitted events unless `emit` is given one; `origin`
-        (`topic/partition/offset`) is where the event being handled sits in the log."""
+        (`topic/partition/offset`) is where the event being handled sits in the log;
+        `read_key` is the event's own key, at which the worker learns what to prefetch."""
         self.unit = unit
         self.writes: dict[View[Any], dict[Key, RowImage | None]] = {}
         self.messages: list[Message] = []
@@ -113,6 +127,8 @@ class Transaction:
         self._key = key
         self._origin = origin
         self._time = time
+        self.read_key = read_key
+        self.keyed_reads: set[View[Any]] = set()
 
     @property
     def event_id(self) -> str:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -51,6 +52,7 @@ from loglane.records import Message, Record, TopicPartition
 from loglane.service import Handler, Service
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store, Watermarks
 from loglane.transaction import Transaction, UnitOfWork
+from loglane.views import Key, View
 
 logger = logging.getLogger("loglane.worker")
 
@@ -84,6 +86,8 @@ class Worker:
         self._positions: dict[TopicPartition, int | None] = {}
         self._applied: dict[TopicPartition, AppliedWindow] = {}
         self._origins: dict[TopicPartition, Watermarks] = {}
+        # the views each handler was seen to read at its event's key: prefetched per batch
+        self._keyed_reads: dict[Handler, set[View[Any]]] = {}
         self._log_offsets: dict[TopicPartition, int] = {}
         self._async: asyncio.Runner | None = None
         self.on_commit = on_commit
@@ -234,17 +238,41 @@ class Worker:
         applied: AppliedWindow,
         origins: Watermarks,
     ) -> None:
-        """Run the handlers of `records` in offset order, skipping events applied before."""
+        """Run the handlers of `records` in offset order, skipping events applied before.
+
+        Batch first: every record is decoded and validated, then the view rows its handler
+        is known to read at its key are fetched in one query per view, then the handlers run.
+        """
+        works = self._decode(records, batch, poison, applied, origins)
+        self._prefetch(works, unit)
         batch_time = now_rfc3339()
+        for work in works:
+            if isinstance(work, _Refused):
+                self._fail(work.record, work.envelope, batch, work.reason)
+            else:
+                self._handle(work, unit, batch, batch_time)
+
+    def _decode(
+        self,
+        records: list[Record],
+        batch: Batch,
+        poison: dict[int, str],
+        applied: AppliedWindow,
+        origins: Watermarks,
+    ) -> list[_Work | _Refused]:
+        """The records to handle, each with its handler and validated event, or the reason
+        it goes to the DLQ instead; duplicates and others' events left out."""
+        works: list[_Work | _Refused] = []
         in_batch: set[str] = set()
+        input_topic = self.service.input_topic
         for record in records:
             try:
                 envelope = read_envelope(record)
             except EnvelopeError as exc:
-                batch.outbox.append(self._dead_letter(record, str(exc)))
+                works.append(_Refused(record, None, str(exc)))
                 continue
             seen = None
-            if envelope.origin is not None and record.topic != self.service.input_topic:
+            if envelope.origin is not None and record.topic != input_topic:
                 seen = seen_before(origins, envelope.origin)
             if seen is None:
                 event_identity = identity(envelope)
@@ -255,10 +283,53 @@ class Worker:
             if seen:
                 continue  # a duplicate: the event was applied already
             reason = poison.get(record.offset)
+            work = self._work(record, envelope) if reason is None else None
             if reason is not None:
-                self._fail(record, envelope, batch, reason)
+                works.append(_Refused(record, envelope, reason))
+            elif work is not None:
+                works.append(work)
+        return works
+
+    def _work(self, record: Record, envelope: Envelope) -> _Work | _Refused | None:
+        """The record's handler and validated event, why it is refused, or None if this
+        service does not subscribe to it."""
+        handler = self.service.handler_for(record.topic, envelope.type)
+        is_command = record.topic == self.service.input_topic
+        origin = record.header(ORIGIN_HEADER) if handler is None and is_command else None
+        if origin is not None:  # a re-driven dead letter from another service's output
+            handler = self.service.handler_for(origin.decode(), envelope.type)
+            is_command = False
+        if handler is None and not is_command:
+            return None  # another service's event that this one does not subscribe to
+        if handler is None:
+            accepted = ", ".join(sorted(self.service.commands)) or "none"
+            reason = f"unknown command type {envelope.type!r}; accepted: {accepted}"
+            return _Refused(record, envelope, reason)
+        try:
+            event = handler.event_type.model_validate_json(envelope.data)
+        except ValidationError as exc:
+            return _Refused(record, envelope, f"invalid {envelope.type}: {exc}")
+        key = record.key
+        read_key: Key | None = None if key is None else key.decode(errors="replace")
+        if handler.key_field is not None:
+            read_key = getattr(event, handler.key_field)
+            key = str(read_key).encode()
+            if is_command and record.key != key:
+                return _Refused(record, envelope, _misplaced(record.key, key, handler))
+        return _Work(record, envelope, handler, event, key, read_key, is_command)
+
+    def _prefetch(self, works: list[_Work | _Refused], unit: UnitOfWork) -> None:
+        """Read, in one query per view, the rows the handlers are known to read at their key."""
+        wanted: dict[View[Any], list[Key]] = {}
+        for work in works:
+            if isinstance(work, _Refused):
                 continue
-            self._handle(record, envelope, unit, batch, batch_time)
+            views = self._keyed_reads.get(work.handler)
+            if views and work.read_key is not None:
+                for view in views:
+                    wanted.setdefault(view, []).append(work.read_key)
+        for view, keys in wanted.items():
+            unit.prefetch(view, keys)
 
     def _tell_committed(self, listener: Callable[[Batch], None], batch: Batch) -> None:
         # The batch is durable whatever the listener does; a failing listener must not stop
@@ -268,38 +339,9 @@ class Worker:
         except Exception:
             logger.exception("on_commit listener failed", extra={"service": self.service.name})
 
-    def _handle(
-        self, record: Record, envelope: Envelope, unit: UnitOfWork, batch: Batch, time_: str
-    ) -> None:
-        """Run the event's handler, with retries; what cannot be handled goes to the DLQ."""
-        handler = self.service.handler_for(record.topic, envelope.type)
-        is_command = record.topic == self.service.input_topic
-        origin = record.header(ORIGIN_HEADER) if handler is None and is_command else None
-        if origin is not None:  # a re-driven dead letter from another service's output
-            handler = self.service.handler_for(origin.decode(), envelope.type)
-            is_command = False
-        if handler is None and not is_command:
-            return  # another service's event that this one does not subscribe to
-        if handler is None:
-            accepted = ", ".join(sorted(self.service.commands)) or "none"
-            self._fail(
-                record,
-                envelope,
-                batch,
-                f"unknown command type {envelope.type!r}; accepted: {accepted}",
-            )
-            return
-        try:
-            event = handler.event_type.model_validate_json(envelope.data)
-        except ValidationError as exc:
-            self._fail(record, envelope, batch, f"invalid {envelope.type}: {exc}")
-            return
-        key = record.key
-        if handler.key_field is not None:
-            key = str(getattr(event, handler.key_field)).encode()
-            if is_command and record.key != key:
-                self._fail(record, envelope, batch, _misplaced(record.key, key, handler))
-                return
+    def _handle(self, work: _Work, unit: UnitOfWork, batch: Batch, time_: str) -> None:
+        """Run the event's handler, with retries; what still fails goes to the DLQ."""
+        record, envelope = work.record, work.envelope
         retry = self.service.retry
         for attempt in range(retry.attempts):
             tx = Transaction(
@@ -307,12 +349,13 @@ class Worker:
                 service=self.service.name,
                 output_topic=self.service.output_topic,
                 cause=envelope,
-                key=key,
+                key=work.key,
                 origin=f"{record.topic}/{record.partition}/{record.offset}",
                 time=time_,
+                read_key=work.read_key,
             )
             try:
-                self._call(handler, event, tx)
+                self._call(work.handler, work.event, tx)
             except (BackendUnavailableError, BatchConflictError, BatchRejectedError):
                 raise  # the batch's transaction is gone; the whole batch runs again
             except Exception as exc:
@@ -323,10 +366,12 @@ class Worker:
                     record, envelope, batch, f"handler failed {retry.attempts} times: {exc!r}"
                 )
                 return
+            if tx.keyed_reads:
+                self._keyed_reads.setdefault(work.handler, set()).update(tx.keyed_reads)
             if tx.rejection is None:
                 unit.absorb(tx)
             batch.outbox.extend(tx.messages)
-            if is_command:
+            if work.is_command:
                 batch.requests.append(
                     RequestOutcome(
                         request_id=envelope.request_id,
@@ -349,8 +394,9 @@ class Worker:
         else:
             handler.func(event, tx)
 
-    def _fail(self, record: Record, envelope: Envelope, batch: Batch, error: str) -> None:
-        """Dead-letter the record and, for a command, mark its request failed."""
+    def _fail(self, record: Record, envelope: Envelope | None, batch: Batch, error: str) -> None:
+        """Dead-letter the record and, for a command with an envelope, mark its request
+        failed."""
         logger.warning(
             "dead-lettered %s: %s",
             record.topic_partition,
@@ -358,11 +404,11 @@ class Worker:
             extra={
                 "service": self.service.name,
                 "offset": record.offset,
-                "request_id": envelope.request_id,
+                "request_id": None if envelope is None else envelope.request_id,
             },
         )
         batch.outbox.append(self._dead_letter(record, error))
-        if record.topic == self.service.input_topic:
+        if envelope is not None and record.topic == self.service.input_topic:
             batch.requests.append(
                 RequestOutcome(
                     request_id=envelope.request_id,
@@ -461,6 +507,29 @@ class Worker:
         if self._consumer is None:
             raise RuntimeError("the worker is not started; call start() first")
         return self._consumer
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """A record to handle: its envelope, handler and event; the key its output gets, and the
+    key its handler's view reads are expected at."""
+
+    record: Record
+    envelope: Envelope
+    handler: Handler
+    event: Event
+    key: bytes | None
+    read_key: Key | None
+    is_command: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A record that goes to the DLQ for `reason` (without an envelope: not a CloudEvent)."""
+
+    record: Record
+    envelope: Envelope | None
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

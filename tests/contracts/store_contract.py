@@ -378,3 +378,10 @@ class StoreContract:
             store.commit(bank.batch(n, n + 1, requests=[outcome]))
         assert store.request(bank.name, "old") is None
         assert store.request(bank.name, "r1099") is not None
+
+    def test_a_transaction_reads_many_rows_at_once(self, store: Store, bank: Declared) -> None:
+        rows = {n: Counter(number=n, hits=n * 10) for n in range(1, 700)}
+        store.commit(bank.batch(None, 1, writes={bank.counters: rows}))
+        with store.transaction(bank.name, SOURCE, 1) as tx:
+            found = tx.get_many(bank.counters, [*rows, 5000])
+        assert {key: Counter.model_validate_json(doc) for key, doc in found.items()} == rows

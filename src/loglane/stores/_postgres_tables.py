@@ -166,6 +166,10 @@ class ViewTable:
         self.on_conflict = f"ON CONFLICT ({quote(view.key)}) DO UPDATE SET {updates}"
         self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY(%s)"
         self.select_one = f"SELECT doc::text FROM {self.name} WHERE {quote(view.key)} = %s"
+        self.select_many = (
+            f"SELECT {quote(view.key)}, doc::text FROM {self.name} "
+            f"WHERE {quote(view.key)} = ANY(%s)"
+        )
 
     def key_param(self, key: Any) -> Any:
         return as_text(key) if self.view.key_kind is str else key

@@ -148,6 +148,12 @@ class StoreTransaction(ABC):
         """The document of `view`'s row at `key` as committed, or None; locked against other
         transactions' reads of the same key until this one ends."""
 
+    def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, str | bytes]:
+        """The documents of those of `keys` that have a row, locked as `get` locks them;
+        backends override this one-by-one default with a single round trip."""
+        found = {key: self.get(view, key) for key in keys}
+        return {key: document for key, document in found.items() if document is not None}
+
     @abstractmethod
     def write(self, batch: Batch) -> int | None:
         """Write `batch` (views, then statements, position, outbox, outcomes, applied ids).

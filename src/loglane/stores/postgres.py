@@ -669,6 +669,26 @@ class _PostgresTransaction(StoreTransaction):
             raise BatchRejectedError(_one_line(exc)) from exc
         return None if row is None else str(row[0])
 
+    def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, str | bytes]:
+        if any(isinstance(key, str) and "\x00" in key for key in keys):
+            raise ValueError(f"view {view.name!r}: PostgreSQL keys cannot hold NUL characters")
+        table = self._store._view_table(view)
+        locks = sorted({_row_lock(table.name, key) for key in keys})  # one order: no deadlock
+        cursor = self._conn.cursor()
+        try:
+            with self._conn.pipeline():
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k ORDER BY k",
+                    (locks,),
+                )
+                cursor.execute(table.select_many, ([table.key_param(key) for key in keys],))
+            rows = cursor.fetchall()
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            raise BatchRejectedError(_one_line(exc)) from exc
+        return dict(rows)
+
     def write(self, batch: Batch) -> int | None:
         store = self._store
         unprepared = [view for view in batch.writes if view not in store._tables]

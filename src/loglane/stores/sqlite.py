@@ -433,6 +433,15 @@ class _SQLiteTransaction(StoreTransaction):
             return None if row is None else str(row[0])
         return None
 
+    def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, str | bytes]:
+        sql = self._store._view(view)
+        found: dict[Key, str | bytes] = {}
+        with _absent_table_is_empty():
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                found.update(self._db.execute(sql.select_many(len(chunk)), chunk))
+        return found
+
     def write(self, batch: Batch) -> int | None:
         try:
             return self._write(batch)
@@ -633,6 +642,11 @@ class _ViewSQL:
         )
         self.delete = f'DELETE FROM {self.table} WHERE "{view.key}" = ?'
         self.select_one = f'SELECT doc FROM {self.table} WHERE "{view.key}" = ?'
+        self._key = view.key
+
+    def select_many(self, count: int) -> str:
+        marks = ",".join("?" * count)
+        return f'SELECT "{self._key}", doc FROM {self.table} WHERE "{self._key}" IN ({marks})'
 
     @classmethod
     def create(cls, db: sqlite3.Connection, view: View[Any]) -> _ViewSQL:
