@@ -63,23 +63,21 @@ class Envelope:
         return self.correlation_id or self.id
 
     def headers(self) -> Headers:
-        headers: list[tuple[str, bytes]] = [
+        headers = (
             ("ce_specversion", b"1.0"),
             ("ce_id", self.id.encode()),
             ("ce_source", self.source.encode()),
             ("ce_type", self.type.encode()),
             ("ce_time", self.time.encode()),
             ("content-type", b"application/json"),
-        ]
-        if self.correlation_id is not None:
-            headers.append(("ce_correlationid", self.correlation_id.encode()))
-        if self.causation_id is not None:
-            headers.append(("ce_causationid", self.causation_id.encode()))
-        if self.traceparent is not None:
-            headers.append(("ce_traceparent", self.traceparent.encode()))
-        if self.origin is not None:
-            headers.append(("ce_loglaneorigin", self.origin.encode()))
-        return tuple(headers)
+        )
+        optional = (
+            ("ce_correlationid", self.correlation_id),
+            ("ce_causationid", self.causation_id),
+            ("ce_traceparent", self.traceparent),
+            ("ce_loglaneorigin", self.origin),
+        )
+        return headers + tuple((name, value.encode()) for name, value in optional if value)
 
 
 _REQUIRED = ("ce_id", "ce_source", "ce_type")

@@ -81,6 +81,8 @@ class View(Generic[Row]):
         return tuple(getattr(row, column.name) for column in self.columns)
 
     def image(self, row: Row) -> RowImage:
+        if not self.columns:
+            return RowImage(to_json(row), ())
         return RowImage(to_json(row), self.column_values(row))
 
     def check_filters(self, where: Mapping[str, Any]) -> None:

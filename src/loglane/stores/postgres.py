@@ -51,6 +51,7 @@ import msgpack
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
+from pydantic_core import to_json
 
 from loglane.envelope import COMMAND_SOURCE
 from loglane.errors import (
@@ -443,7 +444,7 @@ class PostgresStore(Store):
                     o.source,
                     o.request_id,
                     o.status.value,
-                    json.dumps(o.event_ids),
+                    to_json(o.event_ids).decode(),
                     o.detail,
                     _encode_messages(o.events),
                     now,

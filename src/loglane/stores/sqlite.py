@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from pydantic_core import to_json
 
 from loglane._sqlite import SQLiteFile
 from loglane.envelope import COMMAND_SOURCE
@@ -506,7 +507,7 @@ class _SQLiteTransaction(StoreTransaction):
                         o.source,
                         o.request_id,
                         o.status.value,
-                        json.dumps(o.event_ids),
+                        to_json(o.event_ids).decode(),
                         o.detail,
                         _encode_messages(o.events),
                         now,
