@@ -10,11 +10,12 @@ changes stay in its own `Transaction` until its handler returns, so a handler th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic
 
 from pydantic_core import to_json
 
-from loglane.envelope import Envelope, output_event_id
+from loglane.envelope import Envelope, emitted_headers, output_event_id
 from loglane.events import Event, Rejected
 from loglane.records import Message
 from loglane.stores.base import Row, Statement, StoreTransaction
@@ -97,6 +98,21 @@ class ViewAccess(Generic[Row]):
         self._rows[key] = None
 
 
+@dataclass(frozen=True, slots=True)
+class Emitter:
+    """What every event emitted in one batch shares: the service, its output topic, and the
+    batch's time, the last two already encoded."""
+
+    service: str
+    topic: str
+    source: bytes
+    time: bytes
+
+    @classmethod
+    def of(cls, service: str, output_topic: str, time: str) -> Emitter:
+        return cls(service, output_topic, service.encode(), time.encode())
+
+
 class Transaction:
     """What a handler may do while it handles one event."""
 
@@ -104,12 +120,10 @@ class Transaction:
         self,
         *,
         unit: UnitOfWork,
-        service: str,
-        output_topic: str,
+        emitter: Emitter,
         cause: Envelope,
         key: bytes | None,
         origin: str,
-        time: str,
         read_key: Key | None = None,
     ) -> None:
         """`key` is the message key of emitted events unless `emit` is given one; `origin`
@@ -121,12 +135,11 @@ class Transaction:
         self.statements: list[Statement] = []
         self.event_ids: list[str] = []
         self.rejection: str | None = None
-        self._service = service
-        self._output_topic = output_topic
+        self._service = emitter.service
+        self._emitter = emitter
         self._cause = cause
         self._key = key
         self._origin = origin
-        self._time = time
         self.read_key = read_key
         self.keyed_reads: set[View[Any]] = set()
 
@@ -169,24 +182,19 @@ class Transaction:
 
     def _append(self, event: Event, key: str | None) -> None:
         index = len(self.event_ids)
-        envelope = Envelope(
-            id=output_event_id(
-                self._service, self._cause.id, index, cause_source=self._cause.source
-            ),
+        cause = self._cause
+        event_id = output_event_id(self._service, cause.id, index, cause_source=cause.source)
+        headers = emitted_headers(
+            id=event_id,
             type=event.event_type,
-            source=self._service,
-            time=self._time,
-            data=to_json(event),
-            correlation_id=self.request_id,
-            causation_id=self._cause.id,
-            traceparent=self._cause.traceparent,
+            source=self._emitter.source,
+            time=self._emitter.time,
+            cause=cause,
             origin=f"{self._origin}/{index}",
         )
         message_key = self._key if key is None else key.encode()
-        self.messages.append(
-            Message(self._output_topic, message_key, envelope.data, envelope.headers())
-        )
-        self.event_ids.append(envelope.id)
+        self.messages.append(Message(self._emitter.topic, message_key, to_json(event), headers))
+        self.event_ids.append(event_id)
 
     def reject(self, reason: str) -> None:
         """Refuse the command: its view changes and events are dropped, and a `Rejected`

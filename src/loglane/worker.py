@@ -51,7 +51,7 @@ from loglane.logs.base import Consumer, Log
 from loglane.records import Message, Record, TopicPartition
 from loglane.service import Handler, Service
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store, Watermarks
-from loglane.transaction import Transaction, UnitOfWork
+from loglane.transaction import Emitter, Transaction, UnitOfWork
 from loglane.views import Key, View
 
 logger = logging.getLogger("loglane.worker")
@@ -245,12 +245,12 @@ class Worker:
         """
         works = self._decode(records, batch, poison, applied, origins)
         self._prefetch(works, unit)
-        batch_time = now_rfc3339()
+        emitter = Emitter.of(self.service.name, self.service.output_topic, now_rfc3339())
         for work in works:
             if isinstance(work, _Refused):
                 self._fail(work.record, work.envelope, batch, work.reason)
             else:
-                self._handle(work, unit, batch, batch_time)
+                self._handle(work, unit, batch, emitter)
 
     def _decode(
         self,
@@ -339,19 +339,17 @@ class Worker:
         except Exception:
             logger.exception("on_commit listener failed", extra={"service": self.service.name})
 
-    def _handle(self, work: _Work, unit: UnitOfWork, batch: Batch, time_: str) -> None:
+    def _handle(self, work: _Work, unit: UnitOfWork, batch: Batch, emitter: Emitter) -> None:
         """Run the event's handler, with retries; what still fails goes to the DLQ."""
         record, envelope = work.record, work.envelope
         retry = self.service.retry
         for attempt in range(retry.attempts):
             tx = Transaction(
                 unit=unit,
-                service=self.service.name,
-                output_topic=self.service.output_topic,
+                emitter=emitter,
                 cause=envelope,
                 key=work.key,
                 origin=f"{record.topic}/{record.partition}/{record.offset}",
-                time=time_,
                 read_key=work.read_key,
             )
             try:
