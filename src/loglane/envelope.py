@@ -113,37 +113,33 @@ _REQUIRED = ("ce_id", "ce_source", "ce_type")
 def read_envelope(record: Record) -> Envelope:
     """The envelope of `record`; `EnvelopeError` says which attribute is missing or unreadable."""
     headers = dict(record.headers)
-    missing = [name for name in _REQUIRED if not headers.get(name)]
-    if missing:
+    id_, source, type_ = headers.get("ce_id"), headers.get("ce_source"), headers.get("ce_type")
+    if not (id_ and source and type_):
+        missing = [name for name in _REQUIRED if not headers.get(name)]
         raise EnvelopeError(
             f"record has no {', '.join(missing)} header; post CloudEvents in binary content mode"
         )
+    specversion = headers.get("ce_specversion")
+    if specversion is not None and specversion != b"1.0":
+        version = specversion.decode(errors="replace")
+        raise EnvelopeError(f"ce_specversion {version!r} is not supported; use 1.0")
+    correlation_id = headers.get("ce_correlationid")
+    if b"\x00" in b"".join((id_, source, type_, correlation_id or b"")):
+        raise EnvelopeError("a ce_ attribute holds a NUL character; CloudEvents ids are text")
     try:
-        specversion = headers.get("ce_specversion", b"1.0").decode()
-        if specversion != SPECVERSION:
-            raise EnvelopeError(f"ce_specversion {specversion!r} is not supported; use 1.0")
-        return _check_text(
-            Envelope(
-                id=headers["ce_id"].decode(),
-                type=headers["ce_type"].decode(),
-                source=headers["ce_source"].decode(),
-                time=headers.get("ce_time", b"").decode(),
-                data=record.value,
-                correlation_id=_text(headers.get("ce_correlationid")),
-                causation_id=_text(headers.get("ce_causationid")),
-                traceparent=_text(headers.get("ce_traceparent")),
-                origin=_text(headers.get("ce_loglaneorigin")),
-            )
+        return Envelope(
+            id=id_.decode(),
+            type=type_.decode(),
+            source=source.decode(),
+            time=headers.get("ce_time", b"").decode(),
+            data=record.value,
+            correlation_id=_text(correlation_id),
+            causation_id=_text(headers.get("ce_causationid")),
+            traceparent=_text(headers.get("ce_traceparent")),
+            origin=_text(headers.get("ce_loglaneorigin")),
         )
     except UnicodeDecodeError as exc:
         raise EnvelopeError("a ce_ header is not UTF-8; CloudEvents attributes are text") from exc
-
-
-def _check_text(envelope: Envelope) -> Envelope:
-    attributes = (envelope.id, envelope.source, envelope.type, envelope.correlation_id or "")
-    if any("\x00" in attribute for attribute in attributes):
-        raise EnvelopeError("a ce_ attribute holds a NUL character; CloudEvents ids are text")
-    return envelope
 
 
 def _text(value: bytes | None) -> str | None:
