@@ -10,7 +10,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from pydantic import BaseModel
 
@@ -18,13 +20,17 @@ from loglane import Event, RequestStatus, Retry, Service, Transaction
 from loglane.commands import command_message
 from loglane.dlq import ERROR_HEADER
 from loglane.envelope import read_envelope
-from loglane.errors import PositionAheadOfLogError
+from loglane.errors import BackendUnavailableError, PositionAheadOfLogError
 from loglane.logs.embedded import EmbeddedLog
-from loglane.records import Message
+from loglane.records import Message, Record
+from loglane.stores.base import Batch, StoreTransaction
+from loglane.stores.postgres import PostgresStore, _row_lock
 from loglane.testing import LandscapeTest
+from loglane.transaction import Emitter, UnitOfWork
 from loglane.urls import open_log, open_store
+from loglane.views import Key, View
 from loglane.worker import Worker, ensure_topics
-from tests.apps.ledger import Deposit, audit, ledger, tallies
+from tests.apps.ledger import Deposit, Deposited, audit, ledger, tallies
 from tests.postgres import schemas, with_schema
 
 tills = Service("tills", partitions=4, retry=Retry(attempts=3, backoff_seconds=0.001))
@@ -268,4 +274,66 @@ def test_a_position_beyond_a_recreated_logs_end_stops_the_worker_with_what_to_do
         run_until_an_error(worker)
     worker.close()
     worker.store.close()
+    log.close()
+
+
+def test_a_keyless_event_is_keyed_by_its_id_so_its_copies_share_its_partition() -> None:
+    _, message = command_message(ledger, Deposit(account="a", seq=1, amount=1))
+    envelope = read_envelope(
+        Record(message.topic, 0, 0, message.key, message.value, message.headers, 0)
+    )
+    tx = Transaction(
+        unit=UnitOfWork(NoRows()),
+        emitter=Emitter.of("ledger", "ledger.out", "2026-11-27T00:00:00Z"),
+        cause=envelope,
+        key=None,
+        origin="ledger.in/0/0",
+    )
+    tx.emit(Deposited(account="a", seq=1, balance=1))
+    (sent,) = tx.messages
+    assert sent.key == tx.event_ids[0].encode()
+
+
+class NoRows(StoreTransaction):
+    def get(self, view: View[Any], key: Key) -> str | None:
+        return None
+
+    def write(self, batch: Batch) -> int | None:
+        return None
+
+
+@pytest.mark.postgres
+def test_a_lock_wait_that_times_out_is_an_outage_not_a_failing_handler(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A lost lock race must end the batch (it runs again), never retry the handler on a
+    transaction PostgreSQL has aborted: that dead-lettered good events."""
+    log_url = f"embedded:///{tmp_path}/log.db"
+    log = open_log(log_url)
+    ensure_topics(log, [tills])
+    separator = "&" if "?" in postgres_url else "?"
+    with schemas(postgres_url) as prefix:
+        store = PostgresStore(
+            f"{postgres_url}{separator}options=-c%20lock_timeout%3D300",
+            schema=prefix + "{service}",
+        )
+        worker = Worker(tills, open_log(log_url), store)
+        worker.start()
+        log.append([command_message(tills, sale(1))[1]])
+        wait_while_progressing(lambda: drained(worker), 1)  # it learns what sell reads
+        table = store._view_table(totals).name
+        with psycopg.connect(postgres_url, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", (_row_lock(table, "eu"),))
+            log.append([command_message(tills, sale(11))[1]])
+            with pytest.raises(BackendUnavailableError, match="lock timeout"):
+                run_until_an_error(worker)
+            holder.execute("SELECT pg_advisory_unlock_all()")
+        worker._resume(sorted(worker._positions))  # as Worker.run does after an outage
+        wait_while_progressing(lambda: drained(worker), 2)
+        assert sum(o.end for o in log.offsets(tills.dlq_topic).values()) == 0
+        total = store.get(totals, "eu")
+        assert total is not None
+        assert (total.sales, total.amount) == (2, 12)
+        worker.close()
+        store.close()
     log.close()

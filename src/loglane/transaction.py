@@ -162,7 +162,9 @@ class Transaction:
         """Publish `event` on the service's output topic once the batch commits.
 
         It is keyed by the handler's declared key (for a command, the value of its `key=`
-        field; for another service's event, the key its emitter gave it) unless `key` is given.
+        field; for another service's event, the key its emitter gave it) unless `key` is given;
+        an event that would have no key is keyed by its own id, so every copy of it lands in
+        the same partition.
         """
         if self.rejection is not None:
             raise RuntimeError("the command was rejected; return from the handler after reject()")
@@ -193,6 +195,10 @@ class Transaction:
             origin=f"{self._origin}/{index}",
         )
         message_key = self._key if key is None else key.encode()
+        if message_key is None:
+            # A keyless event would go to any partition, and a copy re-published after a
+            # crash to another one than its original, out of reach of consumers' dedupe.
+            message_key = event_id.encode()
         self.messages.append(Message(self._emitter.topic, message_key, to_json(event), headers))
         self.event_ids.append(event_id)
 

@@ -60,6 +60,7 @@ from loglane.errors import (
     BatchConflictError,
     BatchRejectedError,
     ConfigurationError,
+    LoglaneError,
 )
 from loglane.records import Message, Position, TopicPartition, decode_headers, encode_headers
 from loglane.stores._postgres_notify import (
@@ -664,11 +665,22 @@ class _PostgresTransaction(StoreTransaction):
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_row_lock(table.name, key),))
                 cursor.execute(table.select_one, (table.key_param(key),))
             row = cursor.fetchone()
-        except psycopg.OperationalError:
-            raise  # a lost connection, or a deadlock (TransactionRollback): not the data's fault
         except psycopg.Error as exc:
-            raise BatchRejectedError(_one_line(exc)) from exc
+            raise self._failed(exc) from exc
         return None if row is None else str(row[0])
+
+    def _failed(self, exc: psycopg.Error) -> LoglaneError:
+        """A read's error as the worker must see it, never as the handler's own: the
+        transaction is unusable after it, so the whole batch ends, and runs again or is
+        halved, and a handler must not be retried on it."""
+        if isinstance(exc, psycopg.errors.TransactionRollback):
+            return BatchConflictError(_one_line(exc))
+        if isinstance(exc, psycopg.OperationalError):
+            self._store._pool.check()
+            return BackendUnavailableError(
+                f"PostgreSQL ({self._store._where}) is unavailable: {_one_line(exc)}"
+            )
+        return BatchRejectedError(_one_line(exc))
 
     def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, str | bytes]:
         if any(isinstance(key, str) and "\x00" in key for key in keys):
@@ -684,10 +696,8 @@ class _PostgresTransaction(StoreTransaction):
                 )
                 cursor.execute(table.select_many, ([table.key_param(key) for key in keys],))
             rows = cursor.fetchall()
-        except psycopg.OperationalError:
-            raise
         except psycopg.Error as exc:
-            raise BatchRejectedError(_one_line(exc)) from exc
+            raise self._failed(exc) from exc
         return dict(rows)
 
     def write(self, batch: Batch) -> int | None:
