@@ -189,7 +189,12 @@ class Worker:
         if source not in self._positions:
             return None  # revoked while these records were in flight
         expected = self._positions[source]
-        records = [record for record in records if record.offset >= (expected or 0)]
+        ahead = [record for record in records if record.offset >= (expected or 0)]
+        if len(ahead) < len(records) and expected is not None:
+            # records below the stored position: stale fetches after a seek, or a log that
+            # was recreated under the store and reset to its start
+            self._check_within_log([source], {source: expected})
+        records = ahead
         if not records:
             return None
         position = records[-1].offset + 1

@@ -161,7 +161,10 @@ class KafkaLog(Log):
         count = self.settings.partitions or partitions
         retention = retention_ms if retention_ms is not None else self.settings.retention_ms
         config = {} if retention is None else {"retention.ms": str(retention)}
-        new = NewTopic(name, count, self.settings.replication_factor, config=config)
+        replicas = self.settings.replication_factor
+        if replicas >= 3:  # acks=all then waits for two copies, and one broker may be down
+            config["min.insync.replicas"] = "2"
+        new = NewTopic(name, count, replicas, config=config)
         futures = self._admin.create_topics(
             [new], request_timeout=self.settings.request_timeout, operation_timeout=10.0
         )

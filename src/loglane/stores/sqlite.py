@@ -129,10 +129,12 @@ class SQLiteStore(Store):
     """A store in the SQLite file at `path`."""
 
     def __init__(
-        self, path: Path | str, *, ledger_retention: float = 86_400.0, synchronous: str = "NORMAL"
+        self, path: Path | str, *, ledger_retention: float = 86_400.0, synchronous: str = "FULL"
     ) -> None:
         """`ledger_retention` is how many seconds the HTTP API's command ledger remembers a
-        request id: a retry with the same `Idempotency-Key` later than that is a new command."""
+        request id (a retry with the same `Idempotency-Key` later than that is a new command)
+        and a request's outcome. `synchronous=FULL` (the default) makes every commit survive
+        a power loss; `NORMAL` may lose the last ones (see docs/durability.md)."""
         self._file = SQLiteFile(path, synchronous=synchronous)
         self.path = self._file.path
         self.ledger_retention = ledger_retention
