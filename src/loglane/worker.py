@@ -437,6 +437,7 @@ class Worker:
     def _fail(self, record: Record, envelope: Envelope | None, batch: Batch, error: str) -> None:
         """Dead-letter the record and, for a command with an envelope, mark its request
         failed."""
+        error = error.replace("\x00", "\\x00")  # the store keeps it as text
         logger.warning(
             "dead-lettered %s: %s",
             record.topic_partition,
