@@ -43,7 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
 
@@ -372,13 +372,8 @@ class PostgresStore(Store):
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def transaction(
-        self, service: str, source: TopicPartition, expected_position: int | None
-    ) -> AbstractContextManager[StoreTransaction]:
-        return self._transaction(service, source, expected_position)
-
     @contextmanager
-    def _transaction(
+    def transaction(
         self, service: str, source: TopicPartition, expected_position: int | None
     ) -> Iterator[StoreTransaction]:
         schema = self.schema(service)

@@ -24,7 +24,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -144,13 +144,8 @@ class SQLiteStore(Store):
         with self._file.transaction() as db:
             _migrate(db)
 
-    def transaction(
-        self, service: str, source: TopicPartition, expected_position: int | None
-    ) -> AbstractContextManager[StoreTransaction]:
-        return self._transaction(service, source, expected_position)
-
     @contextmanager
-    def _transaction(
+    def transaction(
         self, service: str, source: TopicPartition, expected_position: int | None
     ) -> Iterator[StoreTransaction]:
         # BEGIN IMMEDIATE takes the file's write lock: no other batch, in any process, reads
