@@ -2,9 +2,9 @@
 
 A batch of one input partition shares a `UnitOfWork`: reads see the batch's earlier writes
 and, below them, the rows the batch's store transaction reads (under its locks); everything
-is written in that transaction when the batch commits. Each event's
-changes stay in its own `Transaction` until its handler returns, so a handler that raises
-(and is retried, or dead-lettered) leaves nothing behind.
+is written in that transaction when the batch commits. Each event's changes stay in its own
+`Transaction` until its handler returns, so a handler that raises (and is retried, or
+dead-lettered) leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ class ViewAccess(Generic[Row]):
 
 @dataclass(frozen=True, slots=True)
 class Emitter:
-    """What every event emitted in one batch shares: the service, its output topic, and the
-    batch's time, the last two already encoded."""
+    """What every event emitted in one batch shares: the service and its output topic, and,
+    already encoded for the headers, the service as `ce_source` and the batch's time."""
 
     service: str
     topic: str
