@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -67,3 +68,21 @@ def encode_headers(headers: Headers) -> bytes:
 
 def decode_headers(blob: bytes) -> Headers:
     return msgpack.unpackb(blob, use_list=False)  # type: ignore[no-any-return]
+
+
+def encode_messages(messages: Sequence[Message]) -> bytes | None:
+    """Messages as bytes for a database column (MessagePack), None for none."""
+    if not messages:
+        return None
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [(m.topic, m.key, m.value, m.headers) for m in messages]
+    )
+
+
+def decode_messages(blob: bytes | None) -> tuple[Message, ...]:
+    if not blob:
+        return ()
+    return tuple(
+        Message(topic, key, value, tuple(map(tuple, headers)))
+        for topic, key, value, headers in msgpack.unpackb(blob)
+    )

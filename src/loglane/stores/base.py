@@ -140,6 +140,23 @@ def decode_watermarks(blob: bytes | None) -> Watermarks:
     return {place: (offset, index) for place, (offset, index) in msgpack.unpackb(blob).items()}
 
 
+def accepted_command(
+    request_id: str,
+    fingerprint: str,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
+    accepted_at: float,
+) -> AcceptedCommand:
+    """A ledger entry from its row: appended if it has a position, else a claim."""
+    position = None
+    if topic is not None and partition is not None and offset is not None:
+        position = Position(topic, partition, offset)
+    return AcceptedCommand(
+        request_id=request_id, fingerprint=fingerprint, position=position, accepted_at=accepted_at
+    )
+
+
 class StoreTransaction(ABC):
     """The open transaction of one batch: reads under its locks, then one write."""
 

@@ -47,7 +47,6 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
 
-import msgpack
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
@@ -62,7 +61,14 @@ from loglane.errors import (
     ConfigurationError,
     LoglaneError,
 )
-from loglane.records import Message, Position, TopicPartition, decode_headers, encode_headers
+from loglane.records import (
+    Message,
+    TopicPartition,
+    decode_headers,
+    decode_messages,
+    encode_headers,
+    encode_messages,
+)
 from loglane.stores._postgres_notify import (
     ChangeMarker,
     CommitListener,
@@ -81,6 +87,7 @@ from loglane.stores.base import (
     Store,
     StoreTransaction,
     Watermarks,
+    accepted_command,
     decode_watermarks,
     encode_watermarks,
     stale_batch,
@@ -365,7 +372,7 @@ class PostgresStore(Store):
                 status=RequestStatus(status),
                 event_ids=tuple(json.loads(event_ids)),
                 detail=detail,
-                events=_decode_messages(events),
+                events=decode_messages(events),
             )
             for request_id, status, event_ids, detail, events in rows
         }
@@ -444,7 +451,7 @@ class PostgresStore(Store):
                     o.status.value,
                     to_json(o.event_ids).decode(),
                     o.detail,
-                    _encode_messages(o.events),
+                    encode_messages(o.events),
                     now,
                 )
                 for o in outcomes.values()
@@ -545,7 +552,7 @@ class PostgresStore(Store):
                     (service, request_id),
                 ).fetchone()
                 if row is not None:
-                    return _accepted(request_id, *row)
+                    return accepted_command(request_id, *row)
                 # released between the two statements: claim again
 
     def record_accepted(
@@ -580,7 +587,7 @@ class PostgresStore(Store):
                 rows,
             )
             found = {
-                request_id: _accepted(request_id, *row)
+                request_id: accepted_command(request_id, *row)
                 for request_id, *row in conn.execute(
                     'SELECT request_id, fingerprint, topic, partition, "offset", accepted_at '
                     f"FROM {schema}.loglane_accepted WHERE service = %s "
@@ -613,7 +620,7 @@ class PostgresStore(Store):
                 f"FROM {schema}.loglane_accepted WHERE service = %s AND request_id = %s",
                 (service, request_id),
             ).fetchone()
-        return None if row is None else _accepted(request_id, *row)
+        return None if row is None else accepted_command(request_id, *row)
 
     # -- push -----------------------------------------------------------------------------------
 
@@ -811,39 +818,6 @@ def _copy(
     with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
-
-
-def _encode_messages(messages: Sequence[Message]) -> bytes | None:
-    if not messages:
-        return None
-    return msgpack.packb(  # type: ignore[no-any-return]
-        [(m.topic, m.key, m.value, m.headers) for m in messages]
-    )
-
-
-def _decode_messages(blob: bytes | None) -> tuple[Message, ...]:
-    if not blob:
-        return ()
-    return tuple(
-        Message(topic, key, value, tuple(map(tuple, headers)))
-        for topic, key, value, headers in msgpack.unpackb(blob)
-    )
-
-
-def _accepted(
-    request_id: str,
-    fingerprint: str,
-    topic: str | None,
-    partition: int | None,
-    offset: int | None,
-    accepted_at: float,
-) -> AcceptedCommand:
-    position = None
-    if topic is not None and partition is not None and offset is not None:
-        position = Position(topic, partition, offset)
-    return AcceptedCommand(
-        request_id=request_id, fingerprint=fingerprint, position=position, accepted_at=accepted_at
-    )
 
 
 def _one_line(exc: Exception) -> str:

@@ -38,7 +38,14 @@ from loglane.errors import (
     BatchRejectedError,
     ConfigurationError,
 )
-from loglane.records import Message, Position, TopicPartition, decode_headers, encode_headers
+from loglane.records import (
+    Message,
+    TopicPartition,
+    decode_headers,
+    decode_messages,
+    encode_headers,
+    encode_messages,
+)
 from loglane.stores.base import (
     AcceptedCommand,
     Batch,
@@ -49,6 +56,7 @@ from loglane.stores.base import (
     Store,
     StoreTransaction,
     Watermarks,
+    accepted_command,
     decode_watermarks,
     encode_watermarks,
     stale_batch,
@@ -296,7 +304,7 @@ class SQLiteStore(Store):
                     status=RequestStatus(status),
                     event_ids=tuple(json.loads(event_ids)),
                     detail=detail,
-                    events=_decode_messages(events),
+                    events=decode_messages(events),
                 )
         return found
 
@@ -331,7 +339,7 @@ class SQLiteStore(Store):
                     (service, request_id, fingerprint, now),
                 )
                 return None
-            entry = _accepted(request_id, *row)
+            entry = accepted_command(request_id, *row)
             if (
                 entry.position is None
                 and entry.fingerprint == fingerprint
@@ -376,7 +384,7 @@ class SQLiteStore(Store):
                 rows,
             )
             entries = [
-                _accepted(
+                accepted_command(
                     command.request_id,
                     *db.execute(
                         "SELECT fingerprint, topic, partition, offset, accepted_at "
@@ -412,7 +420,7 @@ class SQLiteStore(Store):
             )
             .fetchone()
         )
-        return None if row is None else _accepted(request_id, *row)
+        return None if row is None else accepted_command(request_id, *row)
 
     def close(self) -> None:
         self._file.close()
@@ -506,7 +514,7 @@ class _SQLiteTransaction(StoreTransaction):
                         o.status.value,
                         to_json(o.event_ids).decode(),
                         o.detail,
-                        _encode_messages(o.events),
+                        encode_messages(o.events),
                         now,
                     )
                     for o in batch.requests
@@ -591,39 +599,6 @@ def _absent_table_is_empty() -> Iterator[None]:
     except sqlite3.OperationalError as exc:
         if not str(exc).startswith("no such table"):
             raise
-
-
-def _accepted(
-    request_id: str,
-    fingerprint: str,
-    topic: str | None,
-    partition: int | None,
-    offset: int | None,
-    accepted_at: float,
-) -> AcceptedCommand:
-    position = None
-    if topic is not None and partition is not None and offset is not None:
-        position = Position(topic, partition, offset)
-    return AcceptedCommand(
-        request_id=request_id, fingerprint=fingerprint, position=position, accepted_at=accepted_at
-    )
-
-
-def _encode_messages(messages: Sequence[Message]) -> bytes | None:
-    if not messages:
-        return None
-    return msgpack.packb(  # type: ignore[no-any-return]
-        [(m.topic, m.key, m.value, m.headers) for m in messages]
-    )
-
-
-def _decode_messages(blob: bytes | None) -> tuple[Message, ...]:
-    if not blob:
-        return ()
-    return tuple(
-        Message(topic, key, value, tuple(map(tuple, headers)))
-        for topic, key, value, headers in msgpack.unpackb(blob)
-    )
 
 
 class _ViewSQL:
