@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from loglane.errors import (
     BackendUnavailableError,
     BadURLError,
+    BatchConflictError,
     BatchRejectedError,
     ConfigurationError,
 )
@@ -411,3 +412,34 @@ def test_the_usual_pg_variables_fill_in_a_bare_url(
         assert store.positions("customers") == {}
     finally:
         store.close()
+
+
+def test_two_batches_that_deadlock_on_rows_lose_the_race_as_a_conflict(
+    store: PostgresStore,
+) -> None:
+    """PostgreSQL breaks the deadlock by aborting one; that one is a BatchConflictError (the
+    worker runs the batch again), never a handler's failure or an outage."""
+    bank = declare_bank(store)
+    both_hold_one = threading.Barrier(2, timeout=30)
+    errors: list[BaseException] = []
+
+    def read_in_turn(partition: int, first: str, second: str) -> None:
+        source = TopicPartition("bank.in", partition)
+        try:
+            with store.transaction(bank.name, source, None) as tx:
+                tx.get(bank.accounts, first)
+                both_hold_one.wait()
+                tx.get(bank.accounts, second)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=read_in_turn, args=(0, "a", "b")),
+        threading.Thread(target=read_in_turn, args=(1, "b", "a")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [type(error) for error in errors] == [BatchConflictError]
+    assert "deadlock" in str(errors[0])

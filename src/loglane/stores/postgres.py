@@ -399,8 +399,10 @@ class PostgresStore(Store):
                     transaction = _PostgresTransaction(self, conn, schema)
                     yield transaction
                 self._staged.setdefault(conn, set()).update(transaction.created)
-            except psycopg.errors.TransactionRollback as exc:  # deadlock, serialization
-                raise BatchConflictError(_one_line(exc)) from exc
+            except psycopg.OperationalError as exc:
+                if _lost_a_race(exc):
+                    raise BatchConflictError(_one_line(exc)) from exc
+                raise
 
     def _write(
         self,
@@ -677,7 +679,7 @@ class _PostgresTransaction(StoreTransaction):
         """A read's error as the worker must see it, never as the handler's own: the
         transaction is unusable after it, so the whole batch ends, and runs again or is
         halved, and a handler must not be retried on it."""
-        if isinstance(exc, psycopg.errors.TransactionRollback):
+        if _lost_a_race(exc):
             return BatchConflictError(_one_line(exc))
         if isinstance(exc, psycopg.OperationalError):
             self._store._pool.check()
@@ -716,6 +718,12 @@ class _PostgresTransaction(StoreTransaction):
             raise
         except (psycopg.Error, OverflowError, ValueError) as exc:
             raise BatchRejectedError(_one_line(exc)) from exc
+
+
+def _lost_a_race(exc: psycopg.Error) -> bool:
+    """A deadlock or a serialization failure (SQLSTATE class 40): the transaction was rolled
+    back and runs again as it is. psycopg does not derive all of them from one class."""
+    return (exc.sqlstate or "").startswith("40")
 
 
 def _row_lock(table: str, key: Key) -> int:
