@@ -84,3 +84,23 @@ def test_a_landscape_loads_from_module_and_attribute() -> None:
 def test_loading_a_missing_module_says_how_to_name_one() -> None:
     with pytest.raises(ConfigurationError, match="give a module path"):
         load_landscape("no.such.module")
+
+
+def test_a_source_may_be_named_by_its_service() -> None:
+    pinger, watcher = Service("pinger"), Service("watcher")
+
+    @watcher.handles(Ping, source=pinger)
+    def watch(event: Ping, tx: Transaction) -> None: ...
+
+    assert watcher.topics == ["watcher.in", "pinger.out"]
+    assert list(Landscape([pinger, watcher]).services) == ["pinger", "watcher"]
+
+
+def test_a_source_the_landscape_does_not_have_is_refused_with_its_services() -> None:
+    pinger, watcher = Service("pinger"), Service("watcher")
+
+    @watcher.handles(Ping, source="pingr")
+    def watch(event: Ping, tx: Transaction) -> None: ...
+
+    with pytest.raises(ConfigurationError, match=r"from pingr.*services are pinger, watcher"):
+        Landscape([pinger, watcher])

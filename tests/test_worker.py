@@ -302,3 +302,37 @@ def test_async_handlers_run_and_a_rejection_is_correlated_with_its_request() -> 
         (event,) = landscape.events("registry")
         assert (event.type, event.correlation_id) == ("loglane.Rejected", second)
         assert rejected.event_ids == (event.id,)
+
+
+class Stock(BaseModel):
+    item: str
+    times: int
+
+
+shop_keeper = Service("keeper", partitions=1)
+stock = shop_keeper.view("stock", Stock, key="item")
+
+
+class Restock(Event):
+    item: str
+
+
+@shop_keeper.handles(Restock, key="item")
+def restock(command: Restock, tx: Transaction) -> None:
+    if command.item == "forbidden":
+        tx.reject("not sold here")
+        tx[stock].put(Stock(item=command.item, times=99))  # never reached: reject ends it
+    tx[stock].put(Stock(item=command.item, times=1))
+
+
+def test_reject_ends_the_handler_and_records_the_rejection() -> None:
+    with LandscapeTest(shop_keeper) as landscape:
+        refused = landscape.send(Restock(item="forbidden"))
+        landscape.send(Restock(item="apples"))
+        landscape.run_until_quiet()
+        outcome = landscape.outcome(refused)
+        assert outcome is not None
+        assert (outcome.status, outcome.detail) == (RequestStatus.REJECTED, "not sold here")
+        assert landscape.view(stock).get("forbidden") is None
+        assert landscape.view(stock).get("apples") == Stock(item="apples", times=1)
+        assert landscape.dead_letters("keeper") == []

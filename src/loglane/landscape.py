@@ -14,7 +14,11 @@ from loglane.service import Service
 
 
 class Landscape:
-    """Named services; `loglane run APP` runs all of them."""
+    """Named services; `loglane run APP` runs all of them.
+
+    Every service a handler names in `source=` must be one of them: a misspelt source would
+    otherwise consume an empty topic of its own making and never hear a thing.
+    """
 
     def __init__(self, services: Iterable[Service]) -> None:
         self.services: dict[str, Service] = {}
@@ -24,6 +28,14 @@ class Landscape:
             self.services[service.name] = service
         if not self.services:
             raise ConfigurationError("a landscape needs at least one service")
+        for service in self:
+            unknown = [source for source in service.sources if source not in self.services]
+            if unknown:
+                raise ConfigurationError(
+                    f"service {service.name!r} handles events from {', '.join(unknown)}, which "
+                    f"this landscape does not have; its services are {', '.join(self.services)}"
+                    " (check each handler's source=)"
+                )
 
     def __iter__(self) -> Iterator[Service]:
         return iter(self.services.values())

@@ -83,6 +83,11 @@ class Service:
         return [self.input_topic, *others]
 
     @property
+    def sources(self) -> list[str]:
+        """The services whose output this service consumes."""
+        return [topic.removesuffix(".out") for topic in self.topics[1:]]
+
+    @property
     def handlers(self) -> list[Handler]:
         return list(self._handlers.values())
 
@@ -106,14 +111,21 @@ class Service:
         return view
 
     def handles(
-        self, event_type: type[E], *, key: str | None = None, source: str | None = None
+        self,
+        event_type: type[E],
+        *,
+        key: str | None = None,
+        source: str | Service | None = None,
     ) -> Callable[[HandlerFunc[E]], HandlerFunc[E]]:
         """Register a handler for `event_type`.
 
         Without `source` the event is a command on this service's input topic, and `key`
         names the field whose value partitions it (events of one key are handled in order).
-        With `source="payments"` the handler consumes `payments.out`, keyed as its emitter chose.
+        With `source=payments` (the `Service`, or its name) the handler consumes
+        `payments.out`, keyed as its emitter chose; the landscape checks that it has it.
         """
+        if isinstance(source, Service):
+            source = source.name
         if source is not None and key is not None:
             raise ConfigurationError(
                 f"{event_type.__name__}: key= applies to commands on {self.input_topic}; events "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic
+from typing import Any, Generic, NoReturn
 
 from pydantic_core import to_json
 
@@ -202,12 +202,18 @@ class Transaction:
         self.messages.append(Message(self._emitter.topic, message_key, to_json(event), headers))
         self.event_ids.append(event_id)
 
-    def reject(self, reason: str) -> None:
-        """Refuse the command: its view changes and events are dropped, and a `Rejected`
-        event correlated with the request is emitted instead."""
+    def reject(self, reason: str) -> NoReturn:
+        """Refuse the command and end the handler: its view changes and events are dropped,
+        and a `Rejected` event correlated with the request is emitted instead."""
         self.writes.clear()
         self.statements.clear()
         self.messages.clear()
         self.event_ids.clear()
         self._append(Rejected(reason=reason), None)
         self.rejection = reason
+        raise CommandRejected(reason)
+
+
+class CommandRejected(Exception):
+    """Raised by `tx.reject` to end the handler; the worker records the rejection. A handler
+    that catches it by accident still has its command rejected: the rejection is on `tx`."""

@@ -52,7 +52,7 @@ from loglane.logs.base import Consumer, Log
 from loglane.records import Message, Record, TopicPartition
 from loglane.service import Handler, Service
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store, Watermarks
-from loglane.transaction import Emitter, Transaction, UnitOfWork
+from loglane.transaction import CommandRejected, Emitter, Transaction, UnitOfWork
 from loglane.views import Key, View
 
 logger = logging.getLogger("loglane.worker")
@@ -393,6 +393,8 @@ class Worker:
             )
             try:
                 self._call(work.handler, work.event, tx)
+            except CommandRejected:
+                pass  # tx.reject ended the handler; the rejection is recorded below
             except (BackendUnavailableError, BatchConflictError, BatchRejectedError):
                 raise  # the batch's transaction is gone; the whole batch runs again
             except Exception as exc:
