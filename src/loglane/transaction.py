@@ -215,5 +215,6 @@ class Transaction:
 
 
 class CommandRejected(Exception):
-    """Raised by `tx.reject` to end the handler; the worker records the rejection. A handler
-    that catches it by accident still has its command rejected: the rejection is on `tx`."""
+    """Raised by `tx.reject` to end the handler; the worker records the rejection, which is
+    kept on `tx`: a handler that catches it by accident and returns still has its command
+    rejected (one that goes on using `tx` fails, as after any rejection)."""
