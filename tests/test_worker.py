@@ -260,6 +260,11 @@ def test_bad_input_goes_to_the_dlq_and_the_partition_moves_on() -> None:
         failed = landscape.outcome(failing)
         assert failed is not None
         assert failed.status is RequestStatus.FAILED
+        # the user's own frames, to act on: where in the handler it failed, and why
+        assert failed.detail == errors[0]
+        assert 'test_worker.py", line' in errors[0]
+        assert 'raise RuntimeError(f"attempt' in errors[0]
+        assert "loglane/worker.py" not in errors[0]
         assert landscape.view(done).get("w2") is None
         finished = landscape.outcome(after)
         assert finished is not None

@@ -36,7 +36,10 @@ class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         line = f"{record.levelname.lower():7} {record.name}: {record.getMessage()}"
-        return f"{line}  {extras}" if extras else line
+        line = f"{line}  {extras}" if extras else line
+        if record.exc_info:  # a worker error without its traceback cannot be acted on
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
 
 
 def configure(fmt: str = "text", level: str = "INFO") -> None:

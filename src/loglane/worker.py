@@ -27,9 +27,11 @@ import asyncio
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -401,9 +403,8 @@ class Worker:
                 if attempt + 1 < retry.attempts:
                     time.sleep(retry.delay(attempt))
                     continue
-                self._fail(
-                    record, envelope, batch, f"handler failed {retry.attempts} times: {exc!r}"
-                )
+                failure = f"handler failed {retry.attempts} times: {exc!r}"
+                self._fail(record, envelope, batch, f"{failure}\n{_users_traceback(exc)}")
                 return
             known = self._keyed_reads.get(work.handler, frozenset())
             if not tx.keyed_reads <= known:  # replaced, not changed: other threads read it
@@ -582,6 +583,20 @@ class Committed:
     source: TopicPartition
     last_seq: int | None
     messages: list[Message]
+
+
+def _users_traceback(exc: BaseException) -> str:
+    """The traceback of a handler's exception from the handler down, without Loglane's own
+    frames above it: what the DLQ entry and the request's detail show."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = Path(__file__).resolve().parent
+    users = [frame for frame in frames if not Path(frame.filename).resolve().is_relative_to(ours)]
+    lines = traceback.format_list(users or frames)
+    return (
+        "Traceback (most recent call last):\n"
+        + "".join(lines)
+        + "".join(traceback.format_exception_only(exc))
+    )
 
 
 def _misplaced(record_key: bytes | None, key: bytes, handler: Handler) -> str:
