@@ -29,7 +29,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,13 +89,9 @@ class Worker:
         self._applied: dict[TopicPartition, AppliedWindow] = {}
         self._origins: dict[TopicPartition, Watermarks] = {}
         # the views each handler was seen to read at its event's key: prefetched per batch
-        self._keyed_reads: dict[Handler, frozenset[View[Any]]] = {}
+        self._keyed_reads: dict[Handler, set[View[Any]]] = {}
         self._log_offsets: dict[TopicPartition, int] = {}
-        self._stale: set[TopicPartition] = set()
-        self._runners = threading.local()  # an event loop per thread for async handlers
-        self._all_runners: list[asyncio.Runner] = []
-        self._parallel: ThreadPoolExecutor | None = None
-        self._counting = threading.Lock()
+        self._async: asyncio.Runner | None = None
         self.on_commit = on_commit
         self.handled = 0
 
@@ -106,10 +101,6 @@ class Worker:
         """Create the service's topics and tables, then join its consumer group."""
         ensure_topics(self.log, [self.service])
         self.store.prepare(self.service.name, list(self.service.views.values()))
-        if self.store.concurrent_transactions > 1:
-            self._parallel = ThreadPoolExecutor(
-                self.store.concurrent_transactions, thread_name_prefix=f"{self.service.name}-tx"
-            )
         self._consumer = self.log.consumer(self.service.name, self.service.topics, self)
 
     def run(self, stop: threading.Event) -> None:
@@ -149,12 +140,9 @@ class Worker:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
-        if self._parallel is not None:
-            self._parallel.shutdown()
-            self._parallel = None
-        for runner in self._all_runners:
-            runner.close()
-        self._all_runners.clear()
+        if self._async is not None:
+            self._async.close()
+            self._async = None
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -163,7 +151,9 @@ class Worker:
         consumer = self._require_consumer()
         records = consumer.poll(self.poll_timeout if timeout is None else timeout, self.batch_size)
         crash_point("after_poll")
-        committed = self._commit_all(_by_partition(records))
+        committed: list[Committed] = []
+        for source, batch in _by_partition(records).items():
+            committed.extend(self._commit_isolating(source, batch, {}))
         crash_point("after_commit")
         self._publish(committed)
         if self._log_offsets:
@@ -171,29 +161,6 @@ class Worker:
             self._log_offsets = {}
             crash_point("after_log_commit")
         return len(records)
-
-    def _commit_all(self, batches: dict[TopicPartition, list[Record]]) -> list[Committed]:
-        """Commit each partition's batch, in its own transaction; with a store that takes
-        several at once, side by side, so one's handlers run while another's commit is on
-        the wire. A partition found taken by another worker is resumed afterwards."""
-        committed: list[Committed] = []
-        try:
-            if self._parallel is None or len(batches) < 2:
-                for source, records in batches.items():
-                    committed.extend(self._commit_isolating(source, records, {}))
-            else:
-                futures = [
-                    self._parallel.submit(self._commit_isolating, source, records, {})
-                    for source, records in batches.items()
-                ]
-                wait(futures)  # every batch ends, committed or not, before anything else
-                for future in futures:
-                    committed.extend(future.result())
-        finally:
-            if self._stale:
-                stale, self._stale = sorted(self._stale), set()
-                self._resume(stale)
-        return committed
 
     def _commit_isolating(
         self, source: TopicPartition, records: list[Record], poison: dict[int, str]
@@ -256,7 +223,7 @@ class Worker:
                 break
             except StaleBatchError as exc:
                 logger.warning("%s", exc, extra={"service": self.service.name})
-                self._stale.add(source)
+                self._resume([source])
                 return None
             except BatchConflictError as exc:
                 logger.info("batch of %s ran again: %s", source, exc)
@@ -264,8 +231,7 @@ class Worker:
         self._log_offsets[source] = position
         self._origins[source] = origins
         applied.add(position, batch.applied_ids)
-        with self._counting:
-            self.handled += len(records)
+        self.handled += len(records)
         if self.on_commit is not None:
             self._tell_committed(self.on_commit, batch)
         return Committed(source, last_seq, batch.outbox)
@@ -406,9 +372,8 @@ class Worker:
                 failure = f"handler failed {retry.attempts} times: {exc!r}"
                 self._fail(record, envelope, batch, f"{failure}\n{_users_traceback(exc)}")
                 return
-            known = self._keyed_reads.get(work.handler, frozenset())
-            if not tx.keyed_reads <= known:  # replaced, not changed: other threads read it
-                self._keyed_reads[work.handler] = known | tx.keyed_reads
+            if tx.keyed_reads:
+                self._keyed_reads.setdefault(work.handler, set()).update(tx.keyed_reads)
             if tx.rejection is None:
                 unit.absorb(tx)
             batch.outbox.extend(tx.messages)
@@ -429,11 +394,9 @@ class Worker:
 
     def _call(self, handler: Handler, event: Event, tx: Transaction) -> None:
         if handler.is_async:
-            runner: asyncio.Runner | None = getattr(self._runners, "runner", None)
-            if runner is None:
-                runner = self._runners.runner = asyncio.Runner()
-                self._all_runners.append(runner)
-            runner.run(handler.func(event, tx))
+            if self._async is None:
+                self._async = asyncio.Runner()
+            self._async.run(handler.func(event, tx))
         else:
             handler.func(event, tx)
 

@@ -184,10 +184,6 @@ class StoreTransaction(ABC):
 class Store(ABC):
     """A materialization DB backend."""
 
-    concurrent_transactions = 1
-    """How many batch transactions a worker may hold open at once (one per partition): more
-    than one only where they really run side by side, not queue on one lock."""
-
     @abstractmethod
     def prepare(self, service: str, views: Sequence[View[Any]]) -> None:
         """Create (or migrate) Loglane's tables and the tables of `views`."""

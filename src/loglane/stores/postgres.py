@@ -176,8 +176,6 @@ class PostgresStore(Store):
             conninfo, **{name: value for name, value in defaults.items() if name not in given}
         )
         self._lock = threading.Lock()
-        # a worker's partitions commit side by side, leaving a pooled connection spare
-        self.concurrent_transactions = max(1, pool_size - 1)
         self._schemas: set[str] = set()
         self._tables: dict[View[Any], ViewTable] = {}  # created by prepare
         self._unprepared: dict[View[Any], ViewTable] = {}  # read before any prepare
