@@ -94,9 +94,12 @@ def landscape_progress(stack: Stores, services: Iterable[str]) -> tuple[int, int
 class WorkerProcess:
     """`python -m loglane <args>` in a child process, output kept in a file."""
 
-    def __init__(self, stack: Stack, *args: str, name: str = "worker") -> None:
+    def __init__(
+        self, stack: Stack, *args: str, name: str = "worker", env: dict[str, str] | None = None
+    ) -> None:
+        """`env` replaces the child's environment (default: `child_environment()`)."""
         self.output = stack.folder / f"{name}-{time.monotonic_ns()}.log"
-        env = child_environment()
+        env = child_environment() if env is None else env
         with self.output.open("w") as sink:
             self.process = subprocess.Popen(
                 [

@@ -46,7 +46,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -79,7 +78,7 @@ from tests.apps.matrix import (
     matrix_input,
 )
 from tests.postgres import drop_schemas, unique_prefix, with_schema
-from tests.processes import ROOT, WorkerProcess, child_environment
+from tests.processes import WorkerProcess, child_environment
 
 pytestmark = pytest.mark.slow
 
@@ -184,35 +183,23 @@ class CrashingWorker(WorkerProcess):
         self.step = step
         self.retired = False
         self.started = time.monotonic()
-        self.output = stack.folder / f"{service.name}-{step}-{time.monotonic_ns()}.log"
         env = child_environment()
         env.pop(VARIABLE, None)  # a worker without a boundary runs without faults
         if step is not None:
             env[VARIABLE] = f"{step}:{CHANCES[step]}"
-        with self.output.open("w") as sink:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "loglane",
-                    "worker",
-                    "tests.apps.matrix:landscape",
-                    "--service",
-                    service.name,
-                    "--batch-size",
-                    str(BATCH_SIZE),
-                    "--log-format",
-                    "json",
-                    "--log",
-                    stack.log_url,
-                    "--db",
-                    stack.db_url,
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
+        super().__init__(
+            stack,
+            "worker",
+            "tests.apps.matrix:landscape",
+            "--service",
+            service.name,
+            "--batch-size",
+            str(BATCH_SIZE),
+            "--log-format",
+            "json",
+            name=f"{service.name}-{step}",
+            env=env,
+        )
 
     def last_words(self) -> str:
         """The exception the worker died of, or else its last line (its log is JSON lines)."""
