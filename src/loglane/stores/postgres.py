@@ -42,15 +42,13 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from functools import partial
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
-from pydantic_core import to_json
 
 from loglane.envelope import COMMAND_SOURCE
 from loglane.errors import (
@@ -66,9 +64,8 @@ from loglane.records import (
     TopicPartition,
     decode_headers,
     decode_messages,
-    encode_headers,
-    encode_messages,
 )
+from loglane.stores._batch import PruneClock, RowSink, write_batch
 from loglane.stores._postgres_notify import (
     ChangeMarker,
     CommitListener,
@@ -84,15 +81,15 @@ from loglane.stores.base import (
     RequestOutcome,
     RequestStatus,
     Row,
+    Statement,
     Store,
     StoreTransaction,
     Watermarks,
     accepted_command,
     decode_watermarks,
-    encode_watermarks,
     stale_batch,
 )
-from loglane.views import Key, View
+from loglane.views import Key, RowImage, View
 
 __all__ = [
     "MIGRATIONS",
@@ -105,29 +102,9 @@ __all__ = [
 Connection = psycopg.Connection[tuple[Any, ...]]
 Cursor = psycopg.Cursor[tuple[Any, ...]]
 
-_OUTBOX_COLUMNS = (
-    "service",
-    "source_topic",
-    "source_partition",
-    "topic",
-    "key",
-    "value",
-    "headers",
-)
-_REQUEST_COLUMNS = (
-    "service",
-    "source",
-    "request_id",
-    "status",
-    "event_ids",
-    "detail",
-    "events",
-    "handled_at",
-)
 # A view whose worker has not created its table (or schema) yet reads as empty.
 _NOT_YET_CREATED = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 _PRUNE_LEDGER_EVERY = 256
-_PRUNE_REQUESTS_EVERY = 1024
 
 
 class PostgresStore(Store):
@@ -159,7 +136,7 @@ class PostgresStore(Store):
         self.copy_threshold = copy_threshold
         self.ledger_retention = ledger_retention
         self._ledger_writes = 0
-        self._commits = 0
+        self._prune_clock = PruneClock()
         self._marker: ChangeMarker | None = None
         self._services: set[str] = set()
         self._where = describe(conninfo)
@@ -402,94 +379,6 @@ class PostgresStore(Store):
                     raise BatchConflictError(_one_line(exc)) from exc
                 raise
 
-    def _write(
-        self,
-        conn: Connection,
-        schema_name: str,
-        tables: Mapping[View[Any], ViewTable],
-        batch: Batch,
-        created: list[str],
-    ) -> int | None:
-        """The writes of a batch's transaction, in the order the statements run."""
-        schema = quote(schema_name)
-        source = (batch.service, batch.source.topic, batch.source.partition)
-        writer = _BatchWriter(conn, self.copy_threshold, partial(self._stage, conn, created))
-        _advance_position(writer.cursor, schema, batch)
-        for view, rows in batch.writes.items():
-            table = tables[view]
-            upserts = [table.values(key, image) for key, image in rows.items() if image]
-            writer.insert(table.name, table.columns, upserts, table.on_conflict)
-            deletes = [table.key_param(key) for key, image in rows.items() if image is None]
-            if deletes:
-                writer.execute(table.delete, (deletes,))
-        outbox = [
-            (*source, m.topic, m.key, m.value, encode_headers(m.headers)) for m in batch.outbox
-        ]
-        writer.insert(f"{schema}.loglane_outbox", _OUTBOX_COLUMNS, outbox)
-        if batch.applied_ids:
-            writer.execute(
-                f"INSERT INTO {schema}.loglane_applied VALUES (%s, %s, %s, %s, %s)",
-                (*source, batch.position, batch.applied_ids),
-            )
-        if batch.forget_applied_before is not None:
-            writer.execute(
-                f"DELETE FROM {schema}.loglane_applied WHERE service = %s AND topic = %s "
-                "AND partition = %s AND position < %s",
-                (*source, batch.forget_applied_before),
-            )
-        # Commands of one batch sharing a request id: the last outcome wins, as row by row.
-        outcomes = {(o.source, o.request_id): o for o in batch.requests}
-        now = time.time()
-        writer.insert(
-            f"{schema}.loglane_requests",
-            _REQUEST_COLUMNS,
-            [
-                (
-                    batch.service,
-                    o.source,
-                    o.request_id,
-                    o.status.value,
-                    to_json(o.event_ids).decode(),
-                    o.detail,
-                    encode_messages(o.events),
-                    now,
-                )
-                for o in outcomes.values()
-            ],
-            "ON CONFLICT (service, source, request_id) DO UPDATE SET status = excluded.status, "
-            "event_ids = excluded.event_ids, detail = excluded.detail, events = excluded.events, "
-            "handled_at = excluded.handled_at",
-        )
-        if outcomes:
-            self._commits += 1
-            if self._commits % _PRUNE_REQUESTS_EVERY == 0:
-                writer.execute(
-                    f"DELETE FROM {schema}.loglane_requests WHERE handled_at < %s",
-                    (now - self.ledger_retention,),
-                )
-        if batch.statements:
-            writer.execute(f"SET LOCAL search_path TO {schema}, public")
-        for statement in batch.statements:
-            writer.execute(statement.sql, statement.params)
-        writer.execute(
-            "SELECT pg_notify(%s, %s)",
-            (
-                channel(batch.service),
-                payload(
-                    schema_name,
-                    *source[1:],
-                    batch.position,
-                    [rid for src, rid in outcomes if src == COMMAND_SOURCE],
-                ),
-            ),
-        )
-        last_seq = writer.flush(
-            f"SELECT currval(pg_get_serial_sequence('{schema}.loglane_outbox', 'seq'))"
-            if outbox
-            else None
-        )
-        return None if last_seq is None else int(last_seq)
-
     def _stage(
         self, conn: Connection, created: list[str], target: str, columns: tuple[str, ...]
     ) -> str:
@@ -710,8 +599,10 @@ class _PostgresTransaction(StoreTransaction):
         if unprepared:
             store.prepare(batch.service, unprepared)
         tables = {view: store._tables[view] for view in batch.writes}
+        rows = _PostgresRows(store, self._conn, self._schema, tables, self.created)
+        prune = store._prune_clock.due(batch, store.ledger_retention)
         try:
-            return store._write(self._conn, self._schema, tables, batch, self.created)
+            return write_batch(batch, rows, prune_requests_before=prune)
         except psycopg.OperationalError:
             raise
         except (psycopg.Error, OverflowError, ValueError) as exc:
@@ -730,92 +621,98 @@ def _row_lock(table: str, key: Key) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-class _BatchWriter:
-    """The statements of one commit: large row sets are copied at once (COPY cannot run in a
-    pipeline) into staging tables, everything else waits to be sent in one pipeline."""
+class _PostgresRows(RowSink):
+    """A commit's statements, sent in one pipeline when it finishes; large row sets are
+    copied at once instead (COPY cannot run in a pipeline), into staging tables where rows
+    may exist already. Only the fence runs at once, for its row count."""
 
     def __init__(
         self,
+        store: PostgresStore,
         conn: Connection,
-        copy_threshold: int,
-        stage: Callable[[str, tuple[str, ...]], str],
+        schema: str,
+        tables: Mapping[View[Any], ViewTable],
+        created: list[str],
     ) -> None:
         self.cursor = conn.cursor()
+        self._store = store
         self._conn = conn
-        self._copy_threshold = copy_threshold
-        self._stage = stage
+        self._schema = schema
+        self._tables = tables
+        self._created = created
         self._queued: list[tuple[str, Any]] = []
 
-    def insert(
-        self,
-        target: str,
-        columns: tuple[str, ...],
-        rows: list[tuple[Any, ...]],
-        on_conflict: str | None = None,
-    ) -> None:
-        """Insert `rows`; without `on_conflict` large sets are copied straight into `target`."""
-        if not rows:
-            return
-        insert = f"INSERT INTO {target} ({', '.join(columns)})"
-        if len(rows) < self._copy_threshold:
-            values = f"VALUES ({', '.join(['%s'] * len(columns))})"
-            self._queued.append((f"{insert} {values} {on_conflict or ''}", rows))
-        elif on_conflict is None:
-            _copy(self.cursor, target, columns, rows)
-        else:
-            stage = self._stage(target, columns)
-            _copy(self.cursor, stage, columns, rows)
-            self.execute(f"{insert} SELECT * FROM {stage} {on_conflict}")
+    def table(self, name: str) -> str:
+        return f"{quote(self._schema)}.{name}"
+
+    def execute_now(self, sql: str, params: Sequence[Any]) -> int:
+        self.cursor.execute(sql, params)
+        return self.cursor.rowcount
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
         self._queued.append((sql, params))
 
-    def flush(self, query: str | None) -> Any:
-        """Send what is queued in one pipeline, then `query`; return its single value."""
+    def insert(
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+        on_conflict: str = "",
+    ) -> None:
+        """Insert `rows`; without `on_conflict` large sets are copied straight into `table`."""
+        if not rows:
+            return
+        insert = f"INSERT INTO {table} ({', '.join(columns)})"
+        if len(rows) < self._store.copy_threshold:
+            values = f"VALUES ({', '.join(['%s'] * len(columns))})"
+            self._queued.append((f"{insert} {values} {on_conflict}", rows))
+        elif not on_conflict:
+            _copy(self.cursor, table, columns, rows)
+        else:
+            stage = self._store._stage(self._conn, self._created, table, columns)
+            _copy(self.cursor, stage, columns, rows)
+            self.execute(f"{insert} SELECT * FROM {stage} {on_conflict}")
+
+    def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
+        table = self._tables[view]
+        upserts = [table.values(key, image) for key, image in rows.items() if image]
+        self.insert(table.name, table.columns, upserts, table.on_conflict)
+        deletes = [table.key_param(key) for key, image in rows.items() if image is None]
+        if deletes:
+            self.execute(table.delete, (deletes,))
+
+    def run_statements(self, statements: Sequence[Statement]) -> None:
+        # the service's schema first, so a handler's SQL names its tables unqualified
+        self.execute(f"SET LOCAL search_path TO {quote(self._schema)}, public")
+        for statement in statements:
+            self.execute(statement.sql, statement.params)
+
+    def id_list(self, ids: list[str]) -> list[str]:
+        return ids
+
+    def finish(self, batch: Batch, outcomes: Sequence[RequestOutcome]) -> int | None:
+        waiting = [o.request_id for o in outcomes if o.source == COMMAND_SOURCE]
+        source = batch.source
+        self.execute(
+            "SELECT pg_notify(%s, %s)",
+            (
+                channel(batch.service),
+                payload(self._schema, source.topic, source.partition, batch.position, waiting),
+            ),
+        )
         with self._conn.pipeline():
             for sql, params in self._queued:
                 if isinstance(params, list):
                     self.cursor.executemany(sql, params)
                 else:
                     self.cursor.execute(sql, params)
-            if query is not None:
-                self.cursor.execute(query)
-        if query is None:
+            if batch.outbox:
+                outbox = self.table("loglane_outbox")
+                self.cursor.execute(f"SELECT currval(pg_get_serial_sequence('{outbox}', 'seq'))")
+        if not batch.outbox:
             return None
         row = self.cursor.fetchone()
-        return None if row is None else row[0]
-
-
-def _advance_position(cursor: Cursor, schema: str, batch: Batch) -> None:
-    """Move the batch's position, only from where the batch began: the fence.
-
-    The UPDATE locks the position row, so a zombie and the partition's new owner committing
-    at once are serialized, and the second finds the position moved.
-    """
-    source = batch.source
-    origins = None if batch.origins is None else encode_watermarks(batch.origins)
-    if batch.expected_position is None:
-        cursor.execute(
-            f'INSERT INTO {schema}.loglane_positions (service, topic, partition, "offset", '
-            "origins) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (batch.service, source.topic, source.partition, batch.position, origins),
-        )
-    else:
-        cursor.execute(
-            f'UPDATE {schema}.loglane_positions SET "offset" = %s, '
-            "origins = coalesce(%s, origins) WHERE service = %s "
-            'AND topic = %s AND partition = %s AND "offset" = %s',
-            (
-                batch.position,
-                origins,
-                batch.service,
-                source.topic,
-                source.partition,
-                batch.expected_position,
-            ),
-        )
-    if cursor.rowcount != 1:
-        raise stale_batch(batch.service, source, batch.expected_position)
+        return None if row is None else int(row[0])
 
 
 def _copy(

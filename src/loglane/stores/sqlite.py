@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from pydantic_core import to_json
 
 from loglane._sqlite import SQLiteFile
 from loglane.envelope import COMMAND_SOURCE
@@ -43,9 +42,8 @@ from loglane.records import (
     TopicPartition,
     decode_headers,
     decode_messages,
-    encode_headers,
-    encode_messages,
 )
+from loglane.stores._batch import PruneClock, RowSink, write_batch
 from loglane.stores.base import (
     AcceptedCommand,
     Batch,
@@ -53,15 +51,15 @@ from loglane.stores.base import (
     RequestOutcome,
     RequestStatus,
     Row,
+    Statement,
     Store,
     StoreTransaction,
     Watermarks,
     accepted_command,
     decode_watermarks,
-    encode_watermarks,
     stale_batch,
 )
-from loglane.views import Key, View
+from loglane.views import Key, RowImage, View
 
 SCHEMA_VERSION = 2
 
@@ -122,7 +120,6 @@ CREATE INDEX IF NOT EXISTS loglane_accepted_by_time ON loglane_accepted (accepte
 
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
 _PRUNE_LEDGER_EVERY = 256
-_PRUNE_REQUESTS_EVERY = 1024
 # Version 1 kept request outcomes by id alone, without their source or a time to prune by.
 _REQUESTS_FROM_1 = (
     "ALTER TABLE loglane_requests RENAME TO loglane_requests_1",
@@ -147,7 +144,7 @@ class SQLiteStore(Store):
         self.path = self._file.path
         self.ledger_retention = ledger_retention
         self._ledger_writes = 0
-        self._commits = 0
+        self._prune_clock = PruneClock()
         self._sql: dict[View[Any], _ViewSQL] = {}
         with self._file.transaction() as db:
             _migrate(db)
@@ -449,110 +446,72 @@ class _SQLiteTransaction(StoreTransaction):
         return found
 
     def write(self, batch: Batch) -> int | None:
+        store = self._store
+        prune = store._prune_clock.due(batch, store.ledger_retention)
         try:
-            return self._write(batch)
+            return write_batch(batch, _SQLiteRows(store, self._db), prune_requests_before=prune)
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
-                raise BackendUnavailableError(f"cannot write to {self._store.path}: {exc}") from exc
+                raise BackendUnavailableError(f"cannot write to {store.path}: {exc}") from exc
             raise BatchRejectedError(str(exc)) from exc
         except (sqlite3.Error, OverflowError) as exc:
             raise BatchRejectedError(str(exc)) from exc
 
-    def _write(self, batch: Batch) -> int | None:
-        db = self._db
-        last_seq = None
-        source_row = (batch.service, batch.source.topic, batch.source.partition)
-        _advance_position(db, batch)
-        for view, rows in batch.writes.items():
-            sql = self._store._view(view)
-            upserts = [
-                (key, image.document.decode(), *image.columns)
-                for key, image in rows.items()
-                if image is not None
-            ]
-            deletes = [(key,) for key, image in rows.items() if image is None]
-            if upserts:
-                db.executemany(sql.upsert, upserts)
-            if deletes:
-                db.executemany(sql.delete, deletes)
-        for statement in batch.statements:
-            db.execute(statement.sql, statement.params)
-        if batch.outbox:
-            db.executemany(
-                "INSERT INTO loglane_outbox (service, source_topic, source_partition, "
-                "topic, key, value, headers) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (*source_row, m.topic, m.key, m.value, encode_headers(m.headers))
-                    for m in batch.outbox
-                ],
-            )
-            (last_seq,) = db.execute("SELECT last_insert_rowid()").fetchone()
-        if batch.applied_ids:
-            db.execute(
-                "INSERT INTO loglane_applied VALUES (?, ?, ?, ?, ?)",
-                (*source_row, batch.position, msgpack.packb(batch.applied_ids)),
-            )
-        if batch.forget_applied_before is not None:
-            db.execute(
-                "DELETE FROM loglane_applied WHERE service = ? AND topic = ? "
-                "AND partition = ? AND position < ?",
-                (*source_row, batch.forget_applied_before),
-            )
-        if batch.requests:
-            now = time.time()
-            db.executemany(
-                "INSERT INTO loglane_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (service, source, request_id) DO UPDATE SET "
-                "status = excluded.status, event_ids = excluded.event_ids, "
-                "detail = excluded.detail, events = excluded.events, "
-                "handled_at = excluded.handled_at",
-                [
-                    (
-                        batch.service,
-                        o.source,
-                        o.request_id,
-                        o.status.value,
-                        to_json(o.event_ids).decode(),
-                        o.detail,
-                        encode_messages(o.events),
-                        now,
-                    )
-                    for o in batch.requests
-                ],
-            )
-            self._store._commits += 1
-            if self._store._commits % _PRUNE_REQUESTS_EVERY == 0:
-                db.execute(
-                    "DELETE FROM loglane_requests WHERE handled_at < ?",
-                    (now - self._store.ledger_retention,),
-                )
-        return int(last_seq) if last_seq is not None else None
 
+class _SQLiteRows(RowSink):
+    """Each statement runs at once on the transaction's connection, `?` for `%s`."""
 
-def _advance_position(db: sqlite3.Connection, batch: Batch) -> None:
-    """Move the batch's position (and its watermarks), only from where the batch began."""
-    source = batch.source
-    origins = None if batch.origins is None else encode_watermarks(batch.origins)
-    if batch.expected_position is None:
-        cursor = db.execute(
-            "INSERT INTO loglane_positions VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (batch.service, source.topic, source.partition, batch.position, origins),
-        )
-    else:
-        cursor = db.execute(
-            "UPDATE loglane_positions SET offset = ?, origins = coalesce(?, origins) "
-            "WHERE service = ? AND topic = ? AND partition = ? AND offset = ?",
-            (
-                batch.position,
-                origins,
-                batch.service,
-                source.topic,
-                source.partition,
-                batch.expected_position,
-            ),
-        )
-    if cursor.rowcount != 1:
-        raise stale_batch(batch.service, source, batch.expected_position)
+    def __init__(self, store: SQLiteStore, db: sqlite3.Connection) -> None:
+        self._store = store
+        self._db = db
+
+    def table(self, name: str) -> str:
+        return name
+
+    def execute_now(self, sql: str, params: Sequence[Any]) -> int:
+        return self._db.execute(sql.replace("%s", "?"), params).rowcount
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._db.execute(sql.replace("%s", "?"), params)
+
+    def insert(
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+        on_conflict: str = "",
+    ) -> None:
+        if rows:
+            marks = ", ".join("?" * len(columns))
+            self._db.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {on_conflict}", rows
+            )
+
+    def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
+        sql = self._store._view(view)
+        upserts = [
+            (key, image.document.decode(), *image.columns)
+            for key, image in rows.items()
+            if image is not None
+        ]
+        if upserts:
+            self._db.executemany(sql.upsert, upserts)
+        deletes = [(key,) for key, image in rows.items() if image is None]
+        if deletes:
+            self._db.executemany(sql.delete, deletes)
+
+    def run_statements(self, statements: Sequence[Statement]) -> None:
+        for statement in statements:
+            self._db.execute(statement.sql, statement.params)
+
+    def id_list(self, ids: list[str]) -> bytes:
+        return msgpack.packb(ids)  # type: ignore[no-any-return]
+
+    def finish(self, batch: Batch, outcomes: Sequence[RequestOutcome]) -> int | None:
+        if not batch.outbox:
+            return None
+        (last_seq,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
+        return int(last_seq)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

@@ -1,0 +1,178 @@
+"""A batch's writes, written once for every SQL store: what a commit writes, in which order.
+
+`write_batch` is the body of every store's batch transaction. A store supplies a `RowSink`,
+which says how rows travel (SQLite runs each statement at once; PostgreSQL queues them for one
+pipeline and copies large row sets) and adds what only that store has. Loglane's statements
+here are written with `%s` parameters and bare table names; a sink qualifies the names and
+adapts the parameter style. A handler's own statements (`tx.execute`) run as written.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic_core import to_json
+
+from loglane.records import encode_headers, encode_messages
+from loglane.stores.base import Batch, RequestOutcome, Statement, encode_watermarks, stale_batch
+from loglane.views import Key, RowImage, View
+
+OUTBOX_COLUMNS = ("service", "source_topic", "source_partition", "topic", "key", "value", "headers")
+REQUEST_COLUMNS = (
+    "service",
+    "source",
+    "request_id",
+    "status",
+    "event_ids",
+    "detail",
+    "events",
+    "handled_at",
+)
+_REQUEST_CONFLICT = (
+    "ON CONFLICT (service, source, request_id) DO UPDATE SET status = excluded.status, "
+    "event_ids = excluded.event_ids, detail = excluded.detail, events = excluded.events, "
+    "handled_at = excluded.handled_at"
+)
+
+
+class RowSink(ABC):
+    """How one store's batch transaction sends what `write_batch` writes."""
+
+    @abstractmethod
+    def table(self, name: str) -> str:
+        """Loglane's table `name` as this store's statements name it."""
+
+    @abstractmethod
+    def execute_now(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one of Loglane's statements at once; how many rows it changed."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one of Loglane's statements, at once or with the commit's others."""
+
+    @abstractmethod
+    def insert(
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+        on_conflict: str = "",
+    ) -> None:
+        """Insert `rows` into Loglane's `table` (a name `table()` has qualified)."""
+
+    @abstractmethod
+    def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
+        """Upsert the images of `view`'s rows, and delete those whose image is None."""
+
+    @abstractmethod
+    def run_statements(self, statements: Sequence[Statement]) -> None:
+        """Run a handler's own statements, in the store's dialect, as written."""
+
+    @abstractmethod
+    def id_list(self, ids: list[str]) -> Any:
+        """Applied event ids as the store keeps them in one column."""
+
+    @abstractmethod
+    def finish(self, batch: Batch, outcomes: Sequence[RequestOutcome]) -> int | None:
+        """Send whatever waits; the seq of the batch's last outbox row (None without any)."""
+
+
+def write_batch(batch: Batch, sink: RowSink, *, prune_requests_before: float | None) -> int | None:
+    """Write `batch` through `sink`, in this order: the fenced position (with the origin
+    watermarks), the view rows, the handlers' statements, the outbox, the applied ids, the
+    request outcomes. Returns the seq of the batch's last outbox row."""
+    source = (batch.service, batch.source.topic, batch.source.partition)
+    _advance_position(batch, sink)
+    for view, rows in batch.writes.items():
+        sink.write_view(view, rows)
+    if batch.statements:
+        sink.run_statements(batch.statements)
+    sink.insert(
+        sink.table("loglane_outbox"),
+        OUTBOX_COLUMNS,
+        [(*source, m.topic, m.key, m.value, encode_headers(m.headers)) for m in batch.outbox],
+    )
+    applied = sink.table("loglane_applied")
+    if batch.applied_ids:
+        sink.execute(
+            f"INSERT INTO {applied} VALUES (%s, %s, %s, %s, %s)",
+            (*source, batch.position, sink.id_list(batch.applied_ids)),
+        )
+    if batch.forget_applied_before is not None:
+        sink.execute(
+            f"DELETE FROM {applied} WHERE service = %s AND topic = %s AND partition = %s "
+            "AND position < %s",
+            (*source, batch.forget_applied_before),
+        )
+    # Commands of one batch sharing a request id: the last outcome wins, as row by row.
+    outcomes = list({(o.source, o.request_id): o for o in batch.requests}.values())
+    requests = sink.table("loglane_requests")
+    now = time.time()
+    sink.insert(
+        requests,
+        REQUEST_COLUMNS,
+        [
+            (
+                batch.service,
+                o.source,
+                o.request_id,
+                o.status.value,
+                to_json(o.event_ids).decode(),
+                o.detail,
+                encode_messages(o.events),
+                now,
+            )
+            for o in outcomes
+        ],
+        _REQUEST_CONFLICT,
+    )
+    if prune_requests_before is not None:
+        sink.execute(f"DELETE FROM {requests} WHERE handled_at < %s", (prune_requests_before,))
+    return sink.finish(batch, outcomes)
+
+
+def _advance_position(batch: Batch, sink: RowSink) -> None:
+    """Move the batch's position (and its watermarks), only from where the batch began: the
+    fence. On PostgreSQL the transaction already holds the position row's lock."""
+    source = batch.source
+    positions = sink.table("loglane_positions")
+    origins = None if batch.origins is None else encode_watermarks(batch.origins)
+    if batch.expected_position is None:
+        changed = sink.execute_now(
+            f'INSERT INTO {positions} (service, topic, partition, "offset", origins) '
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (batch.service, source.topic, source.partition, batch.position, origins),
+        )
+    else:
+        changed = sink.execute_now(
+            f'UPDATE {positions} SET "offset" = %s, origins = coalesce(%s, origins) '
+            'WHERE service = %s AND topic = %s AND partition = %s AND "offset" = %s',
+            (
+                batch.position,
+                origins,
+                batch.service,
+                source.topic,
+                source.partition,
+                batch.expected_position,
+            ),
+        )
+    if changed != 1:
+        raise stale_batch(batch.service, source, batch.expected_position)
+
+
+class PruneClock:
+    """When a store prunes old request outcomes: with every `every`-th batch that has some."""
+
+    def __init__(self, every: int = 1024) -> None:
+        self.every = every
+        self._batches = 0
+
+    def due(self, batch: Batch, retention: float) -> float | None:
+        """The time before which outcomes go now, or None if not this batch."""
+        if not batch.requests:
+            return None
+        self._batches += 1
+        return time.time() - retention if self._batches % self.every == 0 else None
