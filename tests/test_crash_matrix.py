@@ -7,7 +7,8 @@ new one the boundary that has the fewest kills and that no live worker holds, un
 boundary has LOGLANE_MATRIX_KILLS kills; later workers run without faults. The input is
 appended in chunks paced by the kills, so they spread over the whole run; when the workers
 have drained what they got while kills are still wanted, the oldest worker is stopped
-cleanly, so that partitions move (assignment and revocation happen only then). A watch thread
+cleanly, so that partitions move (assignment and revocation happen only then); the same
+goes on after the input ran out, until every boundary has been met once. A watch thread
 samples the stored positions and the log's committed offsets all the while. Once the input
 is drained and every worker stopped:
 
@@ -94,6 +95,7 @@ POISON = tuple(
 )
 BATCH_SIZE = 200
 CRASH_LOOP = 10  # worker deaths not injected before the run gives up
+EXTRA_MOVES = 30  # workers stopped after the input drained, to meet a boundary not yet met
 
 # The chance of dying each time a worker passes its boundary: high, so that kills come soon
 # after a worker starts; LOGLANE_MATRIX_KILLS bounds how many there are. The per-pass steps
@@ -246,6 +248,9 @@ class Supervisor:
             oldest = min(live, key=lambda worker: worker.started)
             oldest.retired = True
             oldest.process.send_signal(signal.SIGTERM)
+
+    def every_step_hit(self) -> bool:
+        return all(self.kills[step] > 0 for step in STEPS)
 
     def kills_met(self) -> bool:
         return all(self.kills[step] >= self.kills_wanted for step in STEPS)
@@ -472,11 +477,20 @@ def supervise(stack: MatrixStack, feeder: Feeder, supervisor: Supervisor) -> str
     progress: tuple[object, ...] = ()
     moved_at = time.monotonic()
     pause = threading.Event()
+    extra_moves = 0
+    moved_partitions_at = 0.0
     while True:
         supervisor.restart_the_dead()
         lag = measure(stack)
         if feeder.done and lag.drained:
-            return None
+            if supervisor.every_step_hit() or extra_moves >= EXTRA_MOVES:
+                return None
+            # the input ran out before some boundary was met (in_revoke needs partitions to
+            # move): move them, by stopping the oldest worker, until it is
+            if time.monotonic() - moved_partitions_at > 2.0:
+                supervisor.retire_oldest()
+                extra_moves += 1
+                moved_partitions_at = time.monotonic()
         if feeder.feed(supervisor, lag.drained) and lag.drained:
             # idle workers pass few boundaries, and partitions move only when members come
             # and go: stop the oldest worker cleanly, and the restart joins a new one
@@ -485,7 +499,7 @@ def supervise(stack: MatrixStack, feeder: Feeder, supervisor: Supervisor) -> str
             # a worker that dies of an error dies of it again at once: no need to wait
             exits = Counter(supervisor.exits)
             return f"workers keep dying: {exits.most_common(3)}; behind: {lag.behind[:8]}"
-        now = (lag.marker, feeder.fed, sum(supervisor.kills.values()))
+        now = (lag.marker, feeder.fed, sum(supervisor.kills.values()), extra_moves)
         if now != progress:
             progress, moved_at = now, time.monotonic()
         elif time.monotonic() - moved_at > STALL:
