@@ -17,8 +17,9 @@ A store keeps, for each service, in one database and under one transaction per b
 `transaction` opens the single write of the hot path. It is fenced: it only proceeds if the
 stored position is still the one the batch started from, so a worker that lost its partition
 cannot commit a stale batch over the new owner's work. The worker runs a batch's handlers
-inside it: their view reads see committed state under the transaction's locks, so batches of
-different partitions that read and write one row are serialized, never lose an update.
+inside it, and batches of different partitions that read and write one row never lose an
+update: the store serializes their reads (PostgreSQL's row locks) or refuses the write of a
+batch whose rows changed since it read them (SQLite), with `BatchConflictError`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from loglane._sqlite import SQLiteFile
 from loglane.envelope import COMMAND_SOURCE
 from loglane.errors import (
     BackendUnavailableError,
+    BatchConflictError,
     BatchRejectedError,
     ConfigurationError,
 )
@@ -153,17 +154,19 @@ class SQLiteStore(Store):
     def transaction(
         self, service: str, source: TopicPartition, expected_position: int | None
     ) -> Iterator[StoreTransaction]:
-        # BEGIN IMMEDIATE takes the file's write lock: no other batch, in any process, reads
-        # or writes between this one's reads and its commit.
-        with self._file.transaction() as db:
-            row = db.execute(
-                "SELECT offset FROM loglane_positions WHERE service = ? AND topic = ? "
-                "AND partition = ?",
-                (service, source.topic, source.partition),
-            ).fetchone()
-            if (None if row is None else row[0]) != expected_position:
-                raise stale_batch(service, source, expected_position)
-            yield _SQLiteTransaction(self, db)
+        # Optimistic: the handlers read without the file's write lock, so a worker that stalls
+        # there (SIGSTOP) blocks no one; `write` takes the lock and checks that every row
+        # the batch read is still as it was, else the batch runs again (BatchConflictError).
+        db = self._file.connection()
+        row = db.execute(
+            "SELECT offset FROM loglane_positions WHERE service = ? AND topic = ? "
+            "AND partition = ?",
+            (service, source.topic, source.partition),
+        ).fetchone()
+        if (None if row is None else row[0]) != expected_position:
+            raise stale_batch(service, source, expected_position)
+        with ExitStack() as writing:
+            yield _SQLiteTransaction(self, db, writing)
 
     def prepare(self, service: str, views: Sequence[View[Any]]) -> None:
         with self._file.transaction() as db:
@@ -424,32 +427,59 @@ class SQLiteStore(Store):
 
 
 class _SQLiteTransaction(StoreTransaction):
-    """A batch's write transaction on the store's file, its write lock held throughout."""
+    """A batch's transaction on the store's file: reads remembered, then one write that
+    holds the file's write lock from its start to the commit."""
 
-    def __init__(self, store: SQLiteStore, db: sqlite3.Connection) -> None:
+    def __init__(self, store: SQLiteStore, db: sqlite3.Connection, writing: ExitStack) -> None:
         self._store = store
         self._db = db
+        self._writing = writing
+        self._reads: dict[View[Any], dict[Key, str | None]] = {}
 
     def get(self, view: View[Any], key: Key) -> str | None:
+        document = None
         with _absent_table_is_empty():
             row = self._db.execute(self._store._view(view).select_one, (key,)).fetchone()
-            return None if row is None else str(row[0])
-        return None
+            document = None if row is None else str(row[0])
+        self._reads.setdefault(view, {})[key] = document
+        return document
 
     def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, str | bytes]:
+        found = self._read_many(self._db, view, keys)
+        reads = self._reads.setdefault(view, {})
+        for key in keys:
+            reads[key] = found.get(key)
+        return dict(found)
+
+    def _read_many(
+        self, db: sqlite3.Connection, view: View[Any], keys: Sequence[Key]
+    ) -> dict[Key, str]:
         sql = self._store._view(view)
-        found: dict[Key, str | bytes] = {}
+        found: dict[Key, str] = {}
         with _absent_table_is_empty():
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
-                found.update(self._db.execute(sql.select_many(len(chunk)), chunk))
+                found.update(db.execute(sql.select_many(len(chunk)), chunk))
         return found
+
+    def _check_reads(self, db: sqlite3.Connection) -> None:
+        """Under the write lock: every row the batch read is still as it read it."""
+        for view, reads in self._reads.items():
+            now = self._read_many(db, view, list(reads))
+            changed = [key for key, document in reads.items() if now.get(key) != document]
+            if changed:
+                raise BatchConflictError(
+                    f"{len(changed)} row(s) of {view.name} this batch read changed before it "
+                    f"committed (e.g. {changed[0]!r}); it runs again"
+                )
 
     def write(self, batch: Batch) -> int | None:
         store = self._store
+        db = self._writing.enter_context(store._file.transaction())  # committed on the way out
+        self._check_reads(db)
         prune = store._prune_clock.due(batch, store.ledger_retention)
         try:
-            return write_batch(batch, _SQLiteRows(store, self._db), prune_requests_before=prune)
+            return write_batch(batch, _SQLiteRows(store, db), prune_requests_before=prune)
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 raise BackendUnavailableError(f"cannot write to {store.path}: {exc}") from exc
