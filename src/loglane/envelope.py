@@ -35,6 +35,7 @@ from loglane.errors import EnvelopeError
 from loglane.records import Headers, Record
 
 SPECVERSION = "1.0"
+_SPECVERSION_BYTES = SPECVERSION.encode()
 CONTENT_TYPE = "application/json"
 COMMAND_SOURCE = "loglane"
 """The `ce_source` of commands that Loglane's own clients post (the HTTP API, `loglane send`,
@@ -64,7 +65,7 @@ class Envelope:
 
     def headers(self) -> Headers:
         headers = (
-            ("ce_specversion", b"1.0"),
+            ("ce_specversion", _SPECVERSION_BYTES),
             ("ce_id", self.id.encode()),
             ("ce_source", self.source.encode()),
             ("ce_type", self.type.encode()),
@@ -93,7 +94,7 @@ def emitted_headers(
     `Envelope.headers` gives, built on the hot path from attributes that are already bytes
     (`source`, `time`) and without an `Envelope` in between."""
     headers: Headers = (
-        ("ce_specversion", b"1.0"),
+        ("ce_specversion", _SPECVERSION_BYTES),
         ("ce_id", id.encode()),
         ("ce_source", source),
         ("ce_type", type.encode()),
@@ -120,7 +121,7 @@ def read_envelope(record: Record) -> Envelope:
             f"record has no {', '.join(missing)} header; post CloudEvents in binary content mode"
         )
     specversion = headers.get("ce_specversion")
-    if specversion is not None and specversion != b"1.0":
+    if specversion is not None and specversion != _SPECVERSION_BYTES:
         version = specversion.decode(errors="replace")
         raise EnvelopeError(f"ce_specversion {version!r} is not supported; use 1.0")
     correlation_id = headers.get("ce_correlationid")

@@ -74,9 +74,6 @@ class View(Generic[Row]):
         key: Key = getattr(row, self.key)
         return key
 
-    def document(self, row: Row) -> bytes:
-        return to_json(row)
-
     def column_values(self, row: Row) -> tuple[Any, ...]:
         return tuple(getattr(row, column.name) for column in self.columns)
 

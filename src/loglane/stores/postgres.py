@@ -549,8 +549,7 @@ class _PostgresTransaction(StoreTransaction):
         self.created: list[str] = []
 
     def get(self, view: View[Any], key: Key) -> str | None:
-        if isinstance(key, str) and "\x00" in key:
-            raise ValueError(f"view {view.name!r}: PostgreSQL keys cannot hold NUL characters")
+        _check_keys(view, [key])
         table = self._store._view_table(view)
         cursor = self._conn.cursor()
         try:
@@ -576,8 +575,7 @@ class _PostgresTransaction(StoreTransaction):
         return BatchRejectedError(_one_line(exc))
 
     def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, str | bytes]:
-        if any(isinstance(key, str) and "\x00" in key for key in keys):
-            raise ValueError(f"view {view.name!r}: PostgreSQL keys cannot hold NUL characters")
+        _check_keys(view, keys)
         table = self._store._view_table(view)
         locks = sorted({_row_lock(table.name, key) for key in keys})  # one order: no deadlock
         cursor = self._conn.cursor()
@@ -607,6 +605,13 @@ class _PostgresTransaction(StoreTransaction):
             raise
         except (psycopg.Error, OverflowError, ValueError) as exc:
             raise BatchRejectedError(_one_line(exc)) from exc
+
+
+def _check_keys(view: View[Any], keys: Sequence[Key]) -> None:
+    """Refuse, before anything is sent, a key PostgreSQL text cannot hold: a NUL sent would
+    abort the batch's transaction; refused here it is only the handler's own error."""
+    if any(isinstance(key, str) and "\x00" in key for key in keys):
+        raise ValueError(f"view {view.name!r}: PostgreSQL keys cannot hold NUL characters")
 
 
 def _lost_a_race(exc: psycopg.Error) -> bool:
