@@ -1,0 +1,17 @@
+"""The `loglane` command line: one module per group of commands, all on one Typer app."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from loglane.cli import dlq, inspecting, resetting, running
+from loglane.cli._common import app
+
+__all__ = ["app", "main"]
+_COMMANDS = (dlq, inspecting, resetting, running)  # imported for the commands they register
+
+
+def main() -> None:
+    threading.current_thread().name = "main"
+    sys.exit(app())
