@@ -9,11 +9,22 @@ import pytest
 from pydantic import BaseModel
 
 from loglane import Event, RequestStatus, Retry, Service, Transaction
-from loglane.dlq import dead_letters, redrive
+from loglane.dlq import (
+    DeadLetterHandledError,
+    LetterFilter,
+    LetterStatus,
+    UnknownDeadLetterError,
+    dead_letters,
+    drop,
+    list_letters,
+    redrive,
+    show,
+)
 from loglane.errors import BackendUnavailableError
 from loglane.records import Message
 from loglane.stores.base import Batch, Store
 from loglane.testing import LandscapeTest
+from tests.postgres import schemas, with_schema
 from tests.test_cli import loglane
 
 broken = {"now": True}
@@ -47,6 +58,17 @@ def keep_item(command: Keep, tx: Transaction) -> None:
     tx.emit(Stored(item=command.item))
 
 
+class Toss(Event):
+    item: str
+
+
+@fragile.handles(Toss, key="item")
+def toss_item(command: Toss, tx: Transaction) -> None:
+    if broken["now"]:
+        raise ValueError(f"no room for {command.item}")
+    tx[items].put(Item(item=command.item, times=-1))
+
+
 @follower.handles(Stored, source="fragile")
 def follow(event: Stored, tx: Transaction) -> None:
     if broken.get("follower"):
@@ -65,6 +87,19 @@ def landscape(tmp_path: Path) -> Iterator[LandscapeTest]:
         log_url=f"embedded:///{tmp_path}/log.db",
         db_url=f"sqlite:///{tmp_path}/{{service}}.db",
     ) as test:
+        yield test
+
+
+@pytest.fixture
+def postgres_landscape(postgres_url: str) -> Iterator[LandscapeTest]:
+    broken.clear()
+    broken["now"] = True
+    with (
+        schemas(postgres_url) as prefix,
+        LandscapeTest(
+            fragile, follower, db_url=with_schema(postgres_url, prefix + "{service}")
+        ) as test,
+    ):
         yield test
 
 
@@ -201,3 +236,130 @@ def test_the_cli_lists_and_redrives_dead_letters(landscape: LandscapeTest, tmp_p
     assert "re-drove 1 dead letters to fragile.in" in redriven.stdout
     pending = loglane("dlq", "list", "tests.test_dlq", "--service", "fragile", *urls)
     assert "0 dead letters" in pending.stdout
+
+
+def failed(landscape: LandscapeTest, *commands: Keep | Toss) -> list[str]:
+    """Send commands of distinct keys that fail while the handlers are broken; the ids of
+    their dead letters, in the commands' order."""
+    for command in commands:
+        landscape.send(command)
+    landscape.run_until_quiet()
+    ids = {letter.key: letter.id for letter in list_letters(landscape.log, fragile)}
+    return [ids[command.item] for command in commands]
+
+
+def test_a_dead_letter_shows_the_handlers_traceback_its_headers_and_payload(
+    landscape: LandscapeTest,
+) -> None:
+    request_id = landscape.send(Keep(item="shown"))
+    landscape.run_until_quiet()
+    (listed,) = list_letters(landscape.log, fragile, landscape.stores["fragile"])
+    letter = show(landscape.log, fragile, listed.id, landscape.stores["fragile"])
+    assert letter.id == listed.id == f"{letter.record.partition}:{letter.record.offset}"
+    assert letter.status is LetterStatus.PENDING
+    assert letter.reason == "handler failed 1 times: RuntimeError('the disk is on fire')"
+    assert letter.traceback is not None
+    assert letter.traceback.startswith("Traceback (most recent call last):")
+    assert 'raise RuntimeError("the disk is on fire")' in letter.traceback
+    assert "worker.py" not in letter.traceback
+    assert letter.type == "Keep"
+    assert letter.key == "shown"
+    assert letter.request_id == request_id
+    assert letter.failed_at is not None
+    assert letter.failed_at.startswith("fragile.in:")
+    assert letter.headers["ce_source"] == "loglane"
+    assert Keep.model_validate_json(letter.payload) == Keep(item="shown")
+
+
+def test_an_unknown_or_malformed_id_is_a_clear_error(landscape: LandscapeTest) -> None:
+    (known,) = failed(landscape, Keep(item="x"))
+    partition = known.split(":")[0]
+    with pytest.raises(UnknownDeadLetterError, match=f"no dead letter {partition}:99"):
+        show(landscape.log, fragile, f"{partition}:99")
+    with pytest.raises(UnknownDeadLetterError, match="ids are partition:offset"):
+        show(landscape.log, fragile, "seven")
+    with pytest.raises(UnknownDeadLetterError):
+        drop(landscape.log, landscape.stores["fragile"], fragile, "7:0")
+
+
+def test_a_dropped_letter_is_no_longer_listed_and_never_redriven(landscape: LandscapeTest) -> None:
+    store = landscape.stores["fragile"]
+    dropped, kept = failed(landscape, Keep(item="poison"), Keep(item="fine"))
+    assert drop(landscape.log, store, fragile, dropped).status is LetterStatus.DROPPED
+    assert [letter.id for letter in list_letters(landscape.log, fragile, store)] == [kept]
+    assert show(landscape.log, fragile, dropped, store).status is LetterStatus.DROPPED
+    with pytest.raises(DeadLetterHandledError, match="dropped already"):
+        drop(landscape.log, store, fragile, dropped)
+    with pytest.raises(DeadLetterHandledError, match="dropped already"):
+        redrive(landscape.log, store, fragile, dropped)
+    broken["now"] = False
+    assert redrive(landscape.log, store, fragile) == 1
+    landscape.run_until_quiet()
+    assert landscape.view(items).get("fine") == Item(item="fine", times=1)
+    assert landscape.view(items).get("poison") is None
+    statuses = {
+        letter.id: letter.status
+        for letter in list_letters(landscape.log, fragile, store, include_handled=True)
+    }
+    assert statuses == {dropped: LetterStatus.DROPPED, kept: LetterStatus.REDRIVEN}
+    assert redrive(landscape.log, store, fragile) == 0
+
+
+def test_one_letter_can_be_redriven_by_its_id(landscape: LandscapeTest) -> None:
+    store = landscape.stores["fragile"]
+    first, second = failed(landscape, Keep(item="one"), Keep(item="two"))
+    broken["now"] = False
+    assert redrive(landscape.log, store, fragile, second) == 1
+    landscape.run_until_quiet()
+    assert landscape.view(items).get("two") == Item(item="two", times=1)
+    assert landscape.view(items).get("one") is None
+    assert [letter.id for letter in list_letters(landscape.log, fragile, store)] == [first]
+    with pytest.raises(DeadLetterHandledError, match="redriven already"):
+        redrive(landscape.log, store, fragile, second)
+    assert redrive(landscape.log, store, fragile) == 1
+    landscape.run_until_quiet()
+    assert landscape.view(items).get("one") == Item(item="one", times=1)
+    assert landscape.view(items).get("two") == Item(item="two", times=1)
+
+
+def test_dead_letters_are_filtered_by_type_key_and_error(landscape: LandscapeTest) -> None:
+    store = landscape.stores["fragile"]
+    kept, tossed, other = failed(landscape, Keep(item="a"), Toss(item="b"), Toss(item="c"))
+
+    def ids(where: LetterFilter) -> list[str]:
+        return [letter.id for letter in list_letters(landscape.log, fragile, store, where=where)]
+
+    assert sorted(ids(LetterFilter(type="Toss"))) == sorted([tossed, other])
+    assert ids(LetterFilter(key="a")) == [kept]
+    assert ids(LetterFilter(error="NO ROOM FOR C")) == [other]
+    assert sorted(ids(LetterFilter(error="toss_item"))) == sorted([tossed, other])  # traceback
+    assert ids(LetterFilter(type="Toss", key="a")) == []
+
+
+def test_a_filtered_redrive_posts_only_the_matching_letters(landscape: LandscapeTest) -> None:
+    store = landscape.stores["fragile"]
+    kept, _ = failed(landscape, Keep(item="k"), Toss(item="t"))
+    broken["now"] = False
+    assert redrive(landscape.log, store, fragile, where=LetterFilter(type="Toss")) == 1
+    landscape.run_until_quiet()
+    assert landscape.view(items).get("t") == Item(item="t", times=-1)
+    assert landscape.view(items).get("k") is None
+    assert [letter.id for letter in list_letters(landscape.log, fragile, store)] == [kept]
+
+
+@pytest.mark.postgres
+def test_drops_and_single_redrives_are_kept_in_postgresql(
+    postgres_landscape: LandscapeTest,
+) -> None:
+    landscape = postgres_landscape
+    store = landscape.stores["fragile"]
+    dropped, single, rest = failed(landscape, Keep(item="p1"), Keep(item="p2"), Keep(item="p3"))
+    drop(landscape.log, store, fragile, dropped)
+    broken["now"] = False
+    assert redrive(landscape.log, store, fragile, single) == 1
+    assert [letter.id for letter in list_letters(landscape.log, fragile, store)] == [rest]
+    assert redrive(landscape.log, store, fragile) == 1
+    landscape.run_until_quiet()
+    assert landscape.view(items).get("p1") is None
+    assert landscape.view(items).get("p2") == Item(item="p2", times=1)
+    assert landscape.view(items).get("p3") == Item(item="p3", times=1)
