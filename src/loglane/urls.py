@@ -14,13 +14,18 @@
 
 Relative and absolute paths follow SQLAlchemy's convention for SQLite URLs. Options go in the
 query string, e.g. `embedded:///log.db?session_timeout=3&synchronous=normal`.
+
+Kafka and PostgreSQL need the clients of the `kafka` and `postgres` extras. Their backend
+modules are imported here, when a URL asks for one, so that the core never imports them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from loglane.errors import BadURLError
+from loglane.errors import BadURLError, ConfigurationError
 from loglane.logs.base import Log
 from loglane.stores.base import Store
 
@@ -47,6 +52,19 @@ def _options(url: str, allowed: dict[str, type]) -> dict[str, object]:
     return options
 
 
+@contextmanager
+def _needs_extra(scheme: str, client: str, extra: str, modules: tuple[str, ...]) -> Iterator[None]:
+    """Turn the import of a missing client (one of `modules`) into a line naming its extra."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in modules:
+            raise
+        raise ConfigurationError(
+            f"{scheme}:// needs {client}: pip install 'loglane[{extra}]'"
+        ) from None
+
+
 def open_log(url: str) -> Log:
     """The log backend `url` names; `BadURLError` says what is wrong with it."""
     scheme = urlsplit(url).scheme
@@ -58,7 +76,8 @@ def open_log(url: str) -> Log:
         )
         return EmbeddedLog(_sqlite_path(url, scheme), **options)  # type: ignore[arg-type]
     if scheme == "kafka":
-        from loglane.logs.kafka import KafkaLog
+        with _needs_extra(scheme, "the Kafka client", "kafka", ("confluent_kafka",)):
+            from loglane.logs.kafka import KafkaLog
 
         return KafkaLog.from_url(url)
     raise BadURLError(
@@ -77,7 +96,8 @@ def open_store(url: str, service: str) -> Store:
         path = _sqlite_path(url, scheme).replace("{service}", service)
         return SQLiteStore(path, **options)  # type: ignore[arg-type]
     if scheme in ("postgresql", "postgres"):
-        from loglane.stores.postgres import PostgresStore
+        with _needs_extra(scheme, "the PostgreSQL driver", "postgres", ("psycopg", "psycopg_pool")):
+            from loglane.stores.postgres import PostgresStore
 
         conninfo, options = _postgres_url(url)
         return PostgresStore(conninfo, **options)  # type: ignore[arg-type]
