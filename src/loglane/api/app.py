@@ -23,6 +23,7 @@ from loglane.api.requests import request_router
 from loglane.api.runtime import ServiceRuntime
 from loglane.api.settings import ApiSettings
 from loglane.api.views import view_router
+from loglane.console import install_console
 from loglane.errors import ConfigurationError, LoglaneError
 from loglane.landscape import Landscape
 from loglane.logs.base import Log
@@ -112,6 +113,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # added last, so it runs first: an unauthenticated request touches nothing else
     app.add_middleware(BearerAuth, tokens=list(tokens))
+    install_console(app, runtimes, tokens)  # /ui; its login gate runs before BearerAuth
     if tokens:
         _document_bearer_auth(app)
     return app
