@@ -92,6 +92,7 @@ def peer(script: str, venv: str, *extra: str) -> Callable[[Target], list[str]]:
 def loglane(attribute: str) -> Callable[[Target], list[str]]:
     def argv(t: Target) -> list[str]:
         return [
+            *os.environ.get("PEERS_LOGLANE_PREFIX", "").split(),  # e.g. a profiler's command
             str(REPO / ".venv" / "bin" / "loglane"),
             *("worker", f"{PEERS / 'loglane_app.py'}:{attribute}", "--service", t.name),
             *("--log", f"kafka://{t.bootstrap}", "--db", f"{t.postgres}?schema={t.name}"),
