@@ -10,6 +10,8 @@ sessions with ports 4 apart never touch each other's brokers:
 
     base, base + 1        the shared broker: clients, controller
     base + 2, base + 3    the chaos tests' own broker, which they stop and start
+    base + 4 ... base + 9 the three-node cluster of the `tests/cluster` tests, which kill and
+                          restart its nodes (sessions that start it need ports 10 apart)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.conftest import eventually
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kafka"
 _LOG_TAIL_LINES = 80
 PORTS_PER_BROKER = 2  # clients, controller
+CLUSTER_NODES = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,77 @@ class ManagedBroker:
         return Broker(
             f"127.0.0.1:{self.port}", Path(run_script("logfile", self.env)), dict(self.env)
         )
+
+
+@dataclass
+class ManagedCluster:
+    """Three nodes of our own (`scripts/kafka cluster`), each a broker and a controller;
+    node N listens for clients on `port + 2(N-1)` and for controllers on the next port, and
+    keeps its data under `folder`. Node N is broker id N in the cluster's metadata."""
+
+    port: int
+    folder: Path
+    env: dict[str, str] = field(init=False)
+
+    @classmethod
+    def after_brokers(cls, folder: Path) -> ManagedCluster:
+        """The session's cluster, on the six ports after its two brokers' (see above)."""
+        base = int(os.environ.get("LOGLANE_KAFKA_PORT", "19092"))
+        return cls(base + 2 * PORTS_PER_BROKER, folder)
+
+    def __post_init__(self) -> None:
+        self.env = {
+            "LOGLANE_KAFKA_PORT": str(self.port),
+            "LOGLANE_KAFKA_CLUSTER_DIR": str(self.folder),
+        }
+
+    def _script(self, *command: str) -> str:
+        """Run `scripts/kafka cluster COMMAND...`; fail with its output if it fails."""
+        done = subprocess.run(
+            [str(SCRIPT), "cluster", *command],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"scripts/kafka cluster {' '.join(command)} failed:\n{done.stdout}{done.stderr}"
+            )
+        return done.stdout.strip()
+
+    def start(self) -> Broker:
+        """Start every node that is not running; wait until all answer."""
+        self._script("start")
+        return self.broker()
+
+    def stop(self) -> None:
+        self._script("stop")
+
+    def reset(self) -> None:
+        """Kill every node and delete the cluster's data."""
+        self._script("reset")
+
+    def kill(self, node: int) -> None:
+        """SIGKILL node `node`; return once its process is gone."""
+        self._script("kill", str(node))
+
+    def restart(self, node: int) -> None:
+        """Start a killed node again; return once it answers."""
+        self._script("restart", str(node))
+
+    def broker(self) -> Broker:
+        """The cluster as clients see it: all three addresses; the log is node 1's."""
+        return Broker(self._script("bootstrap"), Path(self._script("logfile", "1")), dict(self.env))
+
+    def log_tails(self, lines: int = 30) -> str:
+        tails = []
+        for node in CLUSTER_NODES:
+            log = Path(self._script("logfile", str(node)))
+            text = log.read_text(errors="replace") if log.exists() else "(no log)"
+            tails.append(f"--- node {node} ({log})\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(tails)
 
 
 @pytest.fixture(scope="session")

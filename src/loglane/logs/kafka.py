@@ -39,7 +39,14 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # stubs lack 
 )
 
 from loglane.errors import BackendUnavailableError, ConfigurationError
-from loglane.logs.base import Consumer, Log, PartitionOffsets, RebalanceListener
+from loglane.logs.base import (
+    PUBLISHED,
+    Consumer,
+    Log,
+    PartitionOffsets,
+    Publishing,
+    RebalanceListener,
+)
 from loglane.logs.kafka_settings import KafkaSettings
 from loglane.records import Headers, Message, Position, Record, TopicPartition
 
@@ -57,6 +64,8 @@ _MOVING = {
     ck.KafkaError._STATE,
 }
 _MISSING_TOPIC = {ck.KafkaError.UNKNOWN_TOPIC_OR_PART, ck.KafkaError._UNKNOWN_TOPIC}
+SAFE_REPLICATION_FACTOR = 3
+"""Copies of each partition that new topics get on a cluster of this many brokers or more."""
 _EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 _LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
@@ -101,6 +110,7 @@ class KafkaLog(Log):
         self._reader_lock = threading.Lock()
         self._reader: ck.Consumer | None = None
         self._known: set[str] = set()
+        self._warned_replication = False
         self._check_reachable()
 
     @classmethod
@@ -161,7 +171,7 @@ class KafkaLog(Log):
         count = self.settings.partitions or partitions
         retention = retention_ms if retention_ms is not None else self.settings.retention_ms
         config = {} if retention is None else {"retention.ms": str(retention)}
-        replicas = self.settings.replication_factor
+        replicas = self._replication_factor()
         if replicas >= 3:  # acks=all then waits for two copies, and one broker may be down
             config["min.insync.replicas"] = "2"
         new = NewTopic(name, count, replicas, config=config)
@@ -184,6 +194,34 @@ class KafkaLog(Log):
             if code != ck.KafkaError.TOPIC_ALREADY_EXISTS:
                 raise self._unavailable(f"create topic {name!r}", exc) from None
         return self._await_topic(name)
+
+    def _replication_factor(self) -> int:
+        """The replication factor of new topics: the URL's, else 3 on a cluster of three or
+        more brokers (so a broker may die without losing acknowledged records), else the
+        cluster's `default.replication.factor` (-1 in the CreateTopics request)."""
+        asked = self.settings.replication_factor
+        brokers = self._broker_count()
+        if asked is None:
+            return SAFE_REPLICATION_FACTOR if brokers >= SAFE_REPLICATION_FACTOR else -1
+        if asked < SAFE_REPLICATION_FACTOR <= brokers and not self._warned_replication:
+            self._warned_replication = True
+            logger.warning(
+                "replication_factor=%d on a cluster of %d brokers: acknowledged records are "
+                "lost when %s; leave replication_factor out (3 copies, min.insync.replicas=2) "
+                "unless the cluster holds nothing to keep",
+                asked,
+                brokers,
+                "the broker of a partition fails" if asked == 1 else f"{asked} brokers fail",
+            )
+        return asked
+
+    def _broker_count(self) -> int:
+        """How many brokers the cluster's metadata lists (those that are up)."""
+        try:
+            metadata = self._admin.list_topics(timeout=self.settings.request_timeout)
+        except ck.KafkaException as exc:
+            raise self._unavailable("list the cluster's brokers", exc) from None
+        return len(metadata.brokers)
 
     def _await_topic(self, name: str) -> int:
         """Wait until the brokers' metadata shows the new topic with a leader per partition."""
@@ -267,11 +305,27 @@ class KafkaLog(Log):
         positions: list[Position] = []
         for message, outcome in zip(messages, reports, strict=True):
             if not isinstance(outcome, ck.Message):
-                raise self._delivery_failed(message, outcome, reports)
+                failed = sum(1 for r in reports if not isinstance(r, ck.Message))
+                raise self._delivery_failed(message, outcome, failed, len(reports))
             positions.append(
                 Position(message.topic, cast(int, outcome.partition()), cast(int, outcome.offset()))
             )
         return positions
+
+    def publish(self, messages: Sequence[Message]) -> Publishing:
+        if not messages:
+            return PUBLISHED
+        self._require_topics(sorted({message.topic for message in messages}))
+        publishing = _Publishing(self, messages)
+        with self._producer_lock:
+            producer = self._producer_client()
+            try:
+                for message in messages:
+                    self._produce(producer, message, publishing.report)
+            except ck.KafkaException as exc:
+                self._discard_if_fatal(_error_of(exc))
+                raise self._unavailable(f"publish to {messages[0].topic!r}", exc) from None
+        return publishing
 
     @staticmethod
     def _produce(
@@ -294,16 +348,12 @@ class KafkaLog(Log):
                 producer.poll(0.1)
 
     def _delivery_failed(
-        self,
-        message: Message,
-        outcome: ck.KafkaError | None,
-        reports: Sequence[ck.Message | ck.KafkaError | None],
+        self, message: Message, outcome: ck.KafkaError | None, failed: int, total: int
     ) -> Exception:
-        failed = sum(1 for r in reports if not isinstance(r, ck.Message))
         if outcome is None:
             return BackendUnavailableError(
                 f"Kafka at {self.settings.bootstrap_servers} did not confirm {failed} of "
-                f"{len(reports)} records; they may or may not be stored; retry the append"
+                f"{total} records; they may or may not be stored; retry the append"
             )
         self._discard_if_fatal(outcome)
         if outcome.code() in _MISSING_TOPIC:
@@ -317,7 +367,7 @@ class KafkaLog(Log):
             )
         return BackendUnavailableError(
             f"Kafka at {self.settings.bootstrap_servers} did not store {failed} of "
-            f"{len(reports)} records for {message.topic!r}: {outcome.str()}; retry the append"
+            f"{total} records for {message.topic!r}: {outcome.str()}; retry the append"
         )
 
     def _discard_if_fatal(self, error: ck.KafkaError | None) -> None:
@@ -460,6 +510,47 @@ class KafkaLog(Log):
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+
+
+def _size(message: Message) -> int:
+    return len(message.value)
+
+
+class _Publishing:
+    """Records handed to the producer, their delivery reports counted as librdkafka serves
+    them; `wait` flushes until every one has its report."""
+
+    def __init__(self, log: KafkaLog, messages: Sequence[Message]) -> None:
+        self._log = log
+        self._messages = messages
+        self._reported = 0
+        self._failures = 0
+        self._failure: tuple[ck.KafkaError, str] | None = None
+
+    def report(self, error: ck.KafkaError | None, delivered: ck.Message) -> None:
+        self._reported += 1
+        if error is not None:
+            self._failures += 1
+            if self._failure is None:
+                self._failure = (error, cast(str, delivered.topic()))
+
+    def wait(self) -> None:
+        log, total = self._log, len(self._messages)
+        with log._producer_lock:
+            producer = log._producer_client()
+            try:
+                while self._reported < total and producer.flush(1.0) > 0:
+                    pass
+            except ck.KafkaException as exc:
+                log._discard_if_fatal(_error_of(exc))
+                raise log._unavailable(f"publish to {self._messages[0].topic!r}", exc) from None
+        if self._failure is not None:
+            error, topic = self._failure
+            # the largest of the topic's: a record too large is the likeliest failure to name
+            message = max((m for m in self._messages if m.topic == topic), key=_size)
+            raise log._delivery_failed(message, error, self._failures, total)
+        if self._reported < total:
+            raise log._delivery_failed(self._messages[0], None, total - self._reported, total)
 
 
 class KafkaConsumer(Consumer):

@@ -6,14 +6,15 @@
         &sasl_username=app&sasl_password=secret&ssl_ca_location=/etc/ssl/ca.pem
 
 Options: `partitions` (new topics get this many instead of the service's own count),
-`replication_factor` (default: the cluster's `default.replication.factor`; a factor of 3 or
-more also sets the topic's `min.insync.replicas` to 2), `retention_ms`, `create_topics`
-(default true; false makes a missing topic a `ConfigurationError`), `connect_timeout` (seconds
-the first metadata request may take, default 10), `request_timeout` (seconds for any later
-request to the cluster, default 30), the security options above, and any librdkafka setting by
-its dotted name: `session.timeout.ms=6000` goes to every client,
-`consumer.session.timeout.ms=6000` only to consumers, `producer.linger.ms=20` only to the
-producer.
+`replication_factor` (default: 3 on a cluster of three or more brokers, else the cluster's
+`default.replication.factor`; a factor of 3 or more also sets the topic's
+`min.insync.replicas` to 2, and asking for less than 3 on three or more brokers logs a
+warning), `retention_ms`, `create_topics` (default true; false makes a missing topic a
+`ConfigurationError`), `connect_timeout` (seconds the first metadata request may take,
+default 10), `request_timeout` (seconds for any later request to the cluster, default 30),
+the security options above, and any librdkafka setting by its dotted name:
+`session.timeout.ms=6000` goes to every client, `consumer.session.timeout.ms=6000` only to
+consumers, `producer.linger.ms=20` only to the producer.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class KafkaSettings:
 
     bootstrap_servers: str
     partitions: int | None = None
-    replication_factor: int = -1  # the broker's default.replication.factor
+    replication_factor: int | None = None  # None: chosen from the cluster's size
     retention_ms: int | None = None
     create_topics: bool = True
     connect_timeout: float = 10.0
