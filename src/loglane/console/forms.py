@@ -139,6 +139,6 @@ def router(console: Console) -> APIRouter:
     @routes.post("/commands/outcome")
     async def outcome(request: Request, answer: Answer) -> Response:
         body = answer.answer if isinstance(answer.answer, dict) else {}
-        return console.page(request, "_outcome.html", status_code=answer.status_code, answer=body)
+        return console.page(request, "_outcome.html", code=answer.status_code, answer=body)
 
     return routes

@@ -48,7 +48,8 @@ class Step:
     """One thing that happened to the request (or is still awaited), in one service."""
 
     service: str
-    status: str  # the badge: accepted, done, rejected, failed, published, applied, waiting, dead
+    status: str  # the badge: accepted, appended, done, rejected, failed, published, applied,
+    # waiting, dead
     title: str
     at: float | None = None  # epoch seconds, when known
     detail: str | None = None
@@ -116,7 +117,7 @@ def trace(request_id: str, runtimes: Mapping[str, ServiceRuntime]) -> RequestPat
         path.steps.append(
             Step(
                 service=owner,
-                status="accepted",
+                status="appended",
                 title=f"{headers.get('ce_type', 'a record')} "
                 + ("re-driven to " if redriven else "appended to ")
                 + f"{topic}[{partition}] at offset {offset}",
@@ -216,7 +217,7 @@ def _published(
     event_id = headers.get("ce_id", "")
     published.pop(event_id, None)
     emitter = record.topic.removesuffix(".out")
-    at = _time(headers.get("ce_time")) or record.timestamp_ms / 1000
+    at = record.timestamp_ms / 1000  # when it reached the topic; ce_time is when emitted
     path.steps.append(
         Step(
             service=emitter,
