@@ -1,4 +1,6 @@
-"""The CloudEvents 1.0 envelope in the Kafka protocol binding, binary content mode.
+"""The CloudEvents 1.0 envelope in the Kafka protocol binding.
+
+Loglane writes binary content mode; it reads structured content mode too (below).
 
 Every log backend stores records in this form, so a record written by one backend reads the
 same in another, and a producer outside Python (or `kcat`) can post a command by hand:
@@ -20,11 +22,19 @@ same in another, and a producer outside Python (or `kcat`) can post a command by
 
 (`ce_source`, `ce_id`) identifies an event, as CloudEvents says: two producers may use the
 same id, and Loglane tells their events apart by source.
+
+A record whose `content-type` is `application/cloudevents+json` is read in structured content
+mode: the value is the whole event as a JSON object (`specversion`, `id`, `source`, `type`,
+`time`, `datacontenttype`, `data`, and the extensions `correlationid`, `causationid`,
+`traceparent`, `loglaneorigin`), and its ce_ headers, if any, are ignored. Any other
+`content-type` must name JSON (`application/json`, `*/json`, `*/*+json`, UTF-8), since the
+data is read as JSON; a record that says otherwise is refused into the DLQ.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 import uuid
@@ -37,6 +47,8 @@ from loglane.records import Headers, Record
 SPECVERSION = "1.0"
 _SPECVERSION_BYTES = SPECVERSION.encode()
 CONTENT_TYPE = "application/json"
+_CONTENT_TYPE_BYTES = CONTENT_TYPE.encode()
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 COMMAND_SOURCE = "loglane"
 """The `ce_source` of commands that Loglane's own clients post (the HTTP API, `loglane send`,
 `LandscapeTest.send`); request ids are unique within it."""
@@ -114,6 +126,13 @@ _REQUIRED = ("ce_id", "ce_source", "ce_type")
 def read_envelope(record: Record) -> Envelope:
     """The envelope of `record`; `EnvelopeError` says which attribute is missing or unreadable."""
     headers = dict(record.headers)
+    content_type = headers.get("content-type")
+    if (
+        content_type is not None
+        and content_type != _CONTENT_TYPE_BYTES
+        and _media_type(content_type) == STRUCTURED_CONTENT_TYPE
+    ):
+        return read_structured_envelope(record)
     id_, source, type_ = headers.get("ce_id"), headers.get("ce_source"), headers.get("ce_type")
     if not (id_ and source and type_):
         missing = [name for name in _REQUIRED if not headers.get(name)]
@@ -145,6 +164,116 @@ def read_envelope(record: Record) -> Envelope:
 
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
+
+
+def _media_type(content_type: bytes) -> str:
+    """The media type a `content-type` names, lower case; `EnvelopeError` unless it is JSON
+    in UTF-8 or a structured CloudEvent."""
+    text = content_type.decode("utf-8", errors="replace")
+    media, *parameters = (part.strip().lower() for part in text.split(";"))
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "utf8"):
+            raise EnvelopeError(
+                f"content-type {text!r}: Loglane reads JSON in UTF-8 only; re-encode the value"
+            )
+    if media == "application/cloudevents-batch+json":
+        raise EnvelopeError(
+            "content-type application/cloudevents-batch+json: the Kafka binding has no batch "
+            "mode; post one event per record"
+        )
+    if media == STRUCTURED_CONTENT_TYPE or _names_json(media):
+        return media
+    raise EnvelopeError(
+        f"content-type {text!r} is not JSON: Loglane reads event data as JSON; post "
+        f"content-type {CONTENT_TYPE} (binary mode) or {STRUCTURED_CONTENT_TYPE} (structured "
+        "mode)"
+    )
+
+
+def _names_json(media: str) -> bool:
+    """JSON as the CloudEvents JSON format counts it: `*/json` and `*/*+json`."""
+    kind, _, subtype = media.partition("/")
+    return bool(kind) and (subtype == "json" or subtype.endswith("+json"))
+
+
+_STRUCTURED_TEXT = ("time", "correlationid", "causationid", "traceparent", "loglaneorigin")
+
+
+def read_structured_envelope(record: Record) -> Envelope:
+    """The envelope of a record in structured content mode: the whole event as a JSON object
+    in the value. `EnvelopeError` says what is missing or unreadable.
+
+    The event's `data` is written back to JSON for the handler's model; integers keep every
+    digit, and a number no double can hold (`1e400`) is refused, as are `NaN` and `Infinity`.
+    """
+    try:
+        event = json.loads(record.value, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise EnvelopeError(f"structured CloudEvent: the value is not JSON ({exc})") from None
+    if not isinstance(event, dict):
+        raise EnvelopeError("structured CloudEvent: the value must be a JSON object")
+    missing = [name for name in ("id", "source", "type") if not event.get(name)]
+    if missing:
+        raise EnvelopeError(
+            f"structured CloudEvent has no {', '.join(missing)}; CloudEvents requires them"
+        )
+    if event.get("specversion") != SPECVERSION:
+        raise EnvelopeError(
+            f"structured CloudEvent: specversion {event.get('specversion')!r} is not "
+            f"supported; use {SPECVERSION!r}"
+        )
+    content_type = event.get("datacontenttype", CONTENT_TYPE)
+    if not isinstance(content_type, str):
+        raise EnvelopeError("structured CloudEvent: datacontenttype must be a string")
+    if _media_type(content_type.encode()) == STRUCTURED_CONTENT_TYPE:
+        raise EnvelopeError("structured CloudEvent: datacontenttype must name JSON data")
+    if "data_base64" in event:
+        raise EnvelopeError(
+            "structured CloudEvent carries data_base64; Loglane events are JSON: put the "
+            "payload in data"
+        )
+    if "data" not in event:
+        raise EnvelopeError(
+            "structured CloudEvent has no data; Loglane events carry their fields there"
+        )
+    try:
+        data = json.dumps(event["data"], separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        raise EnvelopeError(
+            "structured CloudEvent: a number in data is beyond what a double holds"
+        ) from None
+    attributes = {name: event.get(name) for name in ("id", "source", "type", *_STRUCTURED_TEXT)}
+    for name, value in attributes.items():
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise EnvelopeError(f"structured CloudEvent: {name} must be a string")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise EnvelopeError(
+                f"structured CloudEvent: {name} holds a lone surrogate; attributes are text"
+            ) from None
+        if "\x00" in value:
+            raise EnvelopeError(
+                f"structured CloudEvent: {name} holds a NUL character; attributes are text"
+            )
+    return Envelope(
+        id=event["id"],
+        type=event["type"],
+        source=event["source"],
+        time=event.get("time") or "",
+        data=data,
+        correlation_id=event.get("correlationid"),
+        causation_id=event.get("causationid"),
+        traceparent=event.get("traceparent"),
+        origin=event.get("loglaneorigin"),
+    )
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def now_rfc3339() -> str:
