@@ -147,8 +147,8 @@ def screenshot(browser: WebDriver, tmp_path: Path) -> Callable[[str], Path]:
     def take(name: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.png"
-        height = browser.execute_script("return document.body.scrollHeight")
-        browser.set_window_size(1280, max(600, min(int(height) + 40, 2400)))
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1280, max(900, min(int(height) + 140, 2400)))
         assert browser.save_screenshot(str(path)), f"no screenshot saved to {path}"
         browser.set_window_size(1280, 900)
         assert path.stat().st_size > 0

@@ -169,7 +169,7 @@ def _arrow(edge: Follow, source: Box, follower: Box) -> Arrow:
     else:
         middle = (x1 + x2) // 2
         path = f"M {x1} {y1} C {middle} {y1}, {middle} {y2}, {x2} {y2}"
-    return Arrow(follow=edge, path=path, label_x=(x1 + x2) // 2, label_y=(y1 + y2) // 2 - 6)
+    return Arrow(follow=edge, path=path, label_x=x1 + 10, label_y=y1 - 7)
 
 
 async def figures_of(runtimes: Mapping[str, ServiceRuntime]) -> dict[str, Figures]:
