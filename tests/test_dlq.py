@@ -17,6 +17,7 @@ from loglane.dlq import (
     dead_letters,
     drop,
     list_letters,
+    pending_count,
     redrive,
     show,
 )
@@ -363,3 +364,18 @@ def test_drops_and_single_redrives_are_kept_in_postgresql(
     assert landscape.view(items).get("p1") is None
     assert landscape.view(items).get("p2") == Item(item="p2", times=1)
     assert landscape.view(items).get("p3") == Item(item="p3", times=1)
+
+
+def test_the_pending_count_leaves_out_dropped_and_redriven_letters(
+    landscape: LandscapeTest,
+) -> None:
+    store = landscape.stores["fragile"]
+    dropped, redriven, _ = failed(landscape, Keep(item="c1"), Keep(item="c2"), Keep(item="c3"))
+    assert pending_count(landscape.log, store, fragile) == 3
+    drop(landscape.log, store, fragile, dropped)
+    redrive(landscape.log, store, fragile, redriven)
+    assert pending_count(landscape.log, store, fragile) == 1
+    assert redrive(landscape.log, store, fragile) == 1
+    landscape.run_until_quiet()  # the re-driven letters fail again: two new dead letters
+    assert pending_count(landscape.log, store, fragile) == 2
+    assert len(list_letters(landscape.log, fragile, store, include_handled=True)) == 5

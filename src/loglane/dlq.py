@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from loglane.envelope import output_event_id
 from loglane.errors import LoglaneError, StaleBatchError
@@ -115,6 +116,22 @@ class DeadLetter:
         """The failed record's value as text (invalid UTF-8 replaced)."""
         return self.record.value.decode(errors="replace")
 
+    def as_json(self) -> dict[str, Any]:
+        """The letter as JSON-ready data: what `loglane dlq show --json` prints."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "type": self.type,
+            "key": self.key,
+            "request_id": self.request_id,
+            "failed_at": self.failed_at,
+            "dead_lettered_at_ms": self.record.timestamp_ms,
+            "reason": self.reason,
+            "traceback": self.traceback,
+            "headers": self.headers,
+            "payload": self.payload,
+        }
+
     def _header(self, name: str) -> str | None:
         value = self.record.header(name)
         return None if value is None else value.decode(errors="replace")
@@ -122,18 +139,21 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LetterFilter:
-    """Which dead letters to take: all given conditions hold. `type` and `key` are exact;
-    `error` is a case-insensitive substring of the whole error (traceback included)."""
+    """Which dead letters to take: all given conditions hold. `type`, `key` and `request` (the
+    request id) are exact; `error` is a case-insensitive substring of the whole error, the
+    traceback included."""
 
     type: str | None = None
     key: str | None = None
     error: str | None = None
+    request: str | None = None
 
     def matches(self, letter: DeadLetter) -> bool:
         return (
             (self.type is None or letter.type == self.type)
             and (self.key is None or letter.key == self.key)
             and (self.error is None or self.error.casefold() in letter.error.casefold())
+            and (self.request is None or letter.request_id == self.request)
         )
 
 
@@ -174,6 +194,22 @@ def list_letters(
                     letters.append(letter)
             start = chunk[-1].offset + 1
     return letters
+
+
+def pending_count(log: Log, store: Store, service: Service) -> int:
+    """How many dead letters of `service` are neither re-driven nor dropped, counted from the
+    DLQ's offsets and the store's marks without reading the letters."""
+    handled = _Handled.read(store, service)
+    pending = 0
+    for partition, offsets in log.offsets(service.dlq_topic).items():
+        start = max(offsets.start, handled.position(TopicPartition(service.dlq_topic, partition)))
+        marked = sum(
+            1
+            for (marked_partition, offset) in handled.marks
+            if marked_partition == partition and start <= offset < offsets.end
+        )
+        pending += max(offsets.end - start, 0) - marked
+    return pending
 
 
 def show(log: Log, service: Service, letter_id: str, store: Store | None = None) -> DeadLetter:

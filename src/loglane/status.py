@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loglane.dlq import pending_count
 from loglane.logs.base import Log
 from loglane.records import TopicPartition
 from loglane.service import Service
@@ -30,6 +31,9 @@ class ServiceStatus:
     service: str
     partitions: list[PartitionStatus]
     dead_letters: int
+    """Dead letters neither re-driven nor dropped yet."""
+    dead_letters_total: int
+    """Every record the DLQ holds, handled or not."""
 
     @property
     def lag(self) -> int:
@@ -54,5 +58,10 @@ def service_status(service: Service, log: Log, store: Store) -> ServiceStatus:
                     outbox=backlog.get(tp, 0),
                 )
             )
-    dead = sum(o.end - o.start for o in log.offsets(service.dlq_topic).values())
-    return ServiceStatus(service=service.name, partitions=rows, dead_letters=dead)
+    total = sum(o.end - o.start for o in log.offsets(service.dlq_topic).values())
+    return ServiceStatus(
+        service=service.name,
+        partitions=rows,
+        dead_letters=pending_count(log, store, service),
+        dead_letters_total=total,
+    )
