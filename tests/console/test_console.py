@@ -222,3 +222,28 @@ def test_the_view_browser_pages_through_rows_and_looks_up_a_key(
     console.find_element(By.CSS_SELECTOR, "#lookup button").click()
     wait(console).until(lambda driver: text_of(driver, "#row") != "")
     assert '"name": "Paged 7"' in text_of(console, "#row")
+
+
+def test_a_dead_letter_dropped_from_the_page_leaves_the_pending_list(
+    console: WebDriver, server: Server
+) -> None:
+    server.broken.touch()
+    try:
+        with server.api() as api:
+            body = {"customer_id": "mallory", "name": "Mallory"}
+            failed = api.post("/customers/commands/ImportCustomer?wait=30", json=body).json()
+    finally:
+        server.broken.unlink()
+    request_id = failed["request_id"]
+    console.get(f"{server.url}/ui/services/customers/dlq?key=mallory")
+    console.find_element(By.XPATH, f'//tr[.//a[text()="{request_id}"]]//td/a').click()
+    wait(console).until(lambda driver: driver.find_elements(By.ID, "drop"))
+    console.find_element(By.ID, "drop").click()
+    wait(console).until(lambda driver: text_of(driver, "#done") == "dropped")
+    assert text_of(console, "#letter-status") == "dropped"
+    assert not console.find_elements(By.ID, "redrive")
+
+    console.get(f"{server.url}/ui/services/customers/dlq?key=mallory")
+    assert text_of(console, "#no-letters") == "No pending dead letters match."
+    console.get(f"{server.url}/ui/services/customers/dlq?key=mallory&handled=1")
+    assert "dropped" in text_of(console, "#letters")

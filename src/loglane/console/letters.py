@@ -7,6 +7,8 @@ repeat them; `loglane.dlq` refuses to handle one letter twice either way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
@@ -74,30 +76,14 @@ def router(console: Console) -> APIRouter:
     @routes.post("/services/{name}/dlq/{letter_id}/redrive")
     async def redrive_one(name: str, letter_id: str) -> Response:
         runtime = await opened(name)
-        return await _act(
-            runtime,
-            letter_id,
-            "re-driven",
-            dlq.redrive,
-            runtime.log,
-            runtime.store,
-            runtime.service,
-            letter_id,
-        )
+        action = partial(dlq.redrive, runtime.log, runtime.store, runtime.service, letter_id)
+        return await _act(runtime, letter_id, "re-driven", action)
 
     @routes.post("/services/{name}/dlq/{letter_id}/drop")
     async def drop_one(name: str, letter_id: str) -> Response:
         runtime = await opened(name)
-        return await _act(
-            runtime,
-            letter_id,
-            "dropped",
-            dlq.drop,
-            runtime.log,
-            runtime.store,
-            runtime.service,
-            letter_id,
-        )
+        action = partial(dlq.drop, runtime.log, runtime.store, runtime.service, letter_id)
+        return await _act(runtime, letter_id, "dropped", action)
 
     @routes.post("/services/{name}/dlq")
     async def redrive_all(request: Request, name: str) -> Response:
@@ -114,12 +100,13 @@ def router(console: Console) -> APIRouter:
     return routes
 
 
-async def _act(runtime: ServiceRuntime, letter_id: str, done: str, *call: object) -> Response:
+async def _act(
+    runtime: ServiceRuntime, letter_id: str, done: str, action: Callable[[], object]
+) -> Response:
     """Run a re-drive or drop, then show the letter again with what became of it."""
-    func, *args = call
     page = f"{PREFIX}/services/{runtime.name}/dlq/{letter_id}"
     try:
-        await run_in_threadpool(func, *args)  # type: ignore[arg-type]
+        await run_in_threadpool(action)
     except dlq.UnknownDeadLetterError as exc:
         raise PageNotFoundError(str(exc)) from None
     except dlq.DeadLetterHandledError as exc:

@@ -3,10 +3,16 @@
 
 // An element with data-refresh="URL" data-every="MS" replaces its content with URL's HTML
 // every MS milliseconds; with data-until-done, it stops once the new content holds an element
-// with data-done="true".
+// with data-done="true", or after a quarter of an hour (a request nobody knows, left open).
+const GIVE_UP_AFTER_MS = 15 * 60 * 1000;
+
 function refreshing(element) {
   const every = Number(element.dataset.every || 2000);
+  const until = Date.now() + GIVE_UP_AFTER_MS;
   const tick = async () => {
+    if ("untilDone" in element.dataset && Date.now() > until) {
+      return;
+    }
     try {
       const response = await fetch(element.dataset.refresh, { headers: { Accept: "text/html" } });
       if (response.ok) {
