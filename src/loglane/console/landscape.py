@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from loglane.console.context import Console
-from loglane.dlq import list_letters
+from loglane.dlq import pending_count
 from loglane.service import Service
 from loglane.status import service_status
 
@@ -186,7 +186,7 @@ async def figures_of(runtimes: Mapping[str, ServiceRuntime]) -> dict[str, Figure
 
 def _figures(runtime: ServiceRuntime) -> Figures:
     status = service_status(runtime.service, runtime.log, runtime.store)
-    dead = len(list_letters(runtime.log, runtime.service, runtime.store))
+    dead = pending_count(runtime.log, runtime.store, runtime.service)
     return Figures(lag=status.lag, dead_letters=dead)
 
 

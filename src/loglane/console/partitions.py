@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from loglane.console.context import Console
-from loglane.dlq import list_letters
+from loglane.dlq import pending_count
 from loglane.records import TopicPartition
 from loglane.status import PartitionStatus, service_status
 
@@ -86,7 +86,7 @@ def figures(runtime: ServiceRuntime, throughput: Throughput) -> ServiceFigures:
         lag=status.lag,
         outbox=sum(row.outbox for row in status.partitions),
         per_second=sum(rates.values()) if span else None,
-        dead_letters=len(list_letters(runtime.log, runtime.service, runtime.store)),
+        dead_letters=pending_count(runtime.log, runtime.store, runtime.service),
         sampled_over=span,
     )
 
