@@ -247,3 +247,23 @@ def test_a_dead_letter_dropped_from_the_page_leaves_the_pending_list(
     assert text_of(console, "#no-letters") == "No pending dead letters match."
     console.get(f"{server.url}/ui/services/customers/dlq?key=mallory&handled=1")
     assert "dropped" in text_of(console, "#letters")
+
+
+def test_a_rejected_request_shows_the_reason_and_no_follower_on_its_path(
+    console: WebDriver, server: Server
+) -> None:
+    with server.api() as api:
+        body = {"customer_id": "twice", "name": "Twice"}
+        assert api.post("/customers/commands/CreateCustomer?wait=30", json=body).status_code == 200
+        again = api.post("/customers/commands/CreateCustomer?wait=30", json=body).json()
+    assert again["status"] == "rejected"
+    console.get(f"{server.url}/ui/requests?id={quote(again['request_id'])}")
+    wait(console).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, '[data-done="true"]'))
+    outcomes = {
+        element.get_attribute("data-service"): element.get_attribute("data-outcome")
+        for element in console.find_elements(By.CSS_SELECTOR, ".outcome-of")
+    }
+    assert outcomes == {"customers": "rejected"}
+    steps = text_of(console, "#steps")
+    assert "customer twice exists" in steps
+    assert "loglane.Rejected published on customers.out" in steps

@@ -230,17 +230,17 @@ def _published(
     )
     tp = record.topic_partition
     place = f"{record.topic}:{record.partition}:{record.offset}"
+    event_type = headers.get("ce_type", "")
     for name, runtime in runtimes.items():
-        if record.topic not in runtime.service.topics:
-            continue
+        if runtime.service.handler_for(record.topic, event_type) is None:
+            continue  # not a follower of this event: its worker passes it by
         if (name, place) in failed:
             path.outcomes[name] = "failed"
             path.steps.append(
                 Step(
                     service=name,
                     status="failed",
-                    title=f"{name} failed to handle {headers.get('ce_type', 'it')}; "
-                    "see its dead letter",
+                    title=f"{name} failed to handle {event_type}; see its dead letter",
                     after=at,
                 )
             )
@@ -249,7 +249,7 @@ def _published(
                 Step(
                     service=name,
                     status="applied",
-                    title=f"{name} applied {headers.get('ce_type', 'it')} (its position in "
+                    title=f"{name} applied {event_type} (its position in "
                     f"{tp} is past offset {record.offset})",
                     after=at,
                 )
@@ -257,12 +257,13 @@ def _published(
             path.outcomes.setdefault(name, "applied")
         else:
             path.waiting = True
-            path.outcomes.setdefault(name, "pending")
+            if path.outcomes.get(name) != "failed":
+                path.outcomes[name] = "pending"
             path.steps.append(
                 Step(
                     service=name,
                     status="waiting",
-                    title=f"waiting for {name} to apply {headers.get('ce_type', 'it')}",
+                    title=f"waiting for {name} to apply {event_type}",
                     after=at,
                 )
             )
