@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from loglane.api.appending import append_each
+from loglane.api.asyncapi import asyncapi_router
 from loglane.api.auth import BearerAuth
 from loglane.api.commands import command_router
 from loglane.api.errors import install_error_handlers
@@ -23,7 +24,6 @@ from loglane.api.requests import request_router
 from loglane.api.runtime import ServiceRuntime
 from loglane.api.settings import ApiSettings
 from loglane.api.views import view_router
-from loglane.console import install_console
 from loglane.errors import ConfigurationError, LoglaneError
 from loglane.landscape import Landscape
 from loglane.logs.base import Log
@@ -100,6 +100,7 @@ def create_app(
     )
     app.state.loglane = state
     app.include_router(health_router(runtimes, metrics))
+    app.include_router(asyncapi_router(services))
     for name, runtime in runtimes.items():
         app.include_router(command_router(runtime, metrics), prefix=f"/{name}")
         app.include_router(request_router(runtime), prefix=f"/{name}")
@@ -107,13 +108,22 @@ def create_app(
 
     @app.get("/", summary="What this server serves", operation_id="index")
     async def index() -> dict[str, Any]:
-        return {"services": list(runtimes), "docs": "/docs", "openapi": "/openapi.json"}
+        return {
+            "services": list(runtimes),
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "asyncapi": "/asyncapi.json",
+        }
 
     install_error_handlers(app, list(runtimes))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # added last, so it runs first: an unauthenticated request touches nothing else
     app.add_middleware(BearerAuth, tokens=list(tokens))
-    install_console(app, runtimes, tokens)  # /ui; its login gate runs before BearerAuth
+    # the web console at /ui, whose login gate runs before BearerAuth; imported here, as it
+    # is built on this package
+    from loglane.console import install_console
+
+    install_console(app, runtimes, tokens)
     if tokens:
         _document_bearer_auth(app)
     return app

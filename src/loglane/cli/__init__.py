@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 import threading
 
-from loglane.cli import dlq, inspecting, resetting, running
+from loglane.cli import dlq, documents, inspecting, resetting, running
 from loglane.cli._common import app
 
 __all__ = ["app", "main"]
-_COMMANDS = (dlq, inspecting, resetting, running)  # imported for the commands they register
+# imported for the commands they register
+_COMMANDS = (dlq, documents, inspecting, resetting, running)
 
 
 def main() -> None:
