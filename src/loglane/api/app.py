@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from loglane.api.appending import append_each
+from loglane.api.asyncapi import asyncapi_router
 from loglane.api.auth import BearerAuth
 from loglane.api.commands import command_router
 from loglane.api.errors import install_error_handlers
@@ -99,6 +100,7 @@ def create_app(
     )
     app.state.loglane = state
     app.include_router(health_router(runtimes, metrics))
+    app.include_router(asyncapi_router(services))
     for name, runtime in runtimes.items():
         app.include_router(command_router(runtime, metrics), prefix=f"/{name}")
         app.include_router(request_router(runtime), prefix=f"/{name}")
@@ -106,7 +108,12 @@ def create_app(
 
     @app.get("/", summary="What this server serves", operation_id="index")
     async def index() -> dict[str, Any]:
-        return {"services": list(runtimes), "docs": "/docs", "openapi": "/openapi.json"}
+        return {
+            "services": list(runtimes),
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "asyncapi": "/asyncapi.json",
+        }
 
     install_error_handlers(app, list(runtimes))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
