@@ -20,11 +20,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, urlencode
 
 from starlette.datastructures import URL, Headers
-from starlette.requests import Request
+from starlette.requests import Request, cookie_parser
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, Router
 from starlette.staticfiles import StaticFiles
@@ -76,7 +75,7 @@ class ConsoleGate:
         if "authorization" not in headers:
             token = self._session_token(headers)
             if token is not None:
-                if scope["method"] not in _SAFE_METHODS and not _same_origin(headers, scope):
+                if scope["method"] not in _SAFE_METHODS and not _same_origin(headers):
                     response: Response = JSONResponse(
                         {
                             "detail": "a cross-site request cannot use the console's login; "
@@ -97,16 +96,11 @@ class ConsoleGate:
         await self.app(scope, receive, send)
 
     def _session_token(self, headers: Headers) -> str | None:
-        cookies = SimpleCookie()
-        try:
-            cookies.load(headers.get("cookie", ""))
-        except Exception:  # a malformed Cookie header is no session
-            return None
-        morsel = cookies.get(COOKIE)
-        if morsel is None:
+        presented = cookie_parser(headers.get("cookie", "")).get(COOKIE)
+        if presented is None:
             return None
         for value, token in self._sessions.items():
-            if hmac.compare_digest(morsel.value.encode(), value.encode()):
+            if hmac.compare_digest(presented.encode(), value.encode()):
                 return token
         return None
 
@@ -176,7 +170,7 @@ def _local(target: str) -> str:
     return target
 
 
-def _same_origin(headers: Headers, scope: Scope) -> bool:
+def _same_origin(headers: Headers) -> bool:
     origin = headers.get("origin")
     if origin is not None:
         host = headers.get("host", "")

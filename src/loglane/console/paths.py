@@ -8,7 +8,7 @@ A request leaves traces in three places, and the path is put together from all o
 - the services' topics: every event emitted because of the request carries its id as
   `ce_correlationid`, on `<service>.out`, on `<service>.dlq` when it failed, and on
   `<service>.in` again when it was re-driven. These are searched from their end back to a
-  little before the request began, at most `SCAN_LIMIT` records per partition;
+  little before the request began, at most `search.SCAN_LIMIT` records per partition;
 - the followers' stored positions: an event at offset o of `orders`' input partition is
   applied once `orders` stored a position past o, which is how a service that follows
   another (and emits nothing itself) shows on the path.
@@ -19,7 +19,7 @@ command unhandled, no emitted event unpublished, no follower short of an event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -30,16 +30,14 @@ from starlette.responses import Response
 
 from loglane import dlq
 from loglane.console.context import PREFIX, Console
+from loglane.console.search import correlated_with, search
 from loglane.errors import ConfigurationError
-from loglane.logs.base import Log
 from loglane.records import Message, Record, TopicPartition
 from loglane.stores.base import RequestStatus
 
 if TYPE_CHECKING:
     from loglane.api.runtime import ServiceRuntime
 
-SCAN_LIMIT = 5000
-CHUNK = 500
 SKEW = 5.0  # seconds: records a little older than the request's start are searched too
 
 
@@ -99,16 +97,16 @@ def trace(request_id: str, runtimes: Mapping[str, ServiceRuntime]) -> RequestPat
         _from_store(path, runtime, request_id, inputs, published)
     started = path.started
     cutoff = None if started is None else int((started - SKEW) * 1000)
-    correlated = _correlated(request_id)
+    correlated = correlated_with(request_id)
     failed: set[tuple[str, str]] = set()  # (service, place it failed at), letters pending
     for runtime in runtimes.values():
-        for record in _search(log, runtime.service.dlq_topic, correlated, cutoff):
+        for record in search(log, runtime.service.dlq_topic, correlated, cutoff):
             _dead_letter(path, runtime, record, failed)
     for runtime in runtimes.values():
         service = runtime.service
-        for record in _search(log, service.input_topic, correlated, cutoff):
+        for record in search(log, service.input_topic, correlated, cutoff):
             inputs.setdefault((record.topic, record.partition, record.offset), record)
-        for record in _search(log, service.output_topic, correlated, cutoff):
+        for record in search(log, service.output_topic, correlated, cutoff):
             _published(path, runtimes, record, published, failed)
     for (topic, partition, offset), record in sorted(inputs.items()):
         owner = topic.removesuffix(".in")
@@ -287,45 +285,6 @@ def _dead_letter(
             link=f"{PREFIX}/services/{name}/dlq/{letter.id}",
         )
     )
-
-
-def _search(
-    log: Log, topic: str, matches: Callable[[Record], bool], cutoff_ms: int | None
-) -> list[Record]:
-    """The records of `topic` that `matches`, searched from each partition's end back to
-    `cutoff_ms` (or just the last chunk without one), at most SCAN_LIMIT per partition."""
-    found: list[Record] = []
-    for partition, offsets in sorted(log.offsets(topic).items()):
-        tp = TopicPartition(topic, partition)
-        end = offsets.end
-        while end > offsets.start and offsets.end - end < SCAN_LIMIT:
-            start = max(offsets.start, end - CHUNK)
-            chunk = _read(log, tp, start, end)
-            found.extend(record for record in chunk if matches(record))
-            if not chunk or cutoff_ms is None or chunk[0].timestamp_ms < cutoff_ms:
-                break
-            end = start
-    return found
-
-
-def _read(log: Log, tp: TopicPartition, start: int, end: int) -> list[Record]:
-    records: list[Record] = []
-    while start < end and (chunk := log.read(tp, start, end - start)):
-        records.extend(record for record in chunk if record.offset < end)
-        start = chunk[-1].offset + 1
-    return records
-
-
-def _correlated(request_id: str) -> Callable[[Record], bool]:
-    wanted = request_id.encode()
-
-    def matches(record: Record) -> bool:
-        correlation = record.header("ce_correlationid")
-        if correlation is not None:
-            return correlation == wanted
-        return record.header("ce_id") == wanted
-
-    return matches
 
 
 def _headers(record: Record) -> dict[str, str]:
