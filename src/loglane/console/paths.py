@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from loglane import dlq
+from loglane.api.storable import flaw
 from loglane.console.context import PREFIX, Console
 from loglane.console.search import correlated_with, search
 from loglane.errors import ConfigurationError
@@ -332,21 +333,30 @@ def router(console: Console) -> APIRouter:
         request_id = request.query_params.get("id", "").strip()
         if not request_id:
             return console.page(request, "request.html", path=None, request_id="")
-        if len(request_id) > 200:
+        problem = _unusable(request_id)
+        if problem is not None:
             return console.page(
-                request,
-                "request.html",
-                400,
-                path=None,
-                request_id="",
-                problem="a request id is at most 200 characters",
+                request, "request.html", 400, path=None, request_id="", problem=problem
             )
         path = await traced(request_id)
         return console.page(request, "request.html", path=path, request_id=request_id)
 
     @routes.get("/requests/{request_id}/path")
     async def path_fragment(request: Request, request_id: str) -> Response:
-        path = await traced(request_id[:200])
+        problem = _unusable(request_id)
+        if problem is not None:
+            return console.page(
+                request, "error.html", 400, heading="Bad request id", message=problem
+            )
+        path = await traced(request_id)
         return console.page(request, "_path.html", path=path)
 
     return routes
+
+
+def _unusable(request_id: str) -> str | None:
+    """Why `request_id` cannot be one (the API takes at most 200 characters any store holds)."""
+    if len(request_id) > 200:
+        return "a request id is at most 200 characters"
+    problem = flaw(request_id)
+    return None if problem is None else f"this request id {problem}"
