@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -28,8 +28,10 @@ class CountingTransaction(StoreTransaction):
         self._calls.append(f"get_many {len(keys)}")
         return self._inner.get_many(view, keys)
 
-    def write(self, batch: Batch) -> int | None:
-        return self._inner.write(batch)
+    def write_all(
+        self, batches: Sequence[Batch], published: Mapping[TopicPartition, int] | None = None
+    ) -> dict[TopicPartition, int]:
+        return self._inner.write_all(batches, published)
 
 
 def counting(store: Store, calls: list[str]) -> None:
@@ -37,15 +39,15 @@ def counting(store: Store, calls: list[str]) -> None:
 
     @contextmanager
     def transaction(
-        service: str, source: TopicPartition, expected: int | None
+        service: str, fences: Mapping[TopicPartition, int | None]
     ) -> Iterator[StoreTransaction]:
-        with real(service, source, expected) as inner:
+        with real(service, fences) as inner:
             yield CountingTransaction(inner, calls)
 
     def opened(
-        service: str, source: TopicPartition, expected: int | None
+        service: str, fences: Mapping[TopicPartition, int | None]
     ) -> AbstractContextManager[StoreTransaction]:
-        return transaction(service, source, expected)
+        return transaction(service, fences)
 
     store.transaction = opened  # type: ignore[method-assign]
 

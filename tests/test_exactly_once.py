@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from loglane.dlq import ERROR_HEADER
 from loglane.envelope import read_envelope
 from loglane.errors import BackendUnavailableError, PositionAheadOfLogError
 from loglane.logs.embedded import EmbeddedLog
-from loglane.records import Message, Record
+from loglane.records import Message, Record, TopicPartition
 from loglane.stores.base import Batch, StoreTransaction
 from loglane.stores.postgres import PostgresStore, _row_lock
 from loglane.testing import LandscapeTest
@@ -298,8 +298,10 @@ class NoRows(StoreTransaction):
     def get(self, view: View[Any], key: Key) -> str | None:
         return None
 
-    def write(self, batch: Batch) -> int | None:
-        return None
+    def write_all(
+        self, batches: Sequence[Batch], published: Mapping[TopicPartition, int] | None = None
+    ) -> dict[TopicPartition, int]:
+        return {}
 
 
 @pytest.mark.postgres

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -135,6 +135,56 @@ def test_events_committed_but_not_published_are_published_after_a_crash(tmp_path
     worker.close()
 
 
+def test_one_poll_of_several_partitions_commits_in_one_store_transaction(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.db")
+    store = SQLiteStore(tmp_path / "ledger.db")
+    worker = Worker(ledger, log, store)
+    worker.start()
+    log.append([command_message(ledger, d)[1] for d in deposits(accounts_count=8, per_account=3)])
+    fenced: list[list[TopicPartition]] = []
+    real_transaction = store.transaction
+
+    def counting(
+        service: str, fences: Mapping[TopicPartition, int | None]
+    ) -> AbstractContextManager[StoreTransaction]:
+        fenced.append(sorted(fences))
+        return real_transaction(service, fences)
+
+    store.transaction = counting  # type: ignore[method-assign]
+    polls = 0
+    while worker.handled < 24:
+        polls += worker.run_once(timeout=5) > 0
+    assert len(fenced) == polls, "one transaction a poll"
+    assert len(fenced[0]) > 1, "the first poll's partitions were committed together"
+    for a in range(8):
+        assert store.get(accounts, f"acct-{a}") == ledger_account(f"acct-{a}", balance=6, seq=3)
+    worker.close()
+
+
+def test_published_rows_leave_the_outbox_with_the_next_commit_or_when_idle(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.db")
+    store = SQLiteStore(tmp_path / "ledger.db")
+    worker = Worker(ledger, log, store)
+    worker.start()
+
+    def published() -> int:
+        return sum(o.end for o in log.offsets("ledger.out").values())
+
+    def outbox() -> int:
+        return sum(store.outbox_backlog("ledger").values())
+
+    log.append([command_message(ledger, d)[1] for d in deposits(accounts_count=1, per_account=5)])
+    assert worker.run_once(timeout=5) == 5
+    assert (published(), outbox()) == (5, 5), "kept until the log's acknowledgement is seen"
+    more = [Deposit(account="acct-0", seq=seq, amount=1) for seq in range(6, 9)]
+    log.append([command_message(ledger, d)[1] for d in more])
+    assert worker.run_once(timeout=5) == 3
+    assert (published(), outbox()) == (8, 3), "the commit forgot the five acknowledged"
+    assert worker.run_once(timeout=0.05) == 0
+    assert (published(), outbox()) == (8, 0), "an idle pass forgets the last three"
+    worker.close()
+
+
 def read_envelope_of(message: Message) -> str:
     return dict(message.headers)["ce_id"].decode()
 
@@ -160,12 +210,15 @@ def test_a_batch_that_lost_its_partition_commits_nothing(tmp_path: Path) -> None
     real_transaction = zombie.store.transaction
 
     def heir_commits_first(
-        service: str, source: TopicPartition, expected: int | None
+        service: str, fences: Mapping[TopicPartition, int | None]
     ) -> AbstractContextManager[StoreTransaction]:
         # while the zombie's batch is in flight, the partition's new owner commits past it
         zombie.store.transaction = real_transaction  # type: ignore[method-assign]
-        heir.commit(Batch(service=service, source=source, expected_position=expected, position=5))
-        return real_transaction(service, source, expected)
+        for source, expected in fences.items():
+            heir.commit(
+                Batch(service=service, source=source, expected_position=expected, position=5)
+            )
+        return real_transaction(service, fences)
 
     zombie.store.transaction = heir_commits_first  # type: ignore[method-assign]
     assert zombie.run_once(timeout=5) == 5

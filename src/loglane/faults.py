@@ -9,9 +9,9 @@ worker passes a named step it draws, and on a hit the process kills itself with 
 The steps, in the order one pass of the worker meets them:
 
     after_poll          records polled, nothing handled yet
-    in_commit           inside the store transaction, after the batch's writes, before COMMIT
-    after_commit        the store committed; nothing published yet
-    after_publish       outbox rows published to the log; not yet deleted from the outbox
+    in_commit           inside the store transaction, after the batches' writes, before COMMIT
+    after_commit        the store committed; its outbox rows not handed to the log yet
+    after_publish       the log acknowledged outbox rows; not yet deleted from the outbox
     after_log_commit    the log's consumer offsets committed
     in_assign           partitions assigned; positions read, nothing republished yet
     in_revoke           partitions being revoked, before their state is dropped

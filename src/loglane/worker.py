@@ -3,23 +3,28 @@
 One pass of the loop (`run_once`), top to bottom:
 
 1. poll records from the partitions this worker owns;
-2. per partition, open ONE store transaction, fenced on the position the batch began at, and
-   run the handlers in offset order against a unit of work whose reads come from it;
-3. write the view changes, the new input position, the outbox rows, request outcomes and the
-   ids of applied events in that transaction, and commit;
-4. publish the committed outbox rows to the log (`<service>.out`, `<service>.dlq`), then
-   delete them from the outbox;
-5. commit the log's consumer offsets last, so they trail the store, never lead it.
+2. open ONE store transaction for the batches of every partition polled, fenced on the
+   position each began at, and run the handlers, each partition's in offset order, against
+   one unit of work whose reads come from it;
+3. write the view changes, the new input positions, the outbox rows, request outcomes and
+   the ids of applied events in that transaction, forget the outbox rows the log has
+   acknowledged since the last commit, and commit;
+4. hand the committed outbox rows to the log (`<service>.out`, `<service>.dlq`) without
+   waiting: the next pass polls and runs its handlers while the log acknowledges them, and
+   waits for that just before its own commit, which deletes them from the outbox;
+5. commit the log's consumer offsets, which trail the store, never lead it.
 
-If the store refuses a batch (a value it cannot hold, a handler's failing SQL), the batch is
-halved until the event at fault stands alone; that event goes to the DLQ and the rest commit.
+If the store refuses the transaction (a value it cannot hold, a handler's failing SQL), the
+partitions are committed one by one, and a refused batch is halved until the event at fault
+stands alone; that event goes to the DLQ and the rest commit.
 
 Positions live in the store: on start, or when a partition is assigned, the worker reads
-them there and seeks the log to them. A crash anywhere replays at most the uncommitted batch,
-whose effects were never written; outbox rows committed but not yet deleted are published
-again (same ids) when the partition is next assigned, and consumers drop the duplicates
-(`loglane.dedupe`).
+them there and seeks the log to them. A crash anywhere replays at most the uncommitted
+batches, whose effects were never written; outbox rows committed but not yet deleted are
+published again (same ids) when the partition is next assigned, and consumers drop the
+duplicates (`loglane.dedupe`).
 """
+
 
 from __future__ import annotations
 
@@ -49,7 +54,8 @@ from loglane.errors import (
 )
 from loglane.events import Event
 from loglane.faults import crash_point
-from loglane.logs.base import Consumer, Log
+from loglane.logs.base import Consumer, Log, Publishing
+from loglane.metrics import ServiceMeters
 from loglane.records import Message, Record, TopicPartition
 from loglane.service import Handler, Service
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store, Watermarks
@@ -91,8 +97,14 @@ class Worker:
         # the views each handler was seen to read at its event's key: prefetched per batch
         self._keyed_reads: dict[Handler, set[View[Any]]] = {}
         self._log_offsets: dict[TopicPartition, int] = {}
+        # outbox rows handed to the log, by source up to a seq: not yet acknowledged (in
+        # flight), then acknowledged but still in the outbox (published)
+        self._publishing: Publishing | None = None
+        self._in_flight: dict[TopicPartition, int] = {}
+        self._published: dict[TopicPartition, int] = {}
         self._async: asyncio.Runner | None = None
         self.on_commit = on_commit
+        self.meters = ServiceMeters(service.name)
         self.handled = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -137,6 +149,11 @@ class Worker:
             self.close()
 
     def close(self) -> None:
+        try:
+            self._settle()
+            self._forget_published(list(self._published))
+        except Exception as exc:  # published again by the partitions' next owner
+            logger.warning("closing with publishes unconfirmed: %s", exc)
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
@@ -151,9 +168,11 @@ class Worker:
         consumer = self._require_consumer()
         records = consumer.poll(self.poll_timeout if timeout is None else timeout, self.batch_size)
         crash_point("after_poll")
-        committed: list[Committed] = []
-        for source, batch in _by_partition(records).items():
-            committed.extend(self._commit_isolating(source, batch, {}))
+        if not records:  # idle: let the last publish land and forget its outbox rows now
+            self._settle()
+            self._forget_published(list(self._published))
+            return 0
+        committed = self._commit_poll(_by_partition(records))
         crash_point("after_commit")
         self._publish(committed)
         if self._log_offsets:
@@ -162,98 +181,135 @@ class Worker:
             crash_point("after_log_commit")
         return len(records)
 
+    def _commit_poll(self, parts: dict[TopicPartition, list[Record]]) -> list[Committed]:
+        """Commit the batches of every partition polled in one transaction; if the store
+        refuses it, or one partition moved away, commit them one partition at a time."""
+        if len(parts) > 1:
+            try:
+                return self._commit(parts, {})
+            except (BatchRejectedError, StaleBatchError) as exc:
+                logger.info("committing partition by partition: %s", exc)
+        committed: list[Committed] = []
+        for source, records in parts.items():
+            committed.extend(self._commit_isolating(source, records, {}))
+        return committed
+
     def _commit_isolating(
         self, source: TopicPartition, records: list[Record], poison: dict[int, str]
     ) -> list[Committed]:
         """Commit `records`; if the store refuses them, halve the batch until the refused
         event stands alone, dead-letter it with the store's reason, and commit the rest."""
         try:
-            committed = self._commit(source, records, poison)
+            return self._commit({source: records}, poison)
         except BatchRejectedError as exc:
             if len(records) == 1:
                 reason = f"the store refused its changes: {exc}"
-                committed = self._commit(source, records, {records[0].offset: reason})
-            else:
-                middle = len(records) // 2
-                return self._commit_isolating(
-                    source, records[:middle], poison
-                ) + self._commit_isolating(source, records[middle:], poison)
-        return [] if committed is None else [committed]
+                return self._commit({source: records}, {records[0].offset: reason})
+            middle = len(records) // 2
+            return self._commit_isolating(
+                source, records[:middle], poison
+            ) + self._commit_isolating(source, records[middle:], poison)
 
     def _commit(
-        self, source: TopicPartition, records: list[Record], poison: dict[int, str]
-    ) -> Committed | None:
-        """Handle one partition's records in its store transaction and commit them.
+        self, polled: dict[TopicPartition, list[Record]], poison: dict[int, str]
+    ) -> list[Committed]:
+        """Handle the records of each partition in one store transaction and commit them.
 
-        Records in `poison` (by offset) are dead-lettered with the reason given instead of
-        handled. None if nothing was committed: the partition was revoked, or lost.
+        Records in `poison` (by offset; with one partition only) are dead-lettered with the
+        reason given instead of handled. Partitions revoked meanwhile are left out; one
+        found moved away is resumed from its stored position, or with several partitions
+        the `StaleBatchError` is raised.
         """
+        parts = {source: self._unseen(source, records) for source, records in polled.items()}
+        parts = {source: records for source, records in parts.items() if records}
+        if not parts:
+            return []
+        fences = {source: self._positions[source] for source in parts}
+        while True:
+            batches = {
+                source: Batch(
+                    service=self.service.name,
+                    source=source,
+                    expected_position=fences[source],
+                    position=records[-1].offset + 1,
+                    forget_applied_before=self._applied[source].horizon(records[-1].offset + 1),
+                )
+                for source, records in parts.items()
+            }
+            origins = {source: dict(self._origins[source]) for source in parts}
+            self.meters.tally.clear()
+            try:
+                with self.store.transaction(self.service.name, fences) as store_tx:
+                    unit = UnitOfWork(store_tx)
+                    self._handle_all(parts, batches, unit, poison, origins)
+                    last = batches[next(reversed(batches))]
+                    last.writes, last.statements = unit.writes, unit.statements
+                    for source, batch in batches.items():
+                        if origins[source] != self._origins[source]:
+                            batch.origins = origins[source]
+                    self._settle()  # the rows of the last publish are forgotten with this commit
+                    writing = time.perf_counter()
+                    seqs = store_tx.write_all(list(batches.values()), self._published)
+                    crash_point("in_commit")
+                records = sum(len(records) for records in parts.values())
+                self.meters.committed(records, time.perf_counter() - writing)
+                break
+            except StaleBatchError as exc:
+                if len(parts) > 1:
+                    raise
+                logger.warning("%s", exc, extra={"service": self.service.name})
+                self._resume(list(parts))
+                return []
+            except BatchConflictError as exc:
+                self.meters.conflict()
+                logger.info("batches of %s ran again: %s", ", ".join(map(str, parts)), exc)
+        self._published = {}
+        committed: list[Committed] = []
+        for source, batch in batches.items():
+            self._positions[source] = batch.position
+            self._log_offsets[source] = batch.position
+            self._origins[source] = origins[source]
+            self._applied[source].add(batch.position, batch.applied_ids)
+            self.handled += len(parts[source])
+            if self.on_commit is not None:
+                self._tell_committed(self.on_commit, batch)
+            committed.append(Committed(source, seqs.get(source), batch.outbox))
+        return committed
+
+    def _unseen(self, source: TopicPartition, records: list[Record]) -> list[Record]:
+        """The records of `source` at or beyond its stored position; none if revoked."""
         if source not in self._positions:
-            return None  # revoked while these records were in flight
+            return []  # revoked while these records were in flight
         expected = self._positions[source]
         ahead = [record for record in records if record.offset >= (expected or 0)]
         if len(ahead) < len(records) and expected is not None:
             # records below the stored position: stale fetches after a seek, or a log that
             # was recreated under the store and reset to its start
             self._check_within_log([source], {source: expected})
-        records = ahead
-        if not records:
-            return None
-        position = records[-1].offset + 1
-        applied = self._applied[source]
-        while True:
-            batch = Batch(
-                service=self.service.name,
-                source=source,
-                expected_position=expected,
-                position=position,
-                forget_applied_before=applied.horizon(position),
-            )
-            origins = dict(self._origins[source])
-            try:
-                with self.store.transaction(self.service.name, source, expected) as store_tx:
-                    unit = UnitOfWork(store_tx)
-                    self._handle_all(records, unit, batch, poison, applied, origins)
-                    batch.writes = unit.writes
-                    batch.statements = unit.statements
-                    if origins != self._origins[source]:
-                        batch.origins = origins
-                    last_seq = store_tx.write(batch)
-                    crash_point("in_commit")
-                break
-            except StaleBatchError as exc:
-                logger.warning("%s", exc, extra={"service": self.service.name})
-                self._resume([source])
-                return None
-            except BatchConflictError as exc:
-                logger.info("batch of %s ran again: %s", source, exc)
-        self._positions[source] = position
-        self._log_offsets[source] = position
-        self._origins[source] = origins
-        applied.add(position, batch.applied_ids)
-        self.handled += len(records)
-        if self.on_commit is not None:
-            self._tell_committed(self.on_commit, batch)
-        return Committed(source, last_seq, batch.outbox)
+        return ahead
 
     def _handle_all(
         self,
-        records: list[Record],
+        parts: dict[TopicPartition, list[Record]],
+        batches: dict[TopicPartition, Batch],
         unit: UnitOfWork,
-        batch: Batch,
         poison: dict[int, str],
-        applied: AppliedWindow,
-        origins: Watermarks,
+        origins: dict[TopicPartition, Watermarks],
     ) -> None:
-        """Run the handlers of `records` in offset order, skipping events applied before.
+        """Run the handlers of each partition's records in offset order, skipping events
+        applied before.
 
         Batch first: every record is decoded and validated, then the view rows its handler
         is known to read at its key are fetched in one query per view, then the handlers run.
         """
-        works = self._decode(records, batch, poison, applied, origins)
+        works: list[_Work | _Refused] = []
+        for source, records in parts.items():
+            batch, applied = batches[source], self._applied[source]
+            works.extend(self._decode(records, batch, poison, applied, origins[source]))
         self._prefetch(works, unit)
         emitter = Emitter.of(self.service.name, self.service.output_topic, now_rfc3339())
         for work in works:
+            batch = batches[work.record.topic_partition]
             if isinstance(work, _Refused):
                 self._fail(work.record, work.envelope, batch, work.reason)
             else:
@@ -288,6 +344,7 @@ class Worker:
                     in_batch.add(event_identity)
                     batch.applied_ids.append(event_identity)
             if seen:
+                self.meters.tally["duplicate"] += 1
                 continue  # a duplicate: the event was applied already
             reason = poison.get(record.offset)
             work = self._work(record, envelope) if reason is None else None
@@ -350,6 +407,7 @@ class Worker:
         """Run the event's handler, with retries; what still fails goes to the DLQ."""
         record, envelope = work.record, work.envelope
         retry = self.service.retry
+        latency, retries = self.meters.handler(envelope.type)
         for attempt in range(retry.attempts):
             tx = Transaction(
                 unit=unit,
@@ -359,6 +417,7 @@ class Worker:
                 origin=f"{record.topic}/{record.partition}/{record.offset}",
                 read_key=work.read_key,
             )
+            started = time.perf_counter()
             try:
                 self._call(work.handler, work.event, tx)
             except CommandRejected:
@@ -366,12 +425,16 @@ class Worker:
             except (BackendUnavailableError, BatchConflictError, BatchRejectedError):
                 raise  # the batch's transaction is gone; the whole batch runs again
             except Exception as exc:
+                latency.observe(time.perf_counter() - started)
                 if attempt + 1 < retry.attempts:
+                    retries.inc()
                     time.sleep(retry.delay(attempt))
                     continue
                 failure = f"handler failed {retry.attempts} times: {exc!r}"
                 self._fail(record, envelope, batch, f"{failure}\n{_users_traceback(exc)}")
                 return
+            latency.observe(time.perf_counter() - started)
+            self.meters.tally["done" if tx.rejection is None else "rejected"] += 1
             if tx.keyed_reads:
                 self._keyed_reads.setdefault(work.handler, set()).update(tx.keyed_reads)
             if tx.rejection is None:
@@ -414,6 +477,7 @@ class Worker:
                 "request_id": None if envelope is None else envelope.request_id,
             },
         )
+        self.meters.tally["failed"] += 1
         batch.outbox.append(self._dead_letter(record, error))
         if envelope is not None and record.topic == self.service.input_topic:
             batch.requests.append(
@@ -437,15 +501,35 @@ class Worker:
     # -- after commit ---------------------------------------------------------------------------
 
     def _publish(self, committed: Sequence[Committed]) -> None:
-        """Publish what the batches committed, then delete it from the outbox at once: a
-        crash can only re-publish what was published in the last pass."""
+        """Hand what the batches committed to the log without waiting for its
+        acknowledgement: the next pass polls and runs its handlers meanwhile, and waits
+        (`_settle`) just before its commit, which forgets the published rows. A crash can
+        only re-publish what the last two passes published."""
         messages = [message for batch in committed for message in batch.messages]
-        if messages:
-            self.log.append(messages)
-        published = {batch.source: batch.last_seq for batch in committed if batch.last_seq}
-        if published:
-            crash_point("after_publish")
-            self.store.delete_outbox(self.service.name, published)
+        if not messages:
+            return
+        self._settle()
+        self._publishing = self.log.publish(messages)
+        self._in_flight = {c.source: c.last_seq for c in committed if c.last_seq is not None}
+
+    def _settle(self) -> None:
+        """Wait until the log holds what was last published; its outbox rows are then
+        `_published`, to be forgotten. If the log fails, they stay in the outbox, and are
+        published again when their partitions resume."""
+        if self._publishing is None:
+            return
+        publishing, self._publishing = self._publishing, None
+        in_flight, self._in_flight = self._in_flight, {}
+        publishing.wait()
+        crash_point("after_publish")
+        for source, seq in in_flight.items():
+            self._published[source] = max(seq, self._published.get(source, seq))
+
+    def _forget_published(self, partitions: Sequence[TopicPartition]) -> None:
+        """Delete the published outbox rows of `partitions` now, not with a later commit."""
+        forget = {tp: self._published.pop(tp) for tp in partitions if tp in self._published}
+        if forget:
+            self.store.delete_outbox(self.service.name, forget)
 
     # -- partitions coming and going ------------------------------------------------------------
 
@@ -460,6 +544,15 @@ class Worker:
             "revoked %s", ", ".join(map(str, partitions)), extra={"service": self.service.name}
         )
         crash_point("in_revoke")
+        try:  # hand the partitions over with their outbox published and forgotten
+            self._settle()
+            self._forget_published(partitions)
+        except Exception as exc:  # the new owner publishes the rows again; consumers drop copies
+            logger.warning(
+                "could not finish publishing before handing over: %s",
+                exc,
+                extra={"service": self.service.name},
+            )
         for tp in partitions:
             self._positions.pop(tp, None)
             self._log_offsets.pop(tp, None)
@@ -469,6 +562,8 @@ class Worker:
     def _resume(self, partitions: Sequence[TopicPartition]) -> None:
         """Seek `partitions` to their stored positions and publish what their outbox holds."""
         consumer = self._require_consumer()
+        self._settle()  # else what is in flight would be published again from the outbox
+        self._forget_published(partitions)
         stored = self.store.positions(self.service.name)
         self._check_within_log(partitions, stored)
         for tp in partitions:

@@ -286,7 +286,7 @@ class StoreContract:
     ) -> None:
         ada = Account(account_id="a1", owner="ada", balance=1)
         store.commit(bank.batch(None, 1, writes={bank.accounts: {"a1": ada}}))
-        with store.transaction(bank.name, SOURCE, 1) as tx:
+        with store.transaction(bank.name, {SOURCE: 1}) as tx:
             document = tx.get(bank.accounts, "a1")
             assert document is not None
             assert Account.model_validate_json(document) == ada
@@ -300,9 +300,9 @@ class StoreContract:
         self, store: Store, bank: Declared
     ) -> None:
         store.commit(bank.batch(None, 5))
-        with pytest.raises(StaleBatchError), store.transaction(bank.name, SOURCE, 3):
+        with pytest.raises(StaleBatchError), store.transaction(bank.name, {SOURCE: 3}):
             pytest.fail("the block of a stale transaction ran")
-        with pytest.raises(StaleBatchError), store.transaction(bank.name, SOURCE, None):
+        with pytest.raises(StaleBatchError), store.transaction(bank.name, {SOURCE: None}):
             pytest.fail("the block of a stale transaction ran")
 
     def test_a_batch_the_store_refuses_raises_batch_rejected_and_writes_nothing(
@@ -315,7 +315,7 @@ class StoreContract:
             writes={bank.accounts: {"a1": ada}},
             statements=[Statement("INSERT INTO no_such_table VALUES (1)")],
         )
-        with pytest.raises(BatchRejectedError), store.transaction(bank.name, SOURCE, None) as tx:
+        with pytest.raises(BatchRejectedError), store.transaction(bank.name, {SOURCE: None}) as tx:
             tx.write(broken)
         assert store.get(bank.accounts, "a1") is None
         assert store.positions(bank.name) == {}
@@ -334,7 +334,7 @@ class StoreContract:
             expected = None
             while True:
                 try:
-                    with store.transaction(bank.name, source, expected) as tx:
+                    with store.transaction(bank.name, {source: expected}) as tx:
                         document = tx.get(bank.counters, 7)
                         hits = 0 if document is None else Counter.model_validate_json(document).hits
                         if hold:
@@ -395,6 +395,6 @@ class StoreContract:
     def test_a_transaction_reads_many_rows_at_once(self, store: Store, bank: Declared) -> None:
         rows = {n: Counter(number=n, hits=n * 10) for n in range(1, 700)}
         store.commit(bank.batch(None, 1, writes={bank.counters: rows}))
-        with store.transaction(bank.name, SOURCE, 1) as tx:
+        with store.transaction(bank.name, {SOURCE: 1}) as tx:
             found = tx.get_many(bank.counters, [*rows, 5000])
         assert {key: Counter.model_validate_json(doc) for key, doc in found.items()} == rows

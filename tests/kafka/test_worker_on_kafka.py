@@ -4,7 +4,7 @@ and status figures taken from Kafka's own watermarks and committed offsets."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -60,14 +60,14 @@ def test_a_worker_whose_batch_outlived_its_group_membership_commits_nothing_stal
     stalled: list[TopicPartition] = []
 
     def stall_until_the_heir_has_taken_over(
-        service: str, source: TopicPartition, expected: int | None
+        service: str, fences: Mapping[TopicPartition, int | None]
     ) -> AbstractContextManager[StoreTransaction]:
         # the zombie polled its batch, then stalls before it opens the batch's transaction
-        stalled.append(source)
+        stalled.extend(fences)
         zombie.store.transaction = real_transaction  # type: ignore[method-assign]
         heir.start()
         run_until(heir, lambda: heir.handled == 5)
-        return real_transaction(service, source, expected)
+        return real_transaction(service, fences)
 
     zombie.store.transaction = stall_until_the_heir_has_taken_over  # type: ignore[method-assign]
     try:

@@ -426,7 +426,7 @@ def test_two_batches_that_deadlock_on_rows_lose_the_race_as_a_conflict(
     def read_in_turn(partition: int, first: str, second: str) -> None:
         source = TopicPartition("bank.in", partition)
         try:
-            with store.transaction(bank.name, source, None) as tx:
+            with store.transaction(bank.name, {source: None}) as tx:
                 tx.get(bank.accounts, first)
                 both_hold_one.wait()
                 tx.get(bank.accounts, second)

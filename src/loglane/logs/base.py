@@ -31,6 +31,22 @@ class PartitionOffsets:
     end: int
 
 
+class Publishing(Protocol):
+    """Messages on their way into the log (`Log.publish`)."""
+
+    def wait(self) -> None:
+        """Return once every message is appended durably; raise if one could not be."""
+
+
+class _Published:
+    def wait(self) -> None:
+        pass
+
+
+PUBLISHED: Publishing = _Published()
+"""Messages appended already."""
+
+
 class Consumer(ABC):
     """One member of a consumer group, reading the partitions it owns."""
 
@@ -69,6 +85,14 @@ class Log(ABC):
     @abstractmethod
     def append(self, messages: Sequence[Message]) -> list[Position]:
         """Append durably, partitioning by key with murmur2; positions in `messages` order."""
+
+    def publish(self, messages: Sequence[Message]) -> Publishing:
+        """Start appending `messages` as `append` does, without waiting for the log to
+        acknowledge them: `wait()` on the result does, and raises what `append` would.
+        Messages published later land after these in their partitions. This default
+        appends at once."""
+        self.append(messages)
+        return PUBLISHED
 
     @abstractmethod
     def read(self, partition: TopicPartition, offset: int, max_records: int) -> list[Record]:

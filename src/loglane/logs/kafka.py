@@ -39,7 +39,14 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # stubs lack 
 )
 
 from loglane.errors import BackendUnavailableError, ConfigurationError
-from loglane.logs.base import Consumer, Log, PartitionOffsets, RebalanceListener
+from loglane.logs.base import (
+    PUBLISHED,
+    Consumer,
+    Log,
+    PartitionOffsets,
+    Publishing,
+    RebalanceListener,
+)
 from loglane.logs.kafka_settings import KafkaSettings
 from loglane.records import Headers, Message, Position, Record, TopicPartition
 
@@ -298,11 +305,27 @@ class KafkaLog(Log):
         positions: list[Position] = []
         for message, outcome in zip(messages, reports, strict=True):
             if not isinstance(outcome, ck.Message):
-                raise self._delivery_failed(message, outcome, reports)
+                failed = sum(1 for r in reports if not isinstance(r, ck.Message))
+                raise self._delivery_failed(message, outcome, failed, len(reports))
             positions.append(
                 Position(message.topic, cast(int, outcome.partition()), cast(int, outcome.offset()))
             )
         return positions
+
+    def publish(self, messages: Sequence[Message]) -> Publishing:
+        if not messages:
+            return PUBLISHED
+        self._require_topics(sorted({message.topic for message in messages}))
+        publishing = _Publishing(self, messages)
+        with self._producer_lock:
+            producer = self._producer_client()
+            try:
+                for message in messages:
+                    self._produce(producer, message, publishing.report)
+            except ck.KafkaException as exc:
+                self._discard_if_fatal(_error_of(exc))
+                raise self._unavailable(f"publish to {messages[0].topic!r}", exc) from None
+        return publishing
 
     @staticmethod
     def _produce(
@@ -325,16 +348,12 @@ class KafkaLog(Log):
                 producer.poll(0.1)
 
     def _delivery_failed(
-        self,
-        message: Message,
-        outcome: ck.KafkaError | None,
-        reports: Sequence[ck.Message | ck.KafkaError | None],
+        self, message: Message, outcome: ck.KafkaError | None, failed: int, total: int
     ) -> Exception:
-        failed = sum(1 for r in reports if not isinstance(r, ck.Message))
         if outcome is None:
             return BackendUnavailableError(
                 f"Kafka at {self.settings.bootstrap_servers} did not confirm {failed} of "
-                f"{len(reports)} records; they may or may not be stored; retry the append"
+                f"{total} records; they may or may not be stored; retry the append"
             )
         self._discard_if_fatal(outcome)
         if outcome.code() in _MISSING_TOPIC:
@@ -348,7 +367,7 @@ class KafkaLog(Log):
             )
         return BackendUnavailableError(
             f"Kafka at {self.settings.bootstrap_servers} did not store {failed} of "
-            f"{len(reports)} records for {message.topic!r}: {outcome.str()}; retry the append"
+            f"{total} records for {message.topic!r}: {outcome.str()}; retry the append"
         )
 
     def _discard_if_fatal(self, error: ck.KafkaError | None) -> None:
@@ -491,6 +510,47 @@ class KafkaLog(Log):
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+
+
+def _size(message: Message) -> int:
+    return len(message.value)
+
+
+class _Publishing:
+    """Records handed to the producer, their delivery reports counted as librdkafka serves
+    them; `wait` flushes until every one has its report."""
+
+    def __init__(self, log: KafkaLog, messages: Sequence[Message]) -> None:
+        self._log = log
+        self._messages = messages
+        self._reported = 0
+        self._failures = 0
+        self._failure: tuple[ck.KafkaError, str] | None = None
+
+    def report(self, error: ck.KafkaError | None, delivered: ck.Message) -> None:
+        self._reported += 1
+        if error is not None:
+            self._failures += 1
+            if self._failure is None:
+                self._failure = (error, cast(str, delivered.topic()))
+
+    def wait(self) -> None:
+        log, total = self._log, len(self._messages)
+        with log._producer_lock:
+            producer = log._producer_client()
+            try:
+                while self._reported < total and producer.flush(1.0) > 0:
+                    pass
+            except ck.KafkaException as exc:
+                log._discard_if_fatal(_error_of(exc))
+                raise log._unavailable(f"publish to {self._messages[0].topic!r}", exc) from None
+        if self._failure is not None:
+            error, topic = self._failure
+            # the largest of the topic's: a record too large is the likeliest failure to name
+            message = max((m for m in self._messages if m.topic == topic), key=_size)
+            raise log._delivery_failed(message, error, self._failures, total)
+        if self._reported < total:
+            raise log._delivery_failed(self._messages[0], None, total - self._reported, total)
 
 
 class KafkaConsumer(Consumer):

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from loglane.records import encode_headers, encode_messages
+from loglane.records import TopicPartition, encode_headers, encode_messages
 from loglane.stores.base import Batch, RequestOutcome, Statement, encode_watermarks, stale_batch
 from loglane.views import Key, RowImage, View
 
@@ -41,6 +41,9 @@ _REQUEST_CONFLICT = (
 class RowSink(ABC):
     """How one store's batch transaction sends what `write_batch` writes."""
 
+    holds_position_locks = False
+    """True if the transaction locked the batches' stored positions as it opened."""
+
     @abstractmethod
     def table(self, name: str) -> str:
         """Loglane's table `name` as this store's statements name it."""
@@ -52,6 +55,10 @@ class RowSink(ABC):
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one of Loglane's statements, at once or with the commit's others."""
+
+    @abstractmethod
+    def execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run one of Loglane's statements once per row of parameters, with the others."""
 
     @abstractmethod
     def insert(
@@ -76,39 +83,61 @@ class RowSink(ABC):
         """Applied event ids as the store keeps them in one column."""
 
     @abstractmethod
-    def finish(self, batch: Batch, outcomes: Sequence[RequestOutcome]) -> int | None:
-        """Send whatever waits; the seq of the batch's last outbox row (None without any)."""
+    def finish(self, batches: Sequence[Batch], outcomes: Sequence[RequestOutcome]) -> int | None:
+        """Send whatever waits; the seq of the last outbox row written (None without any)."""
 
 
-def write_batch(batch: Batch, sink: RowSink, *, prune_requests_before: float | None) -> int | None:
-    """Write `batch` through `sink`, in this order: the fenced position (with the origin
-    watermarks), the view rows, the handlers' statements, the outbox, the applied ids, the
-    request outcomes. Returns the seq of the batch's last outbox row."""
-    source = (batch.service, batch.source.topic, batch.source.partition)
-    _advance_position(batch, sink)
-    for view, rows in batch.writes.items():
-        sink.write_view(view, rows)
-    if batch.statements:
-        sink.run_statements(batch.statements)
-    sink.insert(
-        sink.table("loglane_outbox"),
-        OUTBOX_COLUMNS,
-        [(*source, m.topic, m.key, m.value, encode_headers(m.headers)) for m in batch.outbox],
-    )
+def write_batch(
+    batches: Sequence[Batch],
+    published: Mapping[TopicPartition, int],
+    sink: RowSink,
+    *,
+    prune_requests_before: float | None,
+) -> int | None:
+    """Write `batches` through `sink`, in this order: the fenced positions (with the origin
+    watermarks), the view rows and the handlers' statements (batch by batch), the published
+    outbox entries forgotten, the new outbox entries, the applied ids, the request outcomes.
+    Returns the seq of the last outbox entry written, None without any."""
+    for batch in batches:
+        _advance_position(batch, sink)
+    for batch in batches:
+        for view, rows in batch.writes.items():
+            sink.write_view(view, rows)
+        if batch.statements:
+            sink.run_statements(batch.statements)
+    outbox = sink.table("loglane_outbox")
     applied = sink.table("loglane_applied")
-    if batch.applied_ids:
-        sink.execute(
-            f"INSERT INTO {applied} VALUES (%s, %s, %s, %s, %s)",
-            (*source, batch.position, sink.id_list(batch.applied_ids)),
+    service = batches[0].service
+    if published:
+        sink.execute_many(
+            f"DELETE FROM {outbox} WHERE service = %s AND source_topic = %s "
+            "AND source_partition = %s AND seq <= %s",
+            [(service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
         )
-    if batch.forget_applied_before is not None:
-        sink.execute(
-            f"DELETE FROM {applied} WHERE service = %s AND topic = %s AND partition = %s "
-            "AND position < %s",
-            (*source, batch.forget_applied_before),
-        )
-    # Commands of one batch sharing a request id: the last outcome wins, as row by row.
-    outcomes = list({(o.source, o.request_id): o for o in batch.requests}.values())
+    sink.insert(
+        outbox,
+        OUTBOX_COLUMNS,
+        [
+            (*_source(b), m.topic, m.key, m.value, encode_headers(m.headers))
+            for b in batches
+            for m in b.outbox
+        ],
+    )
+    for batch in batches:
+        source = _source(batch)
+        if batch.applied_ids:
+            sink.execute(
+                f"INSERT INTO {applied} VALUES (%s, %s, %s, %s, %s)",
+                (*source, batch.position, sink.id_list(batch.applied_ids)),
+            )
+        if batch.forget_applied_before is not None:
+            sink.execute(
+                f"DELETE FROM {applied} WHERE service = %s AND topic = %s AND partition = %s "
+                "AND position < %s",
+                (*source, batch.forget_applied_before),
+            )
+    # Commands sharing a request id: the last outcome wins, as row by row.
+    outcomes = list({(o.source, o.request_id): o for b in batches for o in b.requests}.values())
     requests = sink.table("loglane_requests")
     now = time.time()
     sink.insert(
@@ -116,7 +145,7 @@ def write_batch(batch: Batch, sink: RowSink, *, prune_requests_before: float | N
         REQUEST_COLUMNS,
         [
             (
-                batch.service,
+                service,
                 o.source,
                 o.request_id,
                 o.status.value,
@@ -131,12 +160,28 @@ def write_batch(batch: Batch, sink: RowSink, *, prune_requests_before: float | N
     )
     if prune_requests_before is not None:
         sink.execute(f"DELETE FROM {requests} WHERE handled_at < %s", (prune_requests_before,))
-    return sink.finish(batch, outcomes)
+    return sink.finish(batches, outcomes)
+
+
+def outbox_seqs(batches: Sequence[Batch], last_seq: int | None) -> dict[TopicPartition, int]:
+    """What `StoreTransaction.write_all` returns: the seq of the last outbox row written,
+    for every source that wrote one. Another source's rows may lie below it, but no later
+    row of these sources: seqs only grow, and the transaction holds their positions."""
+    if last_seq is None:
+        return {}
+    return {batch.source: last_seq for batch in batches if batch.outbox}
+
+
+def _source(batch: Batch) -> tuple[str, str, int]:
+    return (batch.service, batch.source.topic, batch.source.partition)
 
 
 def _advance_position(batch: Batch, sink: RowSink) -> None:
     """Move the batch's position (and its watermarks), only from where the batch began: the
-    fence. On PostgreSQL the transaction already holds the position row's lock."""
+    fence. A sink whose transaction locked the stored position rows when it opened, and
+    found them at the batches' fences, sends the update with the rest; a position not
+    stored yet had no row to lock, and is inserted at once to learn if another got there
+    first."""
     source = batch.source
     positions = sink.table("loglane_positions")
     origins = None if batch.origins is None else encode_watermarks(batch.origins)
@@ -147,18 +192,22 @@ def _advance_position(batch: Batch, sink: RowSink) -> None:
             (batch.service, source.topic, source.partition, batch.position, origins),
         )
     else:
-        changed = sink.execute_now(
+        update = (
             f'UPDATE {positions} SET "offset" = %s, origins = coalesce(%s, origins) '
-            'WHERE service = %s AND topic = %s AND partition = %s AND "offset" = %s',
-            (
-                batch.position,
-                origins,
-                batch.service,
-                source.topic,
-                source.partition,
-                batch.expected_position,
-            ),
+            'WHERE service = %s AND topic = %s AND partition = %s AND "offset" = %s'
         )
+        params = (
+            batch.position,
+            origins,
+            batch.service,
+            source.topic,
+            source.partition,
+            batch.expected_position,
+        )
+        if sink.holds_position_locks:  # checked when the row was locked: send it with the rest
+            sink.execute(update, params)
+            return
+        changed = sink.execute_now(update, params)
     if changed != 1:
         raise stale_batch(batch.service, source, batch.expected_position)
 
@@ -170,9 +219,9 @@ class PruneClock:
         self.every = every
         self._batches = 0
 
-    def due(self, batch: Batch, retention: float) -> float | None:
-        """The time before which outcomes go now, or None if not this batch."""
-        if not batch.requests:
+    def due(self, batches: Sequence[Batch], retention: float) -> float | None:
+        """The time before which outcomes go now, or None if not with these batches."""
+        if not any(batch.requests for batch in batches):
             return None
         self._batches += 1
         return time.time() - retention if self._batches % self.every == 0 else None

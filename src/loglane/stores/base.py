@@ -14,9 +14,10 @@ A store keeps, for each service, in one database and under one transaction per b
   retried POST with the same `Idempotency-Key` is not appended twice and a request is known
   (pending) before any worker handles it.
 
-`transaction` opens the single write of the hot path. It is fenced: it only proceeds if the
-stored position is still the one the batch started from, so a worker that lost its partition
-cannot commit a stale batch over the new owner's work. The worker runs a batch's handlers
+`transaction` opens the single write of the hot path: the batches of every partition one poll
+returned, in one transaction. It is fenced: it only proceeds if each partition's stored
+position is still the one its batch started from, so a worker that lost a partition cannot
+commit a stale batch over the new owner's work. The worker runs a batch's handlers
 inside it, and batches of different partitions that read and write one row never lose an
 update: the store serializes their reads (PostgreSQL's row locks) or refuses the write of a
 batch whose rows changed since it read them (SQLite), with `BatchConflictError`.
@@ -103,10 +104,13 @@ Watermarks = dict[str, tuple[int, int]]
 
 @dataclass(slots=True, kw_only=True)
 class Batch:
-    """Everything one batch of one input partition changes, committed in one transaction.
+    """Everything one batch of one input partition changes, committed in one transaction
+    (with the batches of other partitions polled at the same time).
 
-    `writes` maps each view's keys to the row image to upsert, or None to delete. `origins`,
-    when given, replaces the stored watermarks of `source`.
+    `writes` maps each view's keys to the row image to upsert, or None to delete; batches
+    written together are applied in order, so when their handlers shared one unit of work
+    its writes may all sit on the last. `origins`, when given, replaces the stored
+    watermarks of `source`.
     """
 
     service: str
@@ -159,7 +163,7 @@ def accepted_command(
 
 
 class StoreTransaction(ABC):
-    """The open transaction of one batch: reads under its locks, then one write."""
+    """The open transaction of a poll's batches: reads under its locks, then one write."""
 
     @abstractmethod
     def get(self, view: View[Any], key: Key) -> str | bytes | None:
@@ -172,13 +176,25 @@ class StoreTransaction(ABC):
         found = {key: self.get(view, key) for key in keys}
         return {key: document for key, document in found.items() if document is not None}
 
-    @abstractmethod
     def write(self, batch: Batch) -> int | None:
-        """Write `batch` (views, then statements, position, outbox, outcomes, applied ids).
+        """Write one batch (see `write_all`); the seq of its last outbox entry, or None."""
+        return self.write_all([batch]).get(batch.source)
 
-        Returns the seq of the batch's last outbox entry (None without any). Raises
-        `BatchRejectedError` if the store refuses the batch's data (the transaction is then
-        unusable and must end), `BatchConflictError` on a lost lock race.
+    @abstractmethod
+    def write_all(
+        self,
+        batches: Sequence[Batch],
+        published: Mapping[TopicPartition, int] | None = None,
+    ) -> dict[TopicPartition, int]:
+        """Write `batches`, one per partition the transaction fenced: their positions, view
+        writes and statements (in batch order), outbox entries, applied ids and request
+        outcomes. Forget the outbox entries `published` says were published since they were
+        committed: per source, those up to and including its seq. Once per transaction.
+
+        Returns, per source with outbox entries, a seq at least that of its last entry and
+        below that of any entry committed later. Raises `BatchRejectedError` if the store
+        refuses the data (the transaction is then unusable and must end),
+        `BatchConflictError` on a lost lock race.
         """
 
 
@@ -221,10 +237,11 @@ class Store(ABC):
 
     @abstractmethod
     def transaction(
-        self, service: str, source: TopicPartition, expected_position: int | None
+        self, service: str, fences: Mapping[TopicPartition, int | None]
     ) -> AbstractContextManager[StoreTransaction]:
-        """Open the transaction of a batch of `source`, or raise `StaleBatchError` if the
-        stored position is no longer `expected_position` (None: no position stored yet).
+        """Open the transaction of batches of the partitions in `fences`, or raise
+        `StaleBatchError` if the stored position of one is no longer its fence (None: no
+        position stored yet).
 
         Leaving the block normally commits; an exception rolls everything back.
         """
@@ -237,7 +254,7 @@ class Store(ABC):
         Returns the seq of the batch's last outbox entry (None without any), so the worker
         can publish the entries it holds in memory and then delete them by seq.
         """
-        with self.transaction(batch.service, batch.source, batch.expected_position) as tx:
+        with self.transaction(batch.service, {batch.source: batch.expected_position}) as tx:
             return tx.write(batch)
 
     @abstractmethod

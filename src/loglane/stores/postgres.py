@@ -65,7 +65,7 @@ from loglane.records import (
     decode_headers,
     decode_messages,
 )
-from loglane.stores._batch import PruneClock, RowSink, write_batch
+from loglane.stores._batch import PruneClock, RowSink, outbox_seqs, write_batch
 from loglane.stores._postgres_notify import (
     ChangeMarker,
     CommitListener,
@@ -356,21 +356,32 @@ class PostgresStore(Store):
 
     @contextmanager
     def transaction(
-        self, service: str, source: TopicPartition, expected_position: int | None
+        self, service: str, fences: Mapping[TopicPartition, int | None]
     ) -> Iterator[StoreTransaction]:
         schema = self.schema(service)
+        sources = sorted(fences)  # rows locked in one order: two workers cannot deadlock
         with self._connection() as conn:
             try:
                 with conn.transaction():
-                    # The position row stays locked until the commit: a zombie and the
+                    # The position rows stay locked until the commit: a zombie and a
                     # partition's new owner are serialized, and the second sees it moved.
-                    row = conn.execute(
-                        f'SELECT "offset" FROM {quote(schema)}.loglane_positions '
-                        "WHERE service = %s AND topic = %s AND partition = %s FOR UPDATE",
-                        (service, source.topic, source.partition),
-                    ).fetchone()
-                    if (None if row is None else row[0]) != expected_position:
-                        raise stale_batch(service, source, expected_position)
+                    stored = {
+                        TopicPartition(topic, partition): offset
+                        for topic, partition, offset in conn.execute(
+                            f'SELECT topic, partition, "offset" FROM {quote(schema)}.'
+                            "loglane_positions WHERE service = %s AND (topic, partition) IN "
+                            "(SELECT * FROM unnest(%s::text[], %s::int[])) "
+                            "ORDER BY topic, partition FOR UPDATE",
+                            (
+                                service,
+                                [source.topic for source in sources],
+                                [source.partition for source in sources],
+                            ),
+                        )
+                    }
+                    for source in sources:
+                        if stored.get(source) != fences[source]:
+                            raise stale_batch(service, source, fences[source])
                     transaction = _PostgresTransaction(self, conn, schema)
                     yield transaction
                 self._staged.setdefault(conn, set()).update(transaction.created)
@@ -591,20 +602,26 @@ class _PostgresTransaction(StoreTransaction):
             raise self._failed(exc) from exc
         return dict(rows)
 
-    def write(self, batch: Batch) -> int | None:
+    def write_all(
+        self,
+        batches: Sequence[Batch],
+        published: Mapping[TopicPartition, int] | None = None,
+    ) -> dict[TopicPartition, int]:
         store = self._store
-        unprepared = [view for view in batch.writes if view not in store._tables]
+        written = {view for batch in batches for view in batch.writes}
+        unprepared = [view for view in written if view not in store._tables]
         if unprepared:
-            store.prepare(batch.service, unprepared)
-        tables = {view: store._tables[view] for view in batch.writes}
+            store.prepare(batches[0].service, unprepared)
+        tables = {view: store._tables[view] for view in written}
         rows = _PostgresRows(store, self._conn, self._schema, tables, self.created)
-        prune = store._prune_clock.due(batch, store.ledger_retention)
+        prune = store._prune_clock.due(batches, store.ledger_retention)
         try:
-            return write_batch(batch, rows, prune_requests_before=prune)
+            last_seq = write_batch(batches, published or {}, rows, prune_requests_before=prune)
         except psycopg.OperationalError:
             raise
         except (psycopg.Error, OverflowError, ValueError) as exc:
             raise BatchRejectedError(_one_line(exc)) from exc
+        return outbox_seqs(batches, last_seq)
 
 
 def _check_keys(view: View[Any], keys: Sequence[Key]) -> None:
@@ -629,7 +646,9 @@ def _row_lock(table: str, key: Key) -> int:
 class _PostgresRows(RowSink):
     """A commit's statements, sent in one pipeline when it finishes; large row sets are
     copied at once instead (COPY cannot run in a pipeline), into staging tables where rows
-    may exist already. Only the fence runs at once, for its row count."""
+    may exist already. Only a first position runs at once, for its row count."""
+
+    holds_position_locks = True  # `PostgresStore.transaction` locked them FOR UPDATE
 
     def __init__(
         self,
@@ -656,6 +675,9 @@ class _PostgresRows(RowSink):
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
         self._queued.append((sql, params))
+
+    def execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._queued.append((sql, rows))
 
     def insert(
         self,
@@ -695,26 +717,24 @@ class _PostgresRows(RowSink):
     def id_list(self, ids: list[str]) -> list[str]:
         return ids
 
-    def finish(self, batch: Batch, outcomes: Sequence[RequestOutcome]) -> int | None:
+    def finish(self, batches: Sequence[Batch], outcomes: Sequence[RequestOutcome]) -> int | None:
         waiting = [o.request_id for o in outcomes if o.source == COMMAND_SOURCE]
-        source = batch.source
-        self.execute(
-            "SELECT pg_notify(%s, %s)",
-            (
-                channel(batch.service),
-                payload(self._schema, source.topic, source.partition, batch.position, waiting),
-            ),
-        )
+        for batch in batches:
+            source = batch.source
+            notice = payload(self._schema, source.topic, source.partition, batch.position, waiting)
+            self.execute("SELECT pg_notify(%s, %s)", (channel(batch.service), notice))
+            waiting = []  # told once
+        any_outbox = any(batch.outbox for batch in batches)
         with self._conn.pipeline():
             for sql, params in self._queued:
                 if isinstance(params, list):
                     self.cursor.executemany(sql, params)
                 else:
                     self.cursor.execute(sql, params)
-            if batch.outbox:
+            if any_outbox:
                 outbox = self.table("loglane_outbox")
                 self.cursor.execute(f"SELECT currval(pg_get_serial_sequence('{outbox}', 'seq'))")
-        if not batch.outbox:
+        if not any_outbox:
             return None
         row = self.cursor.fetchone()
         return None if row is None else int(row[0])

@@ -44,7 +44,7 @@ from loglane.records import (
     decode_headers,
     decode_messages,
 )
-from loglane.stores._batch import PruneClock, RowSink, write_batch
+from loglane.stores._batch import PruneClock, RowSink, outbox_seqs, write_batch
 from loglane.stores.base import (
     AcceptedCommand,
     Batch,
@@ -152,19 +152,21 @@ class SQLiteStore(Store):
 
     @contextmanager
     def transaction(
-        self, service: str, source: TopicPartition, expected_position: int | None
+        self, service: str, fences: Mapping[TopicPartition, int | None]
     ) -> Iterator[StoreTransaction]:
         # Optimistic: the handlers read without the file's write lock, so a worker that stalls
         # there (SIGSTOP) blocks no one; `write` takes the lock and checks that every row
         # the batch read is still as it was, else the batch runs again (BatchConflictError).
+        # The positions are checked again under the lock, as they are moved.
         db = self._file.connection()
-        row = db.execute(
-            "SELECT offset FROM loglane_positions WHERE service = ? AND topic = ? "
-            "AND partition = ?",
-            (service, source.topic, source.partition),
-        ).fetchone()
-        if (None if row is None else row[0]) != expected_position:
-            raise stale_batch(service, source, expected_position)
+        for source, expected_position in fences.items():
+            row = db.execute(
+                "SELECT offset FROM loglane_positions WHERE service = ? AND topic = ? "
+                "AND partition = ?",
+                (service, source.topic, source.partition),
+            ).fetchone()
+            if (None if row is None else row[0]) != expected_position:
+                raise stale_batch(service, source, expected_position)
         with ExitStack() as writing:
             yield _SQLiteTransaction(self, db, writing)
 
@@ -473,19 +475,26 @@ class _SQLiteTransaction(StoreTransaction):
                     f"committed (e.g. {changed[0]!r}); it runs again"
                 )
 
-    def write(self, batch: Batch) -> int | None:
+    def write_all(
+        self,
+        batches: Sequence[Batch],
+        published: Mapping[TopicPartition, int] | None = None,
+    ) -> dict[TopicPartition, int]:
         store = self._store
         db = self._writing.enter_context(store._file.transaction())  # committed on the way out
         self._check_reads(db)
-        prune = store._prune_clock.due(batch, store.ledger_retention)
+        prune = store._prune_clock.due(batches, store.ledger_retention)
         try:
-            return write_batch(batch, _SQLiteRows(store, db), prune_requests_before=prune)
+            last_seq = write_batch(
+                batches, published or {}, _SQLiteRows(store, db), prune_requests_before=prune
+            )
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 raise BackendUnavailableError(f"cannot write to {store.path}: {exc}") from exc
             raise BatchRejectedError(str(exc)) from exc
         except (sqlite3.Error, OverflowError) as exc:
             raise BatchRejectedError(str(exc)) from exc
+        return outbox_seqs(batches, last_seq)
 
 
 class _SQLiteRows(RowSink):
@@ -503,6 +512,9 @@ class _SQLiteRows(RowSink):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._db.execute(sql.replace("%s", "?"), params)
+
+    def execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._db.executemany(sql.replace("%s", "?"), rows)
 
     def insert(
         self,
@@ -537,8 +549,8 @@ class _SQLiteRows(RowSink):
     def id_list(self, ids: list[str]) -> bytes:
         return msgpack.packb(ids)  # type: ignore[no-any-return]
 
-    def finish(self, batch: Batch, outcomes: Sequence[RequestOutcome]) -> int | None:
-        if not batch.outbox:
+    def finish(self, batches: Sequence[Batch], outcomes: Sequence[RequestOutcome]) -> int | None:
+        if not any(batch.outbox for batch in batches):
             return None
         (last_seq,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
         return int(last_seq)
