@@ -1,0 +1,247 @@
+"""Prometheus metrics of the workers in this process, in a registry of their own (`REGISTRY`).
+
+Counted by the workers as they go:
+
+    loglane_events_total{service,outcome}             handled: done, rejected, failed, duplicate
+    loglane_handler_seconds{service,type}             one handler call, retries apart
+    loglane_handler_retries_total{service,type}       attempts that failed and were retried
+    loglane_dead_letters_total{service}               records sent to the service's DLQ
+    loglane_batch_records{service}                    records per store transaction
+    loglane_commit_seconds{service}                   writing and committing one transaction
+    loglane_batch_conflicts_total{service}            transactions run again after a conflict
+
+Sampled by a `ProgressSampler` in the background, with connections of its own, so a scrape
+never waits on a backend (a backend that is down leaves the last sample, and its age says so):
+
+    loglane_worker_lag{service,topic,partition}             records not yet applied
+    loglane_worker_oldest_unprocessed_seconds{service,topic,partition}
+    loglane_worker_outbox{service,topic,partition}          committed rows not yet forgotten
+    loglane_worker_sample_age_seconds{service}              how old those three figures are
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from loglane.logs.base import Log
+from loglane.records import TopicPartition
+from loglane.service import Service
+from loglane.stores.base import Store
+
+logger = logging.getLogger("loglane.metrics")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+"""The workers' metrics; `/metrics` of a worker process (and of `loglane run`) serves it."""
+
+_SECONDS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
+_RECORDS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+OUTCOMES = ("done", "rejected", "failed", "duplicate")
+EVENTS = Counter(
+    "loglane_events",
+    "Input records a worker finished with, by outcome (done, rejected, failed, duplicate).",
+    ["service", "outcome"],
+    registry=REGISTRY,
+)
+HANDLER_SECONDS = Histogram(
+    "loglane_handler_seconds",
+    "Time of one handler call.",
+    ["service", "type"],
+    buckets=_SECONDS,
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "loglane_handler_retries",
+    "Handler attempts that failed and were tried again.",
+    ["service", "type"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "loglane_dead_letters",
+    "Records a worker sent to its service's dead-letter topic.",
+    ["service"],
+    registry=REGISTRY,
+)
+BATCH_RECORDS = Histogram(
+    "loglane_batch_records",
+    "Input records committed by one store transaction.",
+    ["service"],
+    buckets=_RECORDS,
+    registry=REGISTRY,
+)
+COMMIT_SECONDS = Histogram(
+    "loglane_commit_seconds",
+    "Time to write and commit one store transaction, handlers apart.",
+    ["service"],
+    buckets=_SECONDS,
+    registry=REGISTRY,
+)
+CONFLICTS = Counter(
+    "loglane_batch_conflicts",
+    "Store transactions run again because rows they read changed under them.",
+    ["service"],
+    registry=REGISTRY,
+)
+
+
+class ServiceMeters:
+    """The counters of one service's worker, their labels bound once. Outcomes are tallied
+    while a transaction runs and counted when it commits, so one that runs again counts once;
+    handler calls and retries count as they happen."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.tally: collections.Counter[str] = collections.Counter()
+        self._events = {outcome: EVENTS.labels(service, outcome) for outcome in OUTCOMES}
+        self._dead_letters = DEAD_LETTERS.labels(service)
+        self._records = BATCH_RECORDS.labels(service)
+        self._commit_seconds = COMMIT_SECONDS.labels(service)
+        self._conflicts = CONFLICTS.labels(service)
+        self._handlers: dict[str, tuple[Histogram, Counter]] = {}
+
+    def handler(self, event_type: str) -> tuple[Histogram, Counter]:
+        """The latency histogram and retry counter of the handler of `event_type`."""
+        meters = self._handlers.get(event_type)
+        if meters is None:
+            meters = self._handlers[event_type] = (
+                HANDLER_SECONDS.labels(self.service, event_type),
+                RETRIES.labels(self.service, event_type),
+            )
+        return meters
+
+    def committed(self, records: int, seconds: float) -> None:
+        """A transaction of `records` input records committed; its write took `seconds`."""
+        for outcome, count in self.tally.items():
+            self._events[outcome].inc(count)
+        self._dead_letters.inc(self.tally["failed"])
+        self._records.observe(records)
+        self._commit_seconds.observe(seconds)
+
+    def conflict(self) -> None:
+        self._conflicts.inc()
+
+
+@dataclass(slots=True)
+class _Sample:
+    taken_at: float = 0.0
+    lag: dict[TopicPartition, int] = field(default_factory=dict)
+    oldest_seconds: dict[TopicPartition, float] = field(default_factory=dict)
+    outbox: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+class ProgressSampler(Collector):
+    """Lag, age of the oldest unprocessed record and outbox backlog of each service, measured
+    every `interval` seconds on a thread of its own and served from memory."""
+
+    def __init__(
+        self,
+        services: Sequence[Service],
+        open_log: Callable[[], Log],
+        open_store: Callable[[str], Store],
+        *,
+        interval: float = 5.0,
+    ) -> None:
+        self._services = list(services)
+        self._open_log = open_log
+        self._open_store = open_store
+        self._interval = interval
+        self._samples = {service.name: _Sample() for service in self._services}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        log: Log | None = None
+        stores: dict[str, Store] = {}
+        try:
+            while True:
+                try:
+                    log = log or self._open_log()
+                    for service in self._services:
+                        store = stores.get(service.name) or self._open_store(service.name)
+                        stores[service.name] = store
+                        self._samples[service.name] = _measure(service, log, store)
+                except Exception as exc:  # the last sample stays; its age tells how stale
+                    logger.warning("cannot sample the workers' progress: %s", exc)
+                if self._stop.wait(self._interval):
+                    return
+        finally:
+            for store in stores.values():
+                store.close()
+            if log is not None:
+                log.close()
+
+    def describe(self) -> Iterable[Metric]:
+        return list(_families().values())
+
+    def collect(self) -> Iterable[Metric]:
+        families = _families()
+        now = time.time()
+        for name, sample in self._samples.items():
+            if not sample.taken_at:
+                continue
+            families["age"].add_metric([name], now - sample.taken_at)
+            for source, lag in sample.lag.items():
+                labels = [name, source.topic, str(source.partition)]
+                families["lag"].add_metric(labels, lag)
+                families["oldest"].add_metric(labels, sample.oldest_seconds.get(source, 0.0))
+            for source, rows in sample.outbox.items():
+                families["outbox"].add_metric([name, source.topic, str(source.partition)], rows)
+        return list(families.values())
+
+
+def _measure(service: Service, log: Log, store: Store) -> _Sample:
+    positions = store.positions(service.name)
+    sample = _Sample(taken_at=time.time(), outbox=store.outbox_backlog(service.name))
+    for topic in service.topics:
+        for partition, offsets in log.offsets(topic).items():
+            source = TopicPartition(topic, partition)
+            position = max(positions.get(source, offsets.start), offsets.start)
+            sample.lag[source] = max(offsets.end - position, 0)
+            oldest = log.read(source, position, 1) if position < offsets.end else []
+            if oldest:
+                age = sample.taken_at - oldest[0].timestamp_ms / 1000
+                sample.oldest_seconds[source] = max(age, 0.0)
+    return sample
+
+
+def _families() -> dict[str, GaugeMetricFamily]:
+    partition = ["service", "topic", "partition"]
+    return {
+        "lag": GaugeMetricFamily(
+            "loglane_worker_lag", "Records in the log not yet applied.", labels=partition
+        ),
+        "oldest": GaugeMetricFamily(
+            "loglane_worker_oldest_unprocessed_seconds",
+            "Age of the oldest record not yet applied (0 when none waits).",
+            labels=partition,
+        ),
+        "outbox": GaugeMetricFamily(
+            "loglane_worker_outbox",
+            "Outbox rows committed and not yet forgotten after publishing.",
+            labels=partition,
+        ),
+        "age": GaugeMetricFamily(
+            "loglane_worker_sample_age_seconds",
+            "How old the lag, age and outbox figures are: they are sampled in the background.",
+            labels=["service"],
+        ),
+    }
