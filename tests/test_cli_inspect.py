@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from loglane.cli import app
+from loglane.dlq import DeadLetter, list_letters
 from loglane.examples.shop import CreateCustomer, PlaceOrder, customers, orders
 from loglane.testing import LandscapeTest
 from tests.processes import ROOT, child_environment
@@ -245,3 +246,24 @@ def test_send_with_wait_says_pending_and_fails_when_no_worker_answers(
     out, err = sending.communicate(timeout=120)
     assert sending.returncode == 1, err
     assert json.loads(out)["status"] == "pending"
+
+
+def test_request_shows_a_follower_that_failed_on_an_event_the_request_caused(
+    dlq: LandscapeTest, tmp_path: Path
+) -> None:
+    broken["now"] = False
+    broken["follower"] = True
+    request_id = dlq.send(Keep(item="chain"))
+    dlq.run_until_quiet()
+    found = Cli("tests.test_dlq", tmp_path).json("request", request_id)
+    by_service = {one["service"]: one for one in found["services"]}
+    assert by_service["fragile"]["status"] == "done"
+    assert [event["type"] for event in by_service["fragile"]["events"]] == ["Stored"]
+    follower_letters = [letter.id for letter in dlq_letters(dlq, "follower")]
+    assert by_service["follower"]["status"] == "failed"
+    assert by_service["follower"]["dead_letters"] == follower_letters
+    assert "follower is down" in by_service["follower"]["detail"]
+
+
+def dlq_letters(landscape: LandscapeTest, service: str) -> list[DeadLetter]:
+    return list_letters(landscape.log, landscape.landscape.service(service))

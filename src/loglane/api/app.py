@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from loglane.api.appending import append_each
 from loglane.api.asyncapi import asyncapi_router
-from loglane.api.auth import BearerAuth
+from loglane.api.auth import BearerAuth, document_bearer_auth
 from loglane.api.commands import command_router
 from loglane.api.errors import install_error_handlers
 from loglane.api.grouping import GroupWriter
@@ -102,8 +102,8 @@ def create_app(
     app.include_router(health_router(runtimes, metrics))
     app.include_router(asyncapi_router(services))
     for name, runtime in runtimes.items():
-        app.include_router(command_router(runtime, metrics), prefix=f"/{name}")
-        app.include_router(request_router(runtime), prefix=f"/{name}")
+        app.include_router(command_router(runtime, metrics, services), prefix=f"/{name}")
+        app.include_router(request_router(runtime, services), prefix=f"/{name}")
         app.include_router(view_router(runtime), prefix=f"/{name}")
 
     @app.get("/", summary="What this server serves", operation_id="index")
@@ -140,11 +140,7 @@ def _document_bearer_auth(app: FastAPI) -> None:
                 summary=app.summary,
                 routes=app.routes,
             )
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer"}
-            }
-            schema["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
+            app.openapi_schema = document_bearer_auth(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

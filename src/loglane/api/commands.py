@@ -17,6 +17,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -25,7 +26,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from loglane.api.metrics import ApiMetrics
-from loglane.api.models import CommandAccepted, Problem, RequestState, output_event
+from loglane.api.models import (
+    CommandAccepted,
+    Problem,
+    RequestState,
+    output_event,
+    request_state_model,
+)
 from loglane.api.positions import encode_position
 from loglane.api.runtime import Claim, KeyInUseError, ServiceRuntime, fingerprint
 from loglane.api.signatures import parameter, with_signature
@@ -35,6 +42,7 @@ from loglane.commands import command_message
 from loglane.envelope import new_event_id
 from loglane.events import Event
 from loglane.records import Position
+from loglane.service import Service
 from loglane.stores.base import AcceptedCommand, RequestOutcome
 
 logger = logging.getLogger("loglane.api")
@@ -44,8 +52,13 @@ KEYED_REQUEST_NAMESPACE = uuid.UUID("2a0f6c8e-5b1d-4c37-9e84-6c6f676c616e")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
-def command_router(runtime: ServiceRuntime, metrics: ApiMetrics) -> APIRouter:
+def command_router(
+    runtime: ServiceRuntime, metrics: ApiMetrics, landscape: Sequence[Service] = ()
+) -> APIRouter:
+    """A route per command type of `runtime`; `landscape`, the services served beside it,
+    tells which events it emits (see `request_state_model`)."""
     router = APIRouter(tags=[runtime.name])
+    state_model = request_state_model(runtime.service, landscape)
     for type_name, command_type in sorted(runtime.service.commands.items()):
         router.add_api_route(
             f"/commands/{type_name}",
@@ -57,7 +70,7 @@ def command_router(runtime: ServiceRuntime, metrics: ApiMetrics) -> APIRouter:
             description=(command_type.__doc__ or "").strip(),
             operation_id=f"post_{runtime.name}_{type_name}",
             responses={
-                200: {"model": RequestState, "description": "Handled within `wait`"},
+                200: {"model": state_model, "description": "Handled within `wait`"},
                 202: {"model": CommandAccepted, "description": "Appended; still in flight"},
                 409: {"model": Problem, "description": "Same key still being appended"},
                 413: {"model": Problem, "description": "Body too large"},

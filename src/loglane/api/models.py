@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
+from loglane.emitted import emitted_types
+from loglane.events import Event
 from loglane.records import Message
+from loglane.service import Service
 from loglane.stores.base import RequestStatus
 
 
@@ -41,6 +47,49 @@ class RequestState(BaseModel):
     )
     detail: str | None = Field(default=None, description="why it was rejected or failed")
     events: list[OutputEvent] = Field(default_factory=list)
+
+
+def request_state_model(service: Service, landscape: Sequence[Service]) -> type[RequestState]:
+    """`RequestState` as `service` answers it, for its OpenAPI document: each event typed as
+    one of the events the service emits (its `type` and the model of its `data`), or as any
+    other event, since not every emitted type can be known (see `loglane.emitted`).
+
+    It documents the body; the body itself is built as a plain `RequestState`, so an event
+    of an older shape is answered as it was emitted, never refused.
+    """
+    return _request_state_model(service, tuple(landscape))
+
+
+@functools.cache
+def _request_state_model(service: Service, landscape: tuple[Service, ...]) -> type[RequestState]:
+    prefix = _camel(service.name)
+    variants: list[type[OutputEvent]] = [
+        _typed_event(prefix, event_type) for event_type in emitted_types(service, landscape)
+    ]
+    event = Union[(*variants, OutputEvent)]  # type: ignore[valid-type]
+    model: type[RequestState] = create_model(
+        f"{prefix}RequestState",
+        __base__=RequestState,
+        __doc__=f"Where a request to {service.name} stands, and the events it produced.",
+        events=(list[event], Field(default_factory=list)),
+    )
+    return model
+
+
+def _typed_event(prefix: str, event_type: type[Event]) -> type[OutputEvent]:
+    name = event_type.event_type
+    model: type[OutputEvent] = create_model(
+        f"{prefix}{_camel(name)}Event",
+        __base__=OutputEvent,
+        __doc__=f"A {name} event, as a CloudEvent in JSON.",
+        type=(Literal[name], ...),  # type: ignore[arg-type]
+        data=(event_type, ...),
+    )
+    return model
+
+
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name))
 
 
 class Problem(BaseModel):

@@ -3,28 +3,37 @@
 # No `from __future__ import annotations` here: FastAPI must see the endpoint's annotations
 # as objects, and they refer to the service's own `max_wait`, a local name.
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from loglane.api.commands import request_state
-from loglane.api.models import Problem, RequestState
+from loglane.api.models import Problem, RequestState, request_state_model
 from loglane.api.positions import encode_position
 from loglane.api.runtime import ServiceRuntime
 from loglane.api.storable import check
+from loglane.service import Service
 from loglane.stores.base import RequestStatus
 
 
-def request_router(runtime: ServiceRuntime) -> APIRouter:
+def request_router(runtime: ServiceRuntime, landscape: Sequence[Service] = ()) -> APIRouter:
+    """The route of `runtime`'s requests; `landscape`, the services served beside it, tells
+    which events it emits (see `request_state_model`)."""
     router = APIRouter(tags=[runtime.name])
     max_wait = runtime.settings.max_wait
+    state_model = request_state_model(runtime.service, landscape)
 
     @router.get(
         "/requests/{request_id}",
-        response_model=RequestState,
+        response_model=None,  # answered as stored; the typed model documents it
         summary="Get a request's status and events",
         operation_id=f"get_{runtime.name}_request",
-        responses={404: {"model": Problem}, 503: {"model": Problem}},
+        responses={
+            200: {"model": state_model, "description": "The request's status and events"},
+            404: {"model": Problem},
+            503: {"model": Problem},
+        },
     )
     async def get_request(
         request_id: Annotated[str, Path(max_length=200)],

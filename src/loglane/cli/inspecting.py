@@ -258,10 +258,14 @@ def request(
                 letters = list_letters(event_log, service, where=LetterFilter(request=request_id))
                 if outcome is None and accepted is None and not letters:
                     continue
+                state = _outcome_json(outcome)
+                if outcome is None and accepted is None:
+                    # not a command here: an event the request caused failed in this service
+                    state.update(status=RequestStatus.FAILED.value, detail=letters[0].reason)
                 found.append(
                     {
                         "service": service.name,
-                        **_outcome_json(outcome),
+                        **state,
                         "dead_letters": [letter.id for letter in letters],
                     }
                 )
