@@ -19,9 +19,12 @@ import jsonschema_rs
 import pytest
 from typer.testing import CliRunner
 
+from loglane import Event, Service, Transaction
 from loglane.api import create_app
 from loglane.asyncapi import asyncapi_document
 from loglane.cli import app as cli
+from loglane.emitted import emitted_types
+from loglane.events import Rejected
 from loglane.examples.shop import CreateCustomer, landscape, orders
 from loglane.urls import open_log, open_store
 
@@ -188,3 +191,38 @@ def test_the_api_serves_the_document_and_the_cli_prints_it(tmp_path: Path) -> No
     printed = CliRunner().invoke(cli, ["asyncapi", "loglane.examples.shop"])
     assert printed.exit_code == 0, printed.output
     assert json.loads(printed.stdout) == asyncapi_document(landscape)
+
+
+def test_the_emitted_types_are_those_built_in_emit_calls_and_those_followers_take() -> None:
+    class Ping(Event):
+        n: int
+
+    class Pong(Event):
+        n: int
+
+    class Echoed(Event):
+        n: int
+
+    class Unseen(Event):
+        n: int
+
+    class Followed(Event):
+        n: int
+
+    pinger = Service("pinger")
+    watcher = Service("watcher")
+
+    @pinger.handles(Ping, key="n")
+    def ping(command: Ping, tx: Transaction) -> None:
+        tx.emit(Pong(n=command.n))
+        tx.emit(Echoed.model_validate({"n": command.n}))
+        unseen = Unseen(n=command.n)
+        tx.emit(unseen)  # a variable: not seen
+
+    @watcher.handles(Followed, source=pinger)
+    def follow(event: Followed, tx: Transaction) -> None:
+        pass
+
+    assert emitted_types(pinger, [pinger, watcher]) == [Echoed, Followed, Pong, Rejected]
+    assert emitted_types(pinger) == [Echoed, Pong, Rejected]
+    assert emitted_types(watcher, [pinger, watcher]) == []  # no commands, emits nothing

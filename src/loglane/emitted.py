@@ -42,9 +42,9 @@ def _emitted_by(func: Callable[..., Any]) -> list[type[Event]]:
     func = inspect.unwrap(func)
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+        names = {**getattr(func, "__globals__", {}), **inspect.getclosurevars(func).nonlocals}
     except (OSError, TypeError, SyntaxError):
-        return []  # defined where no source is kept (a REPL, generated code)
-    names = {**func.__globals__, **inspect.getclosurevars(func).nonlocals}
+        return []  # not a plain function, or defined where no source is kept (a REPL)
     found: list[type[Event]] = []
     for node in ast.walk(tree):
         if (
