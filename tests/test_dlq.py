@@ -25,6 +25,8 @@ from loglane.errors import BackendUnavailableError
 from loglane.records import Message
 from loglane.stores.base import Batch, Store
 from loglane.testing import LandscapeTest
+from loglane.urls import open_log
+from loglane.worker import ensure_topics
 from tests.postgres import schemas, with_schema
 from tests.test_cli import loglane
 
@@ -379,3 +381,25 @@ def test_the_pending_count_leaves_out_dropped_and_redriven_letters(
     landscape.run_until_quiet()  # the re-driven letters fail again: two new dead letters
     assert pending_count(landscape.log, store, fragile) == 2
     assert len(list_letters(landscape.log, fragile, store, include_handled=True)) == 5
+
+
+def test_what_was_handled_in_a_recreated_dlq_does_not_hide_its_new_letters(
+    landscape: LandscapeTest, tmp_path: Path
+) -> None:
+    store = landscape.stores["fragile"]
+    dropped, _ = failed(landscape, Keep(item="old1"), Keep(item="old2"))
+    old = show(landscape.log, fragile, dropped)
+    drop(landscape.log, store, fragile, dropped)
+    assert redrive(landscape.log, store, fragile) == 1
+    recreated = open_log(f"embedded:///{tmp_path}/recreated.db")
+    try:
+        ensure_topics(recreated, [fragile])
+        record = old.record
+        recreated.append([Message(record.topic, record.key, record.value, record.headers)])
+        (letter,) = list_letters(recreated, fragile, store)
+        assert letter.id == dropped  # the same place as the dropped letter...
+        assert letter.record.timestamp_ms != record.timestamp_ms  # ...but another letter
+        assert letter.status is LetterStatus.PENDING
+        assert pending_count(recreated, store, fragile) == 1
+    finally:
+        recreated.close()

@@ -21,8 +21,10 @@ What was handled is kept in the service's store, written like any input position
   before a partition's position were re-driven;
 - a letter re-driven alone, or dropped, is marked one by one: each mark is a batch of the
   partition's *marks source* (`<service>.dlq#handled`, a name no topic can have, with a
-  position that only counts the marks), whose applied ids say `"<offset> redriven"` or
-  `"<offset> dropped"`. A dropped letter is never re-driven, not even past the position.
+  position that only counts the marks), whose applied ids say `"<offset> redriven <ms>"` or
+  `"<offset> dropped <ms>"` (`ms`: the letter's timestamp, which tells it from a letter at
+  the same offset of a DLQ recreated since). A dropped letter is never re-driven, not even
+  past the position.
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ def list_letters(
     Given the store, those re-driven or dropped are left out unless `include_handled`;
     without it, every letter is listed as PENDING.
     """
-    handled = _Handled.read(store, service) if store is not None else _Handled()
+    handled = _Handled.read(store, service, log) if store is not None else _Handled()
     letters: list[DeadLetter] = []
     for partition, offsets in sorted(log.offsets(service.dlq_topic).items()):
         tp = TopicPartition(service.dlq_topic, partition)
@@ -197,18 +199,24 @@ def list_letters(
 
 
 def pending_count(log: Log, store: Store, service: Service) -> int:
-    """How many dead letters of `service` are neither re-driven nor dropped, counted from the
-    DLQ's offsets and the store's marks without reading the letters."""
-    handled = _Handled.read(store, service)
+    """How many dead letters of `service` are neither re-driven nor dropped: counted from the
+    DLQ's offsets and the store's marks, reading only the marked letters past the re-driven
+    position (to check that each mark is of the letter now there)."""
+    handled = _Handled.read(store, service, log)
     pending = 0
     for partition, offsets in log.offsets(service.dlq_topic).items():
-        start = max(offsets.start, handled.position(TopicPartition(service.dlq_topic, partition)))
-        marked = sum(
-            1
-            for (marked_partition, offset) in handled.marks
-            if marked_partition == partition and start <= offset < offsets.end
-        )
-        pending += max(offsets.end - start, 0) - marked
+        tp = TopicPartition(service.dlq_topic, partition)
+        start = max(offsets.start, handled.position(tp))
+        pending += max(offsets.end - start, 0)
+        for marked_partition, offset in handled.marks:
+            if marked_partition == partition and start <= offset < offsets.end:
+                records = log.read(tp, offset, 1)
+                if (
+                    records
+                    and records[0].offset == offset
+                    and handled.status(records[0]) is not LetterStatus.PENDING
+                ):
+                    pending -= 1
     return pending
 
 
@@ -223,7 +231,7 @@ def show(log: Log, service: Service, letter_id: str, store: Store | None = None)
         raise UnknownDeadLetterError(
             f"{service.dlq_topic} has no dead letter {letter_id} (see `loglane dlq list`)"
         )
-    handled = _Handled.read(store, service) if store is not None else _Handled()
+    handled = _Handled.read(store, service, log) if store is not None else _Handled()
     return DeadLetter(record=records[0], status=handled.status(records[0]))
 
 
@@ -282,22 +290,34 @@ def redrive(
 
 @dataclass(slots=True)
 class _Handled:
-    """What the store says was handled: the re-driven prefix and the marks, per partition."""
+    """What the store says was handled: the re-driven prefix and the marks, per partition.
+
+    A mark names the letter's offset and its timestamp, so that a mark left from a DLQ since
+    recreated (`loglane reset` after a new log) does not apply to the letter now at that
+    offset; a re-driven position beyond the DLQ's end is left from such a DLQ too.
+    """
 
     positions: dict[TopicPartition, int] = field(default_factory=dict)
-    marks: dict[tuple[int, int], LetterStatus] = field(default_factory=dict)
+    marks: dict[tuple[int, int], tuple[LetterStatus, int | None]] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, store: Store, service: Service) -> _Handled:
-        positions = store.positions(service.name)
-        marks: dict[tuple[int, int], LetterStatus] = {}
-        for tp in positions:
+    def read(cls, store: Store, service: Service, log: Log) -> _Handled:
+        ends = {
+            TopicPartition(service.dlq_topic, partition): offsets.end
+            for partition, offsets in log.offsets(service.dlq_topic).items()
+        }
+        positions: dict[TopicPartition, int] = {}
+        marks: dict[tuple[int, int], tuple[LetterStatus, int | None]] = {}
+        for tp, position in store.positions(service.name).items():
+            if tp in ends and position <= ends[tp]:
+                positions[tp] = position
             if tp.topic != _marks_topic(service):
                 continue
             for _, ids in store.applied(service.name, tp, -1):
                 for mark in ids:
-                    offset, status = mark.split(" ", 1)
-                    marks[(tp.partition, int(offset))] = LetterStatus(status)
+                    offset, status, *stamp = mark.split(" ")
+                    timestamp = int(stamp[0]) if stamp else None
+                    marks[(tp.partition, int(offset))] = (LetterStatus(status), timestamp)
         return cls(positions, marks)
 
     def position(self, tp: TopicPartition) -> int:
@@ -305,8 +325,8 @@ class _Handled:
 
     def status(self, record: Record) -> LetterStatus:
         marked = self.marks.get((record.partition, record.offset))
-        if marked is not None:
-            return marked
+        if marked is not None and marked[1] in (None, record.timestamp_ms):
+            return marked[0]
         if record.offset < self.position(record.topic_partition):
             return LetterStatus.REDRIVEN
         return LetterStatus.PENDING
@@ -340,7 +360,8 @@ def _mark(store: Store, service: Service, records: Sequence[Record], status: Let
     mark written meanwhile moves that position; then these are written after it."""
     by_partition: dict[int, list[str]] = {}
     for record in records:
-        by_partition.setdefault(record.partition, []).append(f"{record.offset} {status}")
+        mark = f"{record.offset} {status} {record.timestamp_ms}"
+        by_partition.setdefault(record.partition, []).append(mark)
     for partition, marks in sorted(by_partition.items()):
         source = TopicPartition(_marks_topic(service), partition)
         for _ in range(_MARK_ATTEMPTS):
