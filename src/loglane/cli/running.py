@@ -13,13 +13,19 @@ import typer
 
 from loglane import diagnostics
 from loglane.cli._common import (
-    App,
-    DbURL,
+    BatchSize,
     Host,
     LogFormat,
-    LogURL,
+    LogLevel,
     Port,
+    ServeApi,
+    Services,
+    SettingApp,
+    SettingDb,
+    SettingLog,
     Tokens,
+    Workers,
+    WorkerService,
     app,
     clear_errors,
     console,
@@ -27,7 +33,8 @@ from loglane.cli._common import (
 from loglane.landscape import load_landscape
 from loglane.runner import WorkerThreads
 from loglane.service import Service
-from loglane.urls import DEFAULT_DB_URL, DEFAULT_LOG_URL, open_log, open_store
+from loglane.settings import Settings
+from loglane.urls import open_log, open_store
 from loglane.worker import ensure_topics
 
 
@@ -48,62 +55,90 @@ def _run_until_signalled(threads: WorkerThreads) -> None:
         raise typer.Exit(1)
 
 
+def _settings(**options: object) -> Settings:
+    """A command's settings (its options over LOGLANE_… variables), its logging configured."""
+    with clear_errors():
+        settings = Settings.resolve(**options)
+    diagnostics.configure(settings.log_format, settings.log_level)
+    return settings
+
+
 @app.command()
 def run(
-    app_path: App,
-    log: LogURL = DEFAULT_LOG_URL,
-    db: DbURL = DEFAULT_DB_URL,
-    log_format: LogFormat = "text",
-    batch_size: int = 1000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker threads per service")] = 1,
-    api: Annotated[bool, typer.Option(help="Serve the HTTP API next to the workers")] = True,
-    host: Host = "127.0.0.1",
-    port: Port = 8000,
+    app_path: SettingApp = None,
+    log: SettingLog = None,
+    db: SettingDb = None,
+    log_format: LogFormat = None,
+    log_level: LogLevel = None,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    api: ServeApi = None,
+    host: Host = None,
+    port: Port = None,
     api_token: Tokens = None,
 ) -> None:
     """Run every service in APP in this process: its workers and its HTTP API on one port."""
-    diagnostics.configure(log_format)
+    settings = _settings(
+        app=app_path,
+        log=log,
+        db=db,
+        log_format=log_format,
+        log_level=log_level,
+        batch_size=batch_size,
+        workers=workers,
+        api=api,
+        host=host,
+        port=port,
+        api_tokens=api_token,
+    )
     with clear_errors():
-        landscape = load_landscape(app_path)
+        landscape = load_landscape(settings.app)
         threads = WorkerThreads(
-            list(landscape) * workers, log_url=log, db_url=db, batch_size=batch_size
+            list(landscape) * settings.workers,
+            log_url=settings.log,
+            db_url=settings.db,
+            batch_size=settings.batch_size,
         )
-    if not api:
+    if not settings.api:
         _run_until_signalled(threads)
         return
-    _serve(list(landscape), log=log, db=db, host=host, port=port, tokens=api_token, threads=threads)
+    _serve(list(landscape), settings, threads=threads)
 
 
 @app.command(name="api")
 def serve_api(
-    app_path: App,
-    service: Annotated[
-        list[str] | None,
-        typer.Option(help="A service to serve; repeat for several. Default: every service"),
-    ] = None,
-    log: LogURL = DEFAULT_LOG_URL,
-    db: DbURL = DEFAULT_DB_URL,
-    log_format: LogFormat = "text",
-    host: Host = "127.0.0.1",
-    port: Port = 8000,
+    app_path: SettingApp = None,
+    service: Services = None,
+    log: SettingLog = None,
+    db: SettingDb = None,
+    log_format: LogFormat = None,
+    log_level: LogLevel = None,
+    host: Host = None,
+    port: Port = None,
     api_token: Tokens = None,
 ) -> None:
     """Serve the HTTP API of services in APP, without workers (run those with `worker`)."""
-    diagnostics.configure(log_format)
+    settings = _settings(
+        app=app_path,
+        service=service,
+        log=log,
+        db=db,
+        log_format=log_format,
+        log_level=log_level,
+        host=host,
+        port=port,
+        api_tokens=api_token,
+    )
     with clear_errors():
-        landscape = load_landscape(app_path)
-        chosen = [landscape.service(name) for name in service] if service else list(landscape)
-    _serve(chosen, log=log, db=db, host=host, port=port, tokens=api_token, threads=None)
+        landscape = load_landscape(settings.app)
+        chosen = [landscape.service(name) for name in settings.service] or list(landscape)
+    _serve(chosen, settings, threads=None)
 
 
 def _serve(
     services: list[Service],
+    settings: Settings,
     *,
-    log: str,
-    db: str,
-    host: str,
-    port: int,
-    tokens: list[str] | None,
     threads: WorkerThreads | None,
     banner: Callable[[str], None] | None = None,
 ) -> None:
@@ -112,16 +147,20 @@ def _serve(
     Returns on SIGINT or SIGTERM (uvicorn handles them), or when a worker fails.
     """
     from loglane.api import create_app
-    from loglane.api.serve import api_tokens, listen, serve, stop_on_signals, url_of
+    from loglane.api.serve import listen, serve, stop_on_signals, url_of
 
     stop = threads.stop if threads is not None else threading.Event()
     stop_on_signals(stop)
     with clear_errors():
-        sock = listen(host, port)
-        event_log = open_log(log)
+        sock = listen(settings.host, settings.port)
+        event_log = open_log(settings.log)
         ensure_topics(event_log, services)
         application = create_app(
-            services, event_log, lambda name: open_store(db, name), tokens=api_tokens(tokens)
+            services,
+            event_log,
+            lambda name: open_store(settings.db, name),
+            tokens=settings.api_tokens,
+            settings=settings.api_settings(),
         )
         if threads is not None:
             threads.on_commit = application.state.loglane.committed
@@ -143,18 +182,29 @@ def _serve(
 
 @app.command()
 def worker(
-    app_path: App,
-    service: Annotated[str, typer.Option(help="The service whose worker this is")],
-    log: LogURL = DEFAULT_LOG_URL,
-    db: DbURL = DEFAULT_DB_URL,
-    log_format: LogFormat = "text",
-    batch_size: int = 1000,
+    app_path: SettingApp = None,
+    service: WorkerService = None,
+    log: SettingLog = None,
+    db: SettingDb = None,
+    log_format: LogFormat = None,
+    log_level: LogLevel = None,
+    batch_size: BatchSize = None,
 ) -> None:
     """Run one worker of one service; start several to split its partitions."""
-    diagnostics.configure(log_format)
+    settings = _settings(
+        app=app_path,
+        service=[service] if service else None,
+        log=log,
+        db=db,
+        log_format=log_format,
+        log_level=log_level,
+        batch_size=batch_size,
+    )
     with clear_errors():
-        chosen = load_landscape(app_path).service(service)
-        threads = WorkerThreads([chosen], log_url=log, db_url=db, batch_size=batch_size)
+        chosen = load_landscape(settings.app).service(settings.one_service())
+        threads = WorkerThreads(
+            [chosen], log_url=settings.log, db_url=settings.db, batch_size=settings.batch_size
+        )
     _run_until_signalled(threads)
 
 
@@ -166,8 +216,8 @@ def demo(
         typer.Option("--dir", help="Keep the log and views here (default: a new temp folder)"),
     ] = None,
     serve: Annotated[bool, typer.Option(help="Then serve the shop's HTTP API until Ctrl-C")] = True,
-    host: Host = "127.0.0.1",
-    port: Port = 8000,
+    host: Annotated[str, typer.Option(help="Address the HTTP API listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the HTTP API listens on")] = 8000,
 ) -> None:
     """Run the example shop (customers and orders) on the embedded log and SQLite views,
     then serve its HTTP API with its workers."""
@@ -181,19 +231,16 @@ def demo(
     print_result(result, folder, console)
     if not serve:
         return
-    log = f"embedded:///{folder}/log.db?synchronous=normal"
-    db = f"sqlite:///{folder}/{{service}}.db"
-    threads = WorkerThreads(list(shop.landscape), log_url=log, db_url=db)
-    _serve(
-        list(shop.landscape),
-        log=log,
-        db=db,
-        host=host,
-        port=port,
-        tokens=[],
-        threads=threads,
-        banner=_demo_banner,
-    )
+    with clear_errors():
+        settings = Settings.resolve(
+            app=shop.__name__,
+            log=f"embedded:///{folder}/log.db?synchronous=normal",
+            db=f"sqlite:///{folder}/{{service}}.db",
+            host=host,
+            port=port,
+        )
+    threads = WorkerThreads(list(shop.landscape), log_url=settings.log, db_url=settings.db)
+    _serve(list(shop.landscape), settings, threads=threads, banner=_demo_banner)
 
 
 def _demo_banner(url: str) -> None:
