@@ -10,13 +10,14 @@ Counted by the workers as they go:
     loglane_commit_seconds{service}                   writing and committing one transaction
     loglane_batch_conflicts_total{service}            transactions run again after a conflict
 
-Sampled by a `ProgressSampler` in the background, with connections of its own, so a scrape
-never waits on a backend (a backend that is down leaves the last sample, and its age says so):
+Sampled by a `ProgressSampler` in the background, so a scrape never waits long on a backend
+(one that is down leaves the last sample, and its age says so); `/metrics` of the API serves
+them too:
 
-    loglane_worker_lag{service,topic,partition}             records not yet applied
-    loglane_worker_oldest_unprocessed_seconds{service,topic,partition}
-    loglane_worker_outbox{service,topic,partition}          committed rows not yet forgotten
-    loglane_worker_sample_age_seconds{service}              how old those three figures are
+    loglane_partition_lag{service,topic,partition}          records not yet applied
+    loglane_partition_oldest_unprocessed_seconds{service,topic,partition}
+    loglane_partition_outbox{service,topic,partition}       committed rows not yet forgotten
+    loglane_progress_sample_age_seconds{service}            how old those three figures are
 """
 
 from __future__ import annotations
@@ -96,6 +97,16 @@ CONFLICTS = Counter(
 )
 
 
+class Forwarded(Collector):
+    """Another registry's metrics, served as part of this one (the API serves the workers')."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()
+
+
 class ServiceMeters:
     """The counters of one service's worker, their labels bound once. Outcomes are tallied
     while a transaction runs and counted when it commits, so one that runs again counts once;
@@ -133,6 +144,10 @@ class ServiceMeters:
         self._conflicts.inc()
 
 
+Backends = Callable[[], Iterable[tuple[Service, Log, Store]]]
+"""The services to measure, each with a log and a store to measure it through."""
+
+
 @dataclass(slots=True)
 class _Sample:
     taken_at: float = 0.0
@@ -142,62 +157,60 @@ class _Sample:
 
 
 class ProgressSampler(Collector):
-    """Lag, age of the oldest unprocessed record and outbox backlog of each service, measured
-    every `interval` seconds on a thread of its own and served from memory."""
+    """Lag, age of the oldest unprocessed record and outbox backlog of each service,
+    measured when scraped, on a thread of its own, one measurement at a time.
+
+    A scrape waits `patience` seconds at most for its measurement, so it answers within
+    about that even while a backend hangs: then with the last sample, whose age
+    `loglane_progress_sample_age_seconds` tells.
+    """
 
     def __init__(
         self,
-        services: Sequence[Service],
-        open_log: Callable[[], Log],
-        open_store: Callable[[str], Store],
+        backends: Backends,
         *,
-        interval: float = 5.0,
+        patience: float = 0.5,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
-        self._services = list(services)
-        self._open_log = open_log
-        self._open_store = open_store
-        self._interval = interval
-        self._samples = {service.name: _Sample() for service in self._services}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="metrics-sampler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
+        self._backends = backends
+        self._patience = patience
+        self._on_close = on_close
+        self._samples: dict[str, _Sample] = {}
+        self._lock = threading.Lock()
+        self._measuring: threading.Thread | None = None
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        """Wait a little for a measurement in flight, then close what `on_close` closes."""
+        if self._measuring is not None:
+            self._measuring.join(timeout=5)
+        if self._on_close is not None:
+            self._on_close()
 
-    def _run(self) -> None:
-        log: Log | None = None
-        stores: dict[str, Store] = {}
+    def measure(self) -> threading.Thread:
+        """Start measuring, unless a measurement is in flight; that measurement's thread."""
+        with self._lock:
+            if self._measuring is None or not self._measuring.is_alive():
+                self._measuring = threading.Thread(
+                    target=self._measure_all, name="progress-sampler", daemon=True
+                )
+                self._measuring.start()
+            return self._measuring
+
+    def _measure_all(self) -> None:
         try:
-            while True:
-                try:
-                    log = log or self._open_log()
-                    for service in self._services:
-                        store = stores.get(service.name) or self._open_store(service.name)
-                        stores[service.name] = store
-                        self._samples[service.name] = _measure(service, log, store)
-                except Exception as exc:  # the last sample stays; its age tells how stale
-                    logger.warning("cannot sample the workers' progress: %s", exc)
-                if self._stop.wait(self._interval):
-                    return
-        finally:
-            for store in stores.values():
-                store.close()
-            if log is not None:
-                log.close()
+            for service, log, store in self._backends():
+                self._samples[service.name] = _measure(service, log, store)
+        except Exception as exc:  # the last sample stays; its age tells how stale
+            logger.warning("cannot measure the services' progress: %s", exc)
 
     def describe(self) -> Iterable[Metric]:
         return list(_families().values())
 
     def collect(self) -> Iterable[Metric]:
+        self.measure().join(self._patience)
         families = _families()
         now = time.time()
-        for name, sample in self._samples.items():
-            if not sample.taken_at:
-                continue
+        for name, sample in list(self._samples.items()):
             families["age"].add_metric([name], now - sample.taken_at)
             for source, lag in sample.lag.items():
                 labels = [name, source.topic, str(source.partition)]
@@ -206,6 +219,38 @@ class ProgressSampler(Collector):
             for source, rows in sample.outbox.items():
                 families["outbox"].add_metric([name, source.topic, str(source.partition)], rows)
         return list(families.values())
+
+
+class OwnConnections:
+    """`Backends` for a `ProgressSampler` on connections of its own, opened on first use
+    (so a backend down at start is retried with every sample)."""
+
+    def __init__(
+        self,
+        services: Sequence[Service],
+        open_log: Callable[[], Log],
+        open_store: Callable[[str], Store],
+    ) -> None:
+        self._services = list({service.name: service for service in services}.values())
+        self._open_log = open_log
+        self._open_store = open_store
+        self._log: Log | None = None
+        self._stores: dict[str, Store] = {}
+
+    def __call__(self) -> Iterable[tuple[Service, Log, Store]]:
+        if self._log is None:
+            self._log = self._open_log()
+        for service in self._services:
+            store = self._stores.get(service.name)
+            if store is None:
+                store = self._stores[service.name] = self._open_store(service.name)
+            yield service, self._log, store
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()
+        if self._log is not None:
+            self._log.close()
 
 
 def _measure(service: Service, log: Log, store: Store) -> _Sample:
@@ -227,20 +272,22 @@ def _families() -> dict[str, GaugeMetricFamily]:
     partition = ["service", "topic", "partition"]
     return {
         "lag": GaugeMetricFamily(
-            "loglane_worker_lag", "Records in the log not yet applied.", labels=partition
+            "loglane_partition_lag",
+            "Records in the log that the service's workers have not applied yet.",
+            labels=partition,
         ),
         "oldest": GaugeMetricFamily(
-            "loglane_worker_oldest_unprocessed_seconds",
-            "Age of the oldest record not yet applied (0 when none waits).",
+            "loglane_partition_oldest_unprocessed_seconds",
+            "Age of the oldest record not applied yet (0 when none waits).",
             labels=partition,
         ),
         "outbox": GaugeMetricFamily(
-            "loglane_worker_outbox",
+            "loglane_partition_outbox",
             "Outbox rows committed and not yet forgotten after publishing.",
             labels=partition,
         ),
         "age": GaugeMetricFamily(
-            "loglane_worker_sample_age_seconds",
+            "loglane_progress_sample_age_seconds",
             "How old the lag, age and outbox figures are: they are sampled in the background.",
             labels=["service"],
         ),

@@ -69,6 +69,17 @@ class WorkerThreads:
             worker.store.close()
             worker.log.close()
 
+    def readiness(self) -> dict[str, str]:
+        """Per worker (`service#n`): "ok" while it runs its passes, else why it does not."""
+        found: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        for worker, thread in zip(self.workers, self._threads, strict=True):
+            name = worker.service.name
+            counts[name] = counts.get(name, 0) + 1
+            reason = worker.unready if thread.is_alive() else "stopped"
+            found[f"{name}#{counts[name]}"] = reason or "ok"
+        return found
+
     def join(self, timeout: float | None = None) -> None:
         """Stop every worker after its current batch and wait for the threads."""
         self.stop.set()

@@ -105,6 +105,8 @@ class Worker:
         self._async: asyncio.Runner | None = None
         self.on_commit = on_commit
         self.meters = ServiceMeters(service.name)
+        self.trouble: str | None = None
+        """Why the last pass failed, until a pass succeeds: what `/readyz` reports."""
         self.handled = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -131,10 +133,12 @@ class Worker:
                         self._resume(sorted(self._positions))
                         recovering = False
                     self.run_once()
+                    self.trouble = None
                     backoff = 0.1
                 except ConfigurationError:
                     raise
                 except Exception as exc:
+                    self.trouble = f"{type(exc).__name__}: {exc}"
                     extra = {"service": self.service.name}
                     if isinstance(exc, BackendUnavailableError):
                         logger.warning(
@@ -147,6 +151,13 @@ class Worker:
                     recovering = True
         finally:
             self.close()
+
+    @property
+    def unready(self) -> str | None:
+        """None while the worker runs its passes, else why it does not."""
+        if self._consumer is None:
+            return "not running (starting, or stopped)"
+        return self.trouble
 
     def close(self) -> None:
         try:

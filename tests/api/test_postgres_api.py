@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from loglane.api import ApiSettings, create_app
 from loglane.examples.shop import landscape
@@ -16,6 +18,7 @@ from loglane.stores.base import Store
 from loglane.urls import open_log, open_store
 from tests.api.conftest import DEADLINE, LiveServer, Stack
 from tests.api.unstorable import assert_each_is_refused_with_a_detail
+from tests.conftest import eventually
 from tests.postgres import PrivateServer, schemas, with_schema
 
 pytestmark = pytest.mark.postgres
@@ -120,6 +123,41 @@ def test_the_api_answers_503_while_postgresql_is_down_and_recovers(tmp_path: Pat
                 "/customers/views/customers/c3", params={"position": posted.json()["position"]}
             )
             assert c3.status_code == 200, c3.text
+    finally:
+        stack.close()
+        server.close()
+
+
+def test_readyz_and_metrics_answer_at_once_while_postgresql_is_down(tmp_path: Path) -> None:
+    """Probes must not wait on a backend that hangs: a probe's timeout is a few seconds, and a
+    connection attempt to a stopped server may take the pool's whole timeout."""
+    server = PrivateServer()
+    stack = open_stack(tmp_path, with_schema(server.url, "shop_{service}") + "&pool_timeout=20")
+    try:
+        api = stack.serve()
+        stack.start_workers()
+        with httpx.Client(base_url=api.url, timeout=DEADLINE) as client:
+            created = client.post(
+                "/customers/commands/CreateCustomer",
+                json={"customer_id": "c1", "name": "Ada"},
+                params={"wait": 30},
+            )
+            assert created.status_code == 200, created.text
+            assert client.get("/readyz").status_code == 200
+            server.stop()
+            for _ in range(3):  # later probes find the first checks still hanging
+                started = time.monotonic()
+                ready = client.get("/readyz")
+                metrics = client.get("/metrics")
+                # far below the pool's 20 s, which an unbounded check would take
+                assert time.monotonic() - started < 8
+                assert ready.status_code == 503, ready.text
+                assert ready.json()["services"]["customers"] != "ok"
+                assert metrics.status_code == 200
+                names = {f.name for f in text_string_to_metric_families(metrics.text)}
+                assert "loglane_progress_sample_age_seconds" in names
+            server.start()
+            eventually(lambda: client.get("/readyz").status_code == 200, message="ready again")
     finally:
         stack.close()
         server.close()

@@ -4,7 +4,10 @@ loglane_api_commands_total{service,type,outcome}    accepted, replayed (same key
 loglane_api_command_seconds{service,type,waited}    POST latency, waits included
 loglane_api_waits_total{service,result}              done, rejected, failed, timeout
 loglane_api_waiters{service}                         requests and reads waiting now
-loglane_partition_lag{service,topic,partition}       log end offset - stored position
+
+and the progress of the services it serves (lag, oldest unprocessed record, outbox; measured
+in the background so a scrape answers within a second while a backend is down), and the
+metrics of workers running in the same process: `loglane.metrics` lists both.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from loglane.api.runtime import ServiceRuntime
-from loglane.records import TopicPartition
+from loglane.metrics import REGISTRY as workers_registry
+from loglane.metrics import Forwarded, ProgressSampler
 
 logger = logging.getLogger("loglane.api")
 
@@ -48,48 +52,32 @@ class ApiMetrics:
             ["service", "result"],
             registry=self.registry,
         )
-        self.registry.register(_ProgressCollector(runtimes))
+        self.registry.register(_Waiters(runtimes))
+        self.registry.register(Forwarded(workers_registry))
+        self.progress = ProgressSampler(
+            lambda: [(r.service, r.log, r.store) for r in runtimes.values() if r.is_open]
+        )
+        self.registry.register(self.progress)
 
 
-class _ProgressCollector(Collector):
-    """Lag and waiters, read at scrape time from the log, the stores and the watchers."""
+class _Waiters(Collector):
+    """HTTP requests waiting now, read from the watchers at scrape time."""
 
     def __init__(self, runtimes: Mapping[str, ServiceRuntime]) -> None:
         self._runtimes = runtimes
 
     def describe(self) -> Iterable[Metric]:
-        return [self._lag(), self._waiters()]
+        return [self._family()]
 
     def collect(self) -> Iterable[Metric]:
-        lag = self._lag()
-        waiters = self._waiters()
+        waiters = self._family()
         for runtime in self._runtimes.values():
-            if not runtime.is_open:
-                continue
-            waiters.add_metric([runtime.name], runtime.watcher.waiting)
-            try:
-                positions = runtime.store.positions(runtime.name)
-                for topic in runtime.service.topics:
-                    for partition, offsets in runtime.log.offsets(topic).items():
-                        stored = positions.get(TopicPartition(topic, partition), 0)
-                        lag.add_metric(
-                            [runtime.name, topic, str(partition)], max(offsets.end - stored, 0)
-                        )
-            except Exception as exc:
-                # a scrape must not fail because one backend is down; /readyz reports that
-                logger.warning("cannot measure the lag of %s: %s", runtime.name, exc)
-        return [lag, waiters]
+            if runtime.is_open:
+                waiters.add_metric([runtime.name], runtime.watcher.waiting)
+        return [waiters]
 
     @staticmethod
-    def _lag() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "loglane_partition_lag",
-            "Records in the log that the service's workers have not applied yet.",
-            labels=["service", "topic", "partition"],
-        )
-
-    @staticmethod
-    def _waiters() -> GaugeMetricFamily:
+    def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily(
             "loglane_api_waiters",
             "HTTP requests waiting for an outcome or a position.",
