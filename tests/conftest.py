@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -51,12 +51,24 @@ def while_progressing(
         time.sleep(step)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """A PostgreSQL server for the tests marked `postgres` (see tests/postgres.py)."""
-    from tests.postgres import server_url
+def announce(config: pytest.Config, line: str) -> None:
+    """Print `line` on the terminal as it happens, past pytest's capturing: which servers a
+    session starts and stops, and how long that took."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if capture is None or reporter is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
 
-    return server_url()
+
+@pytest.fixture(scope="session")
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A PostgreSQL server for the tests marked `postgres` (see tests/postgres.py)."""
+    from tests.postgres import session_server
+
+    with session_server(lambda line: announce(request.config, line)) as url:
+        yield url
 
 
 pytest_plugins = ["tests.kafka_broker"]

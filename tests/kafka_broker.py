@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from loglane.service import Service
-from tests.conftest import eventually
+from tests.conftest import announce, eventually
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kafka"
 _LOG_TAIL_LINES = 80
@@ -230,22 +231,28 @@ class ManagedCluster:
 
 
 @pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[Broker]:
+def kafka_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     """The shared broker every `kafka` test talks to."""
     address = os.environ.get("LOGLANE_KAFKA")
     if address:
         yield Broker(address)
         return
     managed = ManagedBroker.numbered(0)
-    already = is_running(managed.env)
-    if not already:
-        managed.reset()  # no topics left over from earlier sessions
+    where = f"127.0.0.1:{managed.port}"
+    if is_running(managed.env):
+        announce(request.config, f"Kafka: using the broker already running on {where}")
+        yield managed.broker()
+        return
+    announce(request.config, f"Kafka: starting a broker on {where} (scripts/kafka start) ...")
+    started = time.monotonic()
+    managed.reset()  # no topics left over from earlier sessions
     broker = managed.start()
+    announce(request.config, f"Kafka: ready in {time.monotonic() - started:.1f} s")
     try:
         yield broker
     finally:
-        if not already:
-            managed.stop()
+        managed.stop()
+        announce(request.config, "Kafka: stopped the broker this session started")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -6,14 +6,14 @@ concurrent test runs share one server without seeing each other's tables.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +27,33 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "postgres"
 
 
-@functools.cache
-def server_url() -> str:
-    """The URL of the tests' server; scripts/postgres starts it unless LOGLANE_PG is set."""
-    return os.environ.get("LOGLANE_PG") or _script("start")
+@contextmanager
+def session_server(say: Callable[[str], None]) -> Iterator[str]:
+    """The URL of the tests' server: LOGLANE_PG's, or one scripts/postgres starts and, at the
+    end, stops. A server that already ran is used as it is and left running."""
+    given = os.environ.get("LOGLANE_PG")
+    if given:
+        yield given
+        return
+    if _is_running():
+        url = _script("url")
+        say(f"PostgreSQL: using the server already running at {url}")
+        yield url
+        return
+    say("PostgreSQL: starting a server (scripts/postgres start) ...")
+    started = time.monotonic()
+    url = _script("start")
+    say(f"PostgreSQL: {url} ready in {time.monotonic() - started:.1f} s")
+    try:
+        yield url
+    finally:
+        _script("stop")
+        say("PostgreSQL: stopped the server this session started")
+
+
+def _is_running() -> bool:
+    status = subprocess.run([str(SCRIPT), "status"], capture_output=True, check=False)
+    return status.returncode == 0
 
 
 def _script(command: str, env: dict[str, str] | None = None) -> str:
