@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic_core import to_json
 
+from loglane import tracing
 from loglane.envelope import COMMAND_SOURCE, Envelope, new_event_id, now_rfc3339
 from loglane.events import Event
 from loglane.logs.base import Log
@@ -26,6 +27,7 @@ def command_message(
     """
     key = service.partition_key(command)
     request_id = request_id or new_event_id()
+    traceparent = tracing.sending(service.name, command.event_type, traceparent)
     envelope = Envelope(
         id=request_id,
         type=command.event_type,

@@ -101,6 +101,7 @@ def emitted_headers(
     time: bytes,
     cause: Envelope,
     origin: str,
+    traceparent: str | None = None,
 ) -> Headers:
     """The headers of an event a worker emits while handling `cause`: what
     `Envelope.headers` gives, built on the hot path from attributes that are already bytes
@@ -115,8 +116,9 @@ def emitted_headers(
         ("ce_correlationid", cause.request_id.encode()),
         ("ce_causationid", cause.id.encode()),
     )
-    if cause.traceparent:
-        headers += (("ce_traceparent", cause.traceparent.encode()),)
+    traceparent = traceparent or cause.traceparent  # the emitting span's, when traced
+    if traceparent:
+        headers += (("ce_traceparent", traceparent.encode()),)
     return (*headers, ("ce_loglaneorigin", origin.encode()))
 
 

@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn
 
+from opentelemetry.trace import Tracer
 from pydantic_core import to_json
 
+from loglane import tracing
 from loglane.envelope import Envelope, emitted_headers, output_event_id
 from loglane.events import Event, Rejected
 from loglane.records import Message
@@ -107,10 +109,11 @@ class Emitter:
     topic: str
     source: bytes
     time: bytes
+    tracer: Tracer | None = None  # None: no OpenTelemetry SDK, no spans
 
     @classmethod
     def of(cls, service: str, output_topic: str, time: str) -> Emitter:
-        return cls(service, output_topic, service.encode(), time.encode())
+        return cls(service, output_topic, service.encode(), time.encode(), tracing.tracer())
 
 
 class Transaction:
@@ -186,13 +189,18 @@ class Transaction:
         index = len(self.event_ids)
         cause = self._cause
         event_id = output_event_id(self._service, cause.id, index, cause_source=cause.source)
+        emitter = self._emitter
+        traced = None
+        if emitter.tracer is not None:
+            traced = tracing.publishing(emitter.tracer, emitter.topic, event.event_type, event_id)
         headers = emitted_headers(
             id=event_id,
             type=event.event_type,
-            source=self._emitter.source,
-            time=self._emitter.time,
+            source=emitter.source,
+            time=emitter.time,
             cause=cause,
             origin=f"{self._origin}/{index}",
+            traceparent=traced,
         )
         message_key = self._key if key is None else key.encode()
         if message_key is None:

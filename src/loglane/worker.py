@@ -34,12 +34,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from loglane import tracing
 from loglane.dedupe import AppliedWindow, identity, seen_before
 from loglane.dlq import ERROR_HEADER, ORIGIN_HEADER, SOURCE_HEADER
 from loglane.envelope import Envelope, now_rfc3339, read_envelope
@@ -430,7 +432,8 @@ class Worker:
             )
             started = time.perf_counter()
             try:
-                self._call(work.handler, work.event, tx)
+                with self._span(emitter, work):
+                    self._call(work.handler, work.event, tx)
             except CommandRejected:
                 pass  # tx.reject ended the handler; the rejection is recorded below
             except (BackendUnavailableError, BatchConflictError, BatchRejectedError):
@@ -465,6 +468,27 @@ class Worker:
                     )
                 )
             return
+
+    def _span(self, emitter: Emitter, work: _Work) -> AbstractContextManager[None]:
+        """The handler call's span (under the span that emitted its event), if traced."""
+        if emitter.tracer is None:
+            return tracing.NO_SPAN
+        envelope, record = work.envelope, work.record
+        attributes: dict[str, str | int] = {
+            "messaging.message.id": envelope.id,
+            "messaging.destination.name": record.topic,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+            "loglane.request_id": envelope.request_id,
+        }
+        return tracing.handling(
+            emitter.tracer,
+            self.service.name,
+            envelope.type,
+            envelope.traceparent,
+            attributes,
+            not_failures=(CommandRejected,),
+        )
 
     def _call(self, handler: Handler, event: Event, tx: Transaction) -> None:
         if handler.is_async:

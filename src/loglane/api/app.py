@@ -23,6 +23,7 @@ from loglane.api.metrics import ApiMetrics
 from loglane.api.requests import request_router
 from loglane.api.runtime import ServiceRuntime
 from loglane.api.settings import ApiSettings
+from loglane.api.tracing import FASTAPI_TRACES, TraceRequests
 from loglane.api.views import view_router
 from loglane.errors import ConfigurationError, LoglaneError
 from loglane.landscape import Landscape
@@ -124,6 +125,8 @@ def create_app(
     from loglane.console import install_console
 
     install_console(app, runtimes, tokens)
+    if not FASTAPI_TRACES:
+        app.add_middleware(TraceRequests)  # outermost: every request gets its span, 401s too
     if tokens:
         _document_bearer_auth(app)
     return app
