@@ -185,6 +185,36 @@ def test_published_rows_leave_the_outbox_with_the_next_commit_or_when_idle(tmp_p
     worker.close()
 
 
+def test_a_replaying_worker_rebuilds_views_and_nothing_else(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.db")
+    live = Worker(ledger, log, SQLiteStore(tmp_path / "ledger.db"))
+    live.start()
+    posted = [command_message(ledger, d) for d in deposits(accounts_count=2, per_account=3)]
+    log.append([message for _, message in posted])
+    log.append([Message("ledger.in", b"acct-0", b"{}", ())])  # no envelope: a dead letter
+    while live.handled < 7:
+        live.run_once(timeout=5)
+    live.run_once(timeout=0.05)
+    live.close()
+    published = {
+        t: sum(o.end for o in log.offsets(t).values()) for t in ("ledger.out", "ledger.dlq")
+    }
+    assert published == {"ledger.out": 6, "ledger.dlq": 1}
+
+    shadow = SQLiteStore(tmp_path / "shadow.db")
+    replaying = Worker(ledger, log, shadow, group="ledger-rebuild", replay=True)
+    replaying.start()
+    while replaying.handled < 7:
+        replaying.run_once(timeout=5)
+    replaying.close()
+    for a in range(2):
+        assert shadow.get(accounts, f"acct-{a}") == ledger_account(f"acct-{a}", balance=6, seq=3)
+    assert {t: sum(o.end for o in log.offsets(t).values()) for t in published} == published
+    assert shadow.outbox_backlog("ledger") == {}
+    assert shadow.requests("ledger", [request_id for request_id, _ in posted]) == {}
+    assert log.committed("ledger", "ledger.in") != {}, "the live group's offsets stay its own"
+
+
 def read_envelope_of(message: Message) -> str:
     return dict(message.headers)["ce_id"].decode()
 

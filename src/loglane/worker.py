@@ -82,16 +82,26 @@ class Worker:
         poll_timeout: float = 0.5,
         dedupe_window: int = 100_000,
         on_commit: Callable[[Batch], None] | None = None,
+        group: str | None = None,
+        replay: bool = False,
     ) -> None:
         """`on_commit`, if given, is called on the worker's thread with every batch right
         after the store committed it (before its events are published): an HTTP API in the
-        same process uses it to answer waiting requests without polling the store."""
+        same process uses it to answer waiting requests without polling the store.
+
+        `group` is the consumer group to join (default: the service's name). A worker that
+        `replay`s the log into views of its own (`loglane rebuild`) changes only them and
+        its positions: it writes no outbox rows and no request outcomes, and an event its
+        handler fails on is logged and passed over, not dead-lettered again.
+        """
         self.service = service
         self.log = log
         self.store = store
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
         self.dedupe_window = dedupe_window
+        self.group = group or service.name
+        self.replay = replay
         self._consumer: Consumer | None = None
         self._positions: dict[TopicPartition, int | None] = {}
         self._applied: dict[TopicPartition, AppliedWindow] = {}
@@ -117,7 +127,7 @@ class Worker:
         """Create the service's topics and tables, then join its consumer group."""
         ensure_topics(self.log, [self.service])
         self.store.prepare(self.service.name, list(self.service.views.values()))
-        self._consumer = self.log.consumer(self.service.name, self.service.topics, self)
+        self._consumer = self.log.consumer(self.group, self.service.topics, self)
 
     def run(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; back off and recover while a backend is unreachable.
@@ -453,6 +463,8 @@ class Worker:
                 self._keyed_reads.setdefault(work.handler, set()).update(tx.keyed_reads)
             if tx.rejection is None:
                 unit.absorb(tx)
+            if self.replay:
+                return  # views only: the events went out, and the request was answered
             batch.outbox.extend(tx.messages)
             if work.is_command:
                 batch.requests.append(
@@ -503,7 +515,7 @@ class Worker:
         failed."""
         error = error.replace("\x00", "\\x00")  # the store keeps it as text
         logger.warning(
-            "dead-lettered %s: %s",
+            "passed over %s: %s" if self.replay else "dead-lettered %s: %s",
             record.topic_partition,
             error,
             extra={
@@ -513,6 +525,8 @@ class Worker:
             },
         )
         self.meters.tally["failed"] += 1
+        if self.replay:
+            return  # it went to the DLQ when it was first handled
         batch.outbox.append(self._dead_letter(record, error))
         if envelope is not None and record.topic == self.service.input_topic:
             batch.requests.append(
