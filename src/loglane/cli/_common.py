@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from loglane.errors import LoglaneError
 from loglane.settings import help_text
@@ -64,7 +65,7 @@ def clear_errors() -> Iterator[None]:
     try:
         yield
     except LoglaneError as exc:
-        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
