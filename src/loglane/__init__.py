@@ -10,9 +10,10 @@ from loglane.errors import (
     ConfigurationError,
     EnvelopeError,
     LoglaneError,
+    PermanentError,
     StaleBatchError,
 )
-from loglane.events import Event, Rejected
+from loglane.events import Event, EventVersionError, Rejected, Upcasters
 from loglane.landscape import Landscape, load_landscape
 from loglane.service import Retry, Service
 from loglane.stores.base import RequestOutcome, RequestStatus
@@ -28,8 +29,10 @@ __all__ = [
     "ConfigurationError",
     "EnvelopeError",
     "Event",
+    "EventVersionError",
     "Landscape",
     "LoglaneError",
+    "PermanentError",
     "Rejected",
     "RequestOutcome",
     "RequestStatus",
@@ -37,6 +40,7 @@ __all__ = [
     "Service",
     "StaleBatchError",
     "Transaction",
+    "Upcasters",
     "View",
     "Worker",
     "__version__",

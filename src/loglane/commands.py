@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic_core import to_json
 
 from loglane import tracing
-from loglane.envelope import COMMAND_SOURCE, Envelope, new_event_id, now_rfc3339
+from loglane.envelope import COMMAND_SOURCE, Envelope, dataschema, new_event_id, now_rfc3339
 from loglane.events import Event
 from loglane.logs.base import Log
 from loglane.records import Message, Position
@@ -36,6 +36,7 @@ def command_message(
         data=to_json(command),
         correlation_id=request_id,
         traceparent=traceparent,
+        dataschema=dataschema(command.event_type, command.event_version),
     )
     return request_id, Message(service.input_topic, key, envelope.data, envelope.headers())
 

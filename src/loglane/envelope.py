@@ -16,6 +16,8 @@ same in another, and a producer outside Python (or `kcat`) can post a command by
     ce_correlationid   the request id that started the chain (optional)
     ce_causationid     the id of the event whose handling emitted this one (optional)
     ce_traceparent     W3C trace context (optional)
+    ce_dataschema      `urn:loglane:<type>:v<N>` when the data is version N > 1 of its type
+                       (see `loglane.events`); absent, the data is version 1
     ce_loglaneorigin   on events a Loglane worker emits: `topic/partition/offset/index`, the
                        input record whose handling emitted it and the event's index among
                        that record's events; consumers use it to drop re-published copies
@@ -69,11 +71,18 @@ class Envelope:
     causation_id: str | None = None
     traceparent: str | None = None
     origin: str | None = None
+    dataschema: str | None = None
 
     @property
     def request_id(self) -> str:
         """The id of the request this event belongs to: its correlation id, else its own."""
         return self.correlation_id or self.id
+
+    @property
+    def version(self) -> int | None:
+        """The version of the data, from a `dataschema` Loglane wrote (1 without one); None
+        for a `dataschema` of another kind, which says nothing Loglane can read."""
+        return data_version(self.type, self.dataschema)
 
     def headers(self) -> Headers:
         headers = (
@@ -89,6 +98,7 @@ class Envelope:
             ("ce_causationid", self.causation_id),
             ("ce_traceparent", self.traceparent),
             ("ce_loglaneorigin", self.origin),
+            ("ce_dataschema", self.dataschema),
         )
         return headers + tuple((name, value.encode()) for name, value in optional if value)
 
@@ -102,6 +112,7 @@ def emitted_headers(
     cause: Envelope,
     origin: str,
     traceparent: str | None = None,
+    dataschema: str | None = None,
 ) -> Headers:
     """The headers of an event a worker emits while handling `cause`: what
     `Envelope.headers` gives, built on the hot path from attributes that are already bytes
@@ -119,6 +130,8 @@ def emitted_headers(
     traceparent = traceparent or cause.traceparent  # the emitting span's, when traced
     if traceparent:
         headers += (("ce_traceparent", traceparent.encode()),)
+    if dataschema:
+        headers += (("ce_dataschema", dataschema.encode()),)
     return (*headers, ("ce_loglaneorigin", origin.encode()))
 
 
@@ -159,6 +172,7 @@ def read_envelope(record: Record) -> Envelope:
             causation_id=_text(headers.get("ce_causationid")),
             traceparent=_text(headers.get("ce_traceparent")),
             origin=_text(headers.get("ce_loglaneorigin")),
+            dataschema=_text(headers.get("ce_dataschema")),
         )
     except UnicodeDecodeError as exc:
         raise EnvelopeError("a ce_ header is not UTF-8; CloudEvents attributes are text") from exc
@@ -199,7 +213,14 @@ def _names_json(media: str) -> bool:
     return bool(kind) and (subtype == "json" or subtype.endswith("+json"))
 
 
-_STRUCTURED_TEXT = ("time", "correlationid", "causationid", "traceparent", "loglaneorigin")
+_STRUCTURED_TEXT = (
+    "time",
+    "correlationid",
+    "causationid",
+    "traceparent",
+    "loglaneorigin",
+    "dataschema",
+)
 
 
 def read_structured_envelope(record: Record) -> Envelope:
@@ -271,11 +292,30 @@ def read_structured_envelope(record: Record) -> Envelope:
         causation_id=event.get("causationid"),
         traceparent=event.get("traceparent"),
         origin=event.get("loglaneorigin"),
+        dataschema=event.get("dataschema"),
     )
 
 
 def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
+
+
+_SCHEMA_PREFIX = "urn:loglane:"
+
+
+def dataschema(event_type: str, version: int) -> str | None:
+    """The `dataschema` of data at `version` of `event_type`: none for version 1."""
+    return None if version == 1 else f"{_SCHEMA_PREFIX}{event_type}:v{version}"
+
+
+def data_version(event_type: str, schema: str | None) -> int | None:
+    """The version a `dataschema` names (1 without one); None if Loglane did not write it."""
+    if schema is None:
+        return 1
+    prefix = f"{_SCHEMA_PREFIX}{event_type}:v"
+    number = schema[len(prefix) :] if schema.startswith(prefix) else ""
+    readable = number.isascii() and number.isdigit() and not number.startswith("0")
+    return int(number) if readable else None
 
 
 def now_rfc3339() -> str:

@@ -10,6 +10,8 @@
     ├── BatchConflictError       a batch met another batch's locks; it is run again
     └── BatchRejectedError       the store refused a batch's changes (bad data, failing SQL)
 
+    PermanentError               raised by a handler: no retry can help; straight to the DLQ
+
 Every message says what went wrong and what to do about it.
 """
 
@@ -58,3 +60,10 @@ class BatchRejectedError(LoglaneError):
     """The store refused the changes of a batch: a value it cannot hold, a constraint, or a
     handler's SQL that fails. Nothing was written; the worker isolates the event at fault,
     dead-letters it with this message, and commits the rest."""
+
+
+class PermanentError(Exception):
+    """Raise it (or a subclass) from a handler for a failure no retry can fix, such as a
+    business rule the event breaks: the event goes to the DLQ at once, without the retries
+    a passing failure (a timeout, a lock) gets. `Retry(give_up_on=...)` names other
+    exception types to treat the same way."""

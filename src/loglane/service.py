@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
-from loglane.errors import ConfigurationError
+from loglane.errors import ConfigurationError, PermanentError
 from loglane.events import Event
 from loglane.views import View
 
@@ -37,11 +37,21 @@ class Handler:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retry:
-    """How often a failing handler is retried, with exponential backoff, before the DLQ."""
+    """How often a failing handler is retried, with exponential backoff, before the DLQ.
+
+    Only failures that may pass are retried: a `PermanentError`, or an exception of a type
+    in `give_up_on`, sends the event to the DLQ at once (as an event that fails validation
+    goes there without reaching its handler)."""
 
     attempts: int = 3
     backoff_seconds: float = 0.05
     max_backoff_seconds: float = 1.0
+    give_up_on: tuple[type[BaseException], ...] = ()
+
+    def retries(self, error: BaseException, attempt: int) -> bool:
+        """Whether to run the handler again after `error` in attempt `attempt` (from 0)."""
+        permanent = isinstance(error, (PermanentError, *self.give_up_on))
+        return not permanent and attempt + 1 < self.attempts
 
     def delay(self, attempt: int) -> float:
         return float(min(self.backoff_seconds * 2**attempt, self.max_backoff_seconds))

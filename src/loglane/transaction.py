@@ -17,7 +17,7 @@ from opentelemetry.trace import Tracer
 from pydantic_core import to_json
 
 from loglane import tracing
-from loglane.envelope import Envelope, emitted_headers, output_event_id
+from loglane.envelope import Envelope, dataschema, emitted_headers, output_event_id
 from loglane.events import Event, Rejected
 from loglane.records import Message
 from loglane.stores.base import Row, Statement, StoreTransaction
@@ -201,6 +201,7 @@ class Transaction:
             cause=cause,
             origin=f"{self._origin}/{index}",
             traceparent=traced,
+            dataschema=dataschema(event.event_type, event.event_version),
         )
         message_key = self._key if key is None else key.encode()
         if message_key is None:

@@ -29,6 +29,7 @@ duplicates (`loglane.dedupe`).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -54,7 +55,7 @@ from loglane.errors import (
     PositionAheadOfLogError,
     StaleBatchError,
 )
-from loglane.events import Event
+from loglane.events import Event, EventVersionError
 from loglane.faults import crash_point
 from loglane.logs.base import Consumer, Log, Publishing
 from loglane.metrics import ServiceMeters
@@ -393,9 +394,11 @@ class Worker:
             reason = f"unknown command type {envelope.type!r}; accepted: {accepted}"
             return _Refused(record, envelope, reason)
         try:
-            event = handler.event_type.model_validate_json(envelope.data)
+            event = _event_of(handler.event_type, envelope)
         except ValidationError as exc:
             return _Refused(record, envelope, f"invalid {envelope.type}: {exc}")
+        except EventVersionError as exc:
+            return _Refused(record, envelope, str(exc))
         key = record.key
         read_key: Key | None = None if key is None else key.decode(errors="replace")
         if handler.key_field is not None:
@@ -450,11 +453,13 @@ class Worker:
                 raise  # the batch's transaction is gone; the whole batch runs again
             except Exception as exc:
                 latency.observe(time.perf_counter() - started)
-                if attempt + 1 < retry.attempts:
+                if retry.retries(exc, attempt):
                     retries.inc()
                     time.sleep(retry.delay(attempt))
                     continue
-                failure = f"handler failed {retry.attempts} times: {exc!r}"
+                given_up = attempt + 1 < retry.attempts  # a permanent error: no retries
+                times = "for good" if given_up else f"{attempt + 1} times"
+                failure = f"handler failed {times}: {exc!r}"
                 self._fail(record, envelope, batch, f"{failure}\n{_users_traceback(exc)}")
                 return
             latency.observe(time.perf_counter() - started)
@@ -690,6 +695,27 @@ class Committed:
     source: TopicPartition
     last_seq: int | None
     messages: list[Message]
+
+
+def _event_of(event_type: type[Event], envelope: Envelope) -> Event:
+    """The handler's model of the event: its data validated, upcast first if it is of an
+    older version (`loglane.events`); `EventVersionError` for one newer than this code."""
+    version = envelope.version if envelope.dataschema is not None else 1
+    if version is None or version == event_type.event_version:  # not Loglane's: as it is
+        return event_type.model_validate_json(envelope.data)
+    if version > event_type.event_version:
+        raise EventVersionError(
+            f"{envelope.type} data of version {version} is newer than this code knows "
+            f"(version {event_type.event_version}): deploy the code that handles it, then "
+            "re-drive this event"
+        )
+    try:
+        data = json.loads(envelope.data)
+    except ValueError as exc:
+        raise EventVersionError(f"{envelope.type} data is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise EventVersionError(f"{envelope.type} data of version {version} is no object")
+    return event_type.model_validate(event_type.upcast(data, version))
 
 
 def _users_traceback(exc: BaseException) -> str:
