@@ -351,3 +351,39 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+    # -- rebuilding views by replay (`loglane rebuild`) -----------------------------------------
+
+    def shadow(self, service: str) -> Store:
+        """A store of the same backend beside this one, for `service`'s views rebuilt by
+        replay: positions, views and all, apart from the live ones (SQLite: a file next to
+        this one; PostgreSQL: the schema `<schema>__rebuild`). Opening it again finds what
+        an earlier rebuild left there, so a rebuild resumes from its stored positions."""
+        raise ConfigurationError(f"{type(self).__name__} cannot keep a shadow for a rebuild")
+
+    def swap_views(self, service: str, shadow: Store) -> AbstractContextManager[ViewSwap]:
+        """Open the transaction of a swap: `service`'s positions in this (live) store are
+        held still, so no batch of a live worker commits until it ends, and the
+        `ViewSwap` tells them. Replay the shadow up to exactly those positions, then
+        `replace` the views with the shadow's. Leaving the block normally commits: readers
+        see the old views or the new ones, never a mix; an exception rolls it back."""
+        raise ConfigurationError(f"{type(self).__name__} cannot swap views")
+
+    def discard(self, service: str) -> None:
+        """Delete what a `shadow` store holds for `service` (its file or its schema), once
+        its views were swapped in or the rebuild is abandoned; the store is closed. Only for
+        a store `shadow` returned: on a live store it would delete the live data."""
+        raise ConfigurationError(f"{type(self).__name__} cannot discard a shadow")
+
+
+class ViewSwap(ABC):
+    """An open swap (`Store.swap_views`): the live positions it holds still, and the step
+    that replaces live views with the shadow's in the same transaction."""
+
+    positions: dict[TopicPartition, int]
+    """The live store's stored positions of the service, which cannot move until the end."""
+
+    @abstractmethod
+    def replace(self, views: Sequence[View[Any]]) -> None:
+        """Replace each view's table (rows and indexes) with the shadow's. Nothing else
+        changes: positions, outbox, request outcomes and the ledger stay the live ones."""

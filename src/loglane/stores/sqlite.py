@@ -55,6 +55,7 @@ from loglane.stores.base import (
     Statement,
     Store,
     StoreTransaction,
+    ViewSwap,
     Watermarks,
     accepted_command,
     decode_watermarks,
@@ -427,6 +428,49 @@ class SQLiteStore(Store):
     def close(self) -> None:
         self._file.close()
 
+    # -- rebuilding views by replay (`loglane rebuild`) -----------------------------------------
+
+    def shadow(self, service: str) -> SQLiteStore:
+        """The file next to this one, `<name>.rebuild.db` (`<name>.<service>.rebuild.db`
+        when the file is not named after the service), written with `synchronous=NORMAL`:
+        a power loss costs the replay's last commits, which it makes again."""
+        stem = self.path.stem if self.path.stem == service else f"{self.path.stem}.{service}"
+        return SQLiteStore(
+            self.path.with_name(f"{stem}.rebuild{self.path.suffix or '.db'}"),
+            synchronous="NORMAL",
+        )
+
+    @contextmanager
+    def swap_views(self, service: str, shadow: Store) -> Iterator[ViewSwap]:
+        # The file's write lock holds the positions still: every live writer waits on it.
+        # It is taken by a write that changes nothing, after a plain BEGIN: BEGIN IMMEDIATE
+        # would lock the attached shadow as well, which the replay still writes to.
+        if not isinstance(shadow, SQLiteStore):
+            raise ConfigurationError("views in SQLite are swapped with those of a SQLite shadow")
+        db = self._file.connection()
+        db.execute("ATTACH DATABASE ? AS loglane_shadow", (str(shadow.path),))
+        try:
+            db.execute("BEGIN")
+            try:
+                db.execute("DELETE FROM main.loglane_meta WHERE 0")
+                rows = db.execute(
+                    "SELECT topic, partition, offset FROM main.loglane_positions WHERE service = ?",
+                    (service,),
+                )
+                positions = {TopicPartition(topic, part): offset for topic, part, offset in rows}
+                yield _SQLiteViewSwap(db, positions)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.execute("DETACH DATABASE loglane_shadow")
+
+    def discard(self, service: str) -> None:
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
 
 class _SQLiteTransaction(StoreTransaction):
     """A batch's transaction on the store's file: reads remembered, then one write that
@@ -649,3 +693,28 @@ class _ViewSQL:
                 f'ON {sql.table} ("{column.name}", "{view.key}")'
             )
         return sql
+
+
+class _SQLiteViewSwap(ViewSwap):
+    """A swap in the live file's write transaction, the shadow file attached to it."""
+
+    def __init__(self, db: sqlite3.Connection, positions: dict[TopicPartition, int]) -> None:
+        self._db = db
+        self.positions = positions
+
+    def replace(self, views: Sequence[View[Any]]) -> None:
+        for view in views:
+            table = '"' + view.name.replace('"', '""') + '"'
+            # the shadow's own statements: its table first, then its indexes, unqualified so
+            # that they create them in the live file
+            statements = self._db.execute(
+                "SELECT type, sql FROM loglane_shadow.sqlite_master WHERE tbl_name = ? "
+                "AND sql IS NOT NULL ORDER BY type <> 'table'",
+                (view.name,),
+            ).fetchall()
+            if not statements or statements[0][0] != "table":
+                raise ConfigurationError(f"the shadow has no table for the view {view.name!r}")
+            self._db.execute(f"DROP TABLE IF EXISTS main.{table}")
+            for _, sql in statements:
+                self._db.execute(sql)
+            self._db.execute(f"INSERT INTO main.{table} SELECT * FROM loglane_shadow.{table}")
