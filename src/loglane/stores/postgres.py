@@ -73,7 +73,14 @@ from loglane.stores._postgres_notify import (
     channel,
     payload,
 )
-from loglane.stores._postgres_tables import MIGRATIONS, SCHEMA_VERSION, ViewTable, migrate, quote
+from loglane.stores._postgres_tables import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    ViewTable,
+    lock_schema,
+    migrate,
+    quote,
+)
 from loglane.stores.base import (
     AcceptedCommand,
     Batch,
@@ -84,6 +91,7 @@ from loglane.stores.base import (
     Statement,
     Store,
     StoreTransaction,
+    ViewSwap,
     Watermarks,
     accepted_command,
     decode_watermarks,
@@ -248,6 +256,16 @@ class PostgresStore(Store):
                 (service, source.topic, source.partition),
             ).fetchone()
         return decode_watermarks(None if row is None else row[0])
+
+    def parked(self, service: str, source: TopicPartition) -> dict[str, str]:
+        schema = quote(self.schema(service))
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT key, head FROM {schema}.loglane_parked_keys "
+                "WHERE service = %s AND topic = %s AND partition = %s",
+                (service, source.topic, source.partition),
+            ).fetchall()
+        return dict(rows)
 
     def get(self, view: View[Row], key: Key) -> Row | None:
         table = self._view_table(view)
@@ -549,6 +567,48 @@ class PostgresStore(Store):
             self._marker.close()
         self._pool.close()
 
+    # -- rebuilding views by replay (`loglane rebuild`) -----------------------------------------
+
+    def shadow(self, service: str) -> PostgresStore:
+        """The schema `<schema>__rebuild` in the same database (`<schema>__rebuild_<service>`
+        when the schema is not one per service), so its tables can be moved into the live
+        schema by a rename."""
+        template = self.schema_template
+        suffix = "__rebuild" if "{service}" in template else "__rebuild_{service}"
+        return PostgresStore(
+            self._conninfo,
+            schema=template + suffix,
+            pool_size=2,
+            pool_timeout=self._pool.timeout,
+            copy_threshold=self.copy_threshold,
+        )
+
+    @contextmanager
+    def swap_views(self, service: str, shadow: Store) -> Iterator[ViewSwap]:
+        if not isinstance(shadow, PostgresStore) or shadow._conninfo != self._conninfo:
+            raise ConfigurationError(
+                "views in PostgreSQL are swapped with those of a shadow schema in the same "
+                "database (PostgresStore.shadow)"
+            )
+        schema = self.schema(service)
+        with self._connection() as conn, conn.transaction():
+            # EXCLUSIVE conflicts with the ROW SHARE lock of every batch's `FOR UPDATE`
+            # fence, that of a partition without a position row yet too, and lets plain
+            # reads through: every live batch waits, or had committed before.
+            conn.execute(f"LOCK TABLE {quote(schema)}.loglane_positions IN EXCLUSIVE MODE")
+            rows = conn.execute(
+                f'SELECT topic, partition, "offset" FROM {quote(schema)}.loglane_positions '
+                "WHERE service = %s FOR UPDATE",
+                (service,),
+            ).fetchall()
+            positions = {TopicPartition(topic, part): offset for topic, part, offset in rows}
+            yield _PostgresViewSwap(conn, schema, shadow.schema(service), positions)
+
+    def discard(self, service: str) -> None:
+        with self._connection() as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {quote(self._schema_name(service))} CASCADE")
+        self.close()
+
 
 class _PostgresTransaction(StoreTransaction):
     """A batch's transaction on one pooled connection, from the fence to the commit."""
@@ -584,6 +644,18 @@ class _PostgresTransaction(StoreTransaction):
                 f"PostgreSQL ({self._store._where}) is unavailable: {_one_line(exc)}"
             )
         return BatchRejectedError(_one_line(exc))
+
+    def parked_records(self, service: str, source: TopicPartition, key: str) -> list[bytes]:
+        try:
+            rows = self._conn.execute(
+                f"SELECT record FROM {quote(self._schema)}.loglane_parked_records "
+                "WHERE service = %s AND topic = %s AND partition = %s AND key = %s "
+                'ORDER BY "offset"',
+                (service, source.topic, source.partition, key),
+            ).fetchall()
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+        return [bytes(record) for (record,) in rows]
 
     def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, str | bytes]:
         _check_keys(view, keys)
@@ -770,3 +842,31 @@ def describe(conninfo: str) -> str:
     port = value("port", "PGPORT", "5432")
     dbname = value("dbname", "PGDATABASE", user or "postgres")
     return f"{user + '@' if user else ''}{host}:{port}/{dbname}"
+
+
+class _PostgresViewSwap(ViewSwap):
+    """A swap in one transaction on the live schema, which holds its positions locked."""
+
+    def __init__(
+        self, conn: Connection, schema: str, shadow: str, positions: dict[TopicPartition, int]
+    ) -> None:
+        self._conn = conn
+        self._schema = schema
+        self._shadow = shadow
+        self.positions = positions
+
+    def replace(self, views: Sequence[View[Any]]) -> None:
+        lock_schema(self._conn, self._schema)  # no worker's prepare alters a table meanwhile
+        for view in views:
+            name = quote(view.name)
+            found = self._conn.execute(
+                "SELECT to_regclass(%s)", (f"{quote(self._shadow)}.{name}",)
+            ).fetchone()
+            if found is None or found[0] is None:
+                raise ConfigurationError(f"the shadow has no table for the view {view.name!r}")
+            # readers queue behind these locks for the moment to the commit, then read the
+            # table now under the name; its indexes move with it
+            self._conn.execute(f"DROP TABLE IF EXISTS {quote(self._schema)}.{name}")
+            self._conn.execute(
+                f"ALTER TABLE {quote(self._shadow)}.{name} SET SCHEMA {quote(self._schema)}"
+            )
