@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 import threading
 
-from loglane.cli import config, dlq, documents, inspecting, resetting, running
+from loglane.cli import config, dlq, documents, inspecting, rebuilding, resetting, running
 from loglane.cli._common import app
 
 __all__ = ["app", "main"]
 # imported for the commands they register
-_COMMANDS = (config, dlq, documents, inspecting, resetting, running)
+_COMMANDS = (config, dlq, documents, inspecting, rebuilding, resetting, running)
 
 
 def main() -> None:
