@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loglane.errors import ConfigurationError, LoglaneError
+from loglane.errors import BackendUnavailableError, ConfigurationError, LoglaneError
 from loglane.logs.base import Consumer, Log, PartitionOffsets, Publishing, RebalanceListener
 from loglane.records import Message, Position, Record, TopicPartition
 from loglane.service import Service
@@ -242,12 +242,12 @@ class Rebuild:
                 swap.replace(self.views)
             return target
         except _Postponed:
-            self._postponed += 1
-            logger.warning(
-                "the replay did not reach the live positions within %.0fs; swapping later",
-                self.catch_up_timeout,
-            )
-            return None
+            why = f"the replay did not reach the live positions within {self.catch_up_timeout}s"
+        except BackendUnavailableError as exc:
+            why = f"the live store could not be locked: {exc}"
+        self._postponed += 1
+        logger.warning("swapping later: %s", why)
+        return None
 
     def _reached(self, target: Mapping[TopicPartition, int]) -> bool:
         """The shadow applied every record below `target` and none at or beyond it."""

@@ -97,7 +97,7 @@ from loglane.stores.base import (
     decode_watermarks,
     stale_batch,
 )
-from loglane.views import Key, RowImage, View
+from loglane.views import Document, Key, OutdatedDocument, RowImage, View
 
 __all__ = [
     "MIGRATIONS",
@@ -231,8 +231,17 @@ class PostgresStore(Store):
     def _view_table(self, view: View[Any]) -> ViewTable:
         """The statements of `view`; a view no worker prepared yet reads as empty."""
         table = self._tables.get(view) or self._unprepared.get(view)
-        if table is None:
-            table = self._unprepared[view] = ViewTable(self._schema_name(view.service), view)
+        if table is None:  # its table may not exist yet, or be older than versions
+            schema = self._schema_name(view.service)
+            with self._connection() as conn:
+                (columns,) = conn.execute(
+                    "SELECT array_agg(attname::text) FROM pg_attribute "
+                    "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+                    (f"{quote(schema)}.{quote(view.name)}",),
+                ).fetchone() or (None,)
+            table = ViewTable(schema, view, versioned=not columns or "doc_version" in columns)
+            if columns:  # a table not created yet is created with versions
+                self._unprepared[view] = table
         return table
 
     # -- reads ----------------------------------------------------------------------------------
@@ -271,7 +280,7 @@ class PostgresStore(Store):
         table = self._view_table(view)
         with self._connection() as conn, suppress(*_NOT_YET_CREATED):
             row = conn.execute(table.select_one, (table.key_param(key),)).fetchone()
-            return None if row is None else view.load(row[0])
+            return None if row is None else view.load(view.stored(*row), key)
         return None
 
     def query(
@@ -293,11 +302,10 @@ class PostgresStore(Store):
         condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._connection() as conn, suppress(*_NOT_YET_CREATED):
             rows = conn.execute(
-                f"SELECT doc::text FROM {table.name} {condition} "
-                f"ORDER BY {quote(view.key)} LIMIT %s",
+                f"{table.select_rows} {condition} ORDER BY {quote(view.key)} LIMIT %s",
                 (*params, limit),
             ).fetchall()
-            return [view.load(doc) for (doc,) in rows]
+            return [view.load(view.stored(doc, version), key) for key, doc, version in rows]
         return []
 
     def applied(
@@ -594,7 +602,9 @@ class PostgresStore(Store):
         with self._connection() as conn, conn.transaction():
             # EXCLUSIVE conflicts with the ROW SHARE lock of every batch's `FOR UPDATE`
             # fence, that of a partition without a position row yet too, and lets plain
-            # reads through: every live batch waits, or had committed before.
+            # reads through: every live batch waits, or had committed before. A lock not
+            # had within a minute ends the swap with BackendUnavailableError.
+            conn.execute("SET LOCAL lock_timeout = '60s'")
             conn.execute(f"LOCK TABLE {quote(schema)}.loglane_positions IN EXCLUSIVE MODE")
             rows = conn.execute(
                 f'SELECT topic, partition, "offset" FROM {quote(schema)}.loglane_positions '
@@ -619,7 +629,7 @@ class _PostgresTransaction(StoreTransaction):
         self._schema = schema
         self.created: list[str] = []
 
-    def get(self, view: View[Any], key: Key) -> str | None:
+    def get(self, view: View[Any], key: Key) -> Document | None:
         _check_keys(view, [key])
         table = self._store._view_table(view)
         cursor = self._conn.cursor()
@@ -630,7 +640,7 @@ class _PostgresTransaction(StoreTransaction):
             row = cursor.fetchone()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
-        return None if row is None else str(row[0])
+        return None if row is None else view.stored(*row)
 
     def _failed(self, exc: psycopg.Error) -> LoglaneError:
         """A read's error as the worker must see it, never as the handler's own: the
@@ -657,7 +667,7 @@ class _PostgresTransaction(StoreTransaction):
             raise self._failed(exc) from exc
         return [bytes(record) for (record,) in rows]
 
-    def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, str | bytes]:
+    def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, Document]:
         _check_keys(view, keys)
         table = self._store._view_table(view)
         locks = sorted({_row_lock(table.name, key) for key in keys})  # one order: no deadlock
@@ -672,7 +682,11 @@ class _PostgresTransaction(StoreTransaction):
             rows = cursor.fetchall()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
-        return dict(rows)
+        current = view.version
+        return {
+            key: doc if version == current else OutdatedDocument(doc, version)
+            for key, doc, version in rows
+        }
 
     def write_all(
         self,

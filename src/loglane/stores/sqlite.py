@@ -2,8 +2,9 @@
 
 Tables users may query with their own SQL:
 
-    <view>                  one per view: the key field, `doc` (the row as JSON), and one
-                            column per indexed field, each named after its field
+    <view>                  one per view: the key field, `doc` (the row as JSON),
+                            `doc_version` (the view's version it was written at; NULL
+                            for 1) and one column per indexed field, named after it
     loglane_positions       service, topic, partition, offset (next offset to read),
                             origins (MessagePack: the origin watermarks, see loglane.dedupe)
     loglane_outbox          seq, service, source_topic, source_partition, topic, key, value, headers
@@ -37,6 +38,7 @@ from loglane.errors import (
     BatchConflictError,
     BatchRejectedError,
     ConfigurationError,
+    UnreadableRowError,
 )
 from loglane.records import (
     Message,
@@ -61,7 +63,7 @@ from loglane.stores.base import (
     decode_watermarks,
     stale_batch,
 )
-from loglane.views import Key, RowImage, View
+from loglane.views import RESERVED_COLUMNS, Document, Key, OutdatedDocument, RowImage, View
 
 SCHEMA_VERSION = 2
 
@@ -117,7 +119,24 @@ CREATE TABLE IF NOT EXISTS loglane_accepted (
     accepted_at REAL NOT NULL,
     PRIMARY KEY (service, request_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS loglane_accepted_by_time ON loglane_accepted (accepted_at)
+CREATE INDEX IF NOT EXISTS loglane_accepted_by_time ON loglane_accepted (accepted_at);
+CREATE TABLE IF NOT EXISTS loglane_parked_keys (
+    service TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    head TEXT NOT NULL,
+    PRIMARY KEY (service, topic, partition, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS loglane_parked_records (
+    service TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    "offset" INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (service, topic, partition, key, "offset")
+) WITHOUT ROWID
 """
 
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
@@ -178,8 +197,11 @@ class SQLiteStore(Store):
 
     def _view(self, view: View[Any]) -> _ViewSQL:
         sql = self._sql.get(view)
-        if sql is None:
-            sql = self._sql[view] = _ViewSQL(view)
+        if sql is None:  # read before any prepare: its table may be older than versions
+            columns = _columns(self._file.connection(), f'"{view.name}"')
+            sql = _ViewSQL(view, versioned=not columns or "doc_version" in columns)
+            if columns:  # a table not created yet is created with versions
+                self._sql[view] = sql
         return sql
 
     def positions(self, service: str) -> dict[TopicPartition, int]:
@@ -200,10 +222,19 @@ class SQLiteStore(Store):
         )
         return decode_watermarks(None if row is None else row[0])
 
+    def parked(self, service: str, source: TopicPartition) -> dict[str, str]:
+        return dict(
+            self._file.connection().execute(
+                "SELECT key, head FROM loglane_parked_keys WHERE service = ? AND topic = ? "
+                "AND partition = ?",
+                (service, source.topic, source.partition),
+            )
+        )
+
     def get(self, view: View[Row], key: Key) -> Row | None:
         with _absent_table_is_empty():
             row = self._file.connection().execute(self._view(view).select_one, (key,)).fetchone()
-            return None if row is None else view.load(row[0])
+            return None if row is None else view.load(view.stored(*row), key)
         return None
 
     def query(
@@ -225,10 +256,10 @@ class SQLiteStore(Store):
         condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with _absent_table_is_empty():
             rows = self._file.connection().execute(
-                f'SELECT doc FROM {sql.table} {condition} ORDER BY "{view.key}" LIMIT ?',
+                f'{sql.select_rows} {condition} ORDER BY "{view.key}" LIMIT ?',
                 (*params, limit),
             )
-            return [view.load(doc) for (doc,) in rows]
+            return [view.load(view.stored(doc, version), key) for key, doc, version in rows]
         return []
 
     def applied(
@@ -452,7 +483,12 @@ class SQLiteStore(Store):
         try:
             db.execute("BEGIN")
             try:
-                db.execute("DELETE FROM main.loglane_meta WHERE 0")
+                try:
+                    db.execute("DELETE FROM main.loglane_meta WHERE 0")
+                except sqlite3.OperationalError as exc:
+                    if _is_busy(exc):
+                        raise BackendUnavailableError(f"cannot lock {self.path}: {exc}") from exc
+                    raise
                 rows = db.execute(
                     "SELECT topic, partition, offset FROM main.loglane_positions WHERE service = ?",
                     (service,),
@@ -480,17 +516,17 @@ class _SQLiteTransaction(StoreTransaction):
         self._store = store
         self._db = db
         self._writing = writing
-        self._reads: dict[View[Any], dict[Key, str | None]] = {}
+        self._reads: dict[View[Any], dict[Key, Document | None]] = {}
 
-    def get(self, view: View[Any], key: Key) -> str | None:
+    def get(self, view: View[Any], key: Key) -> Document | None:
         document = None
         with _absent_table_is_empty():
             row = self._db.execute(self._store._view(view).select_one, (key,)).fetchone()
-            document = None if row is None else str(row[0])
+            document = None if row is None else view.stored(*row)
         self._reads.setdefault(view, {})[key] = document
         return document
 
-    def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, str | bytes]:
+    def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, Document]:
         found = self._read_many(self._db, view, keys)
         reads = self._reads.setdefault(view, {})
         for key in keys:
@@ -499,14 +535,26 @@ class _SQLiteTransaction(StoreTransaction):
 
     def _read_many(
         self, db: sqlite3.Connection, view: View[Any], keys: Sequence[Key]
-    ) -> dict[Key, str]:
+    ) -> dict[Key, Document]:
         sql = self._store._view(view)
-        found: dict[Key, str] = {}
+        found: dict[Key, Document] = {}
+        current = view.version
         with _absent_table_is_empty():
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
-                found.update(db.execute(sql.select_many(len(chunk)), chunk))
+                found.update(
+                    (key, doc if version == current else OutdatedDocument(doc, version))
+                    for key, doc, version in db.execute(sql.select_many(len(chunk)), chunk)
+                )
         return found
+
+    def parked_records(self, service: str, source: TopicPartition, key: str) -> list[bytes]:
+        rows = self._db.execute(
+            "SELECT record FROM loglane_parked_records WHERE service = ? AND topic = ? "
+            'AND partition = ? AND key = ? ORDER BY "offset"',
+            (service, source.topic, source.partition, key),
+        )
+        return [bytes(record) for (record,) in rows]
 
     def _check_reads(self, db: sqlite3.Connection) -> None:
         """Under the write lock: every row the batch read is still as it read it."""
@@ -647,38 +695,53 @@ def _absent_table_is_empty() -> Iterator[None]:
 
 
 class _ViewSQL:
-    """The statements of one view's table, built once from its declaration."""
+    """The statements of one view's table, built once from its declaration.
 
-    def __init__(self, view: View[Any]) -> None:
+    Every write stores the view's version with the row (a constant of the statement), and
+    every read returns it, NULL (rows written before versions) read as 1. A table not yet
+    migrated to have versions (`versioned=False`) reads as all version 1.
+    """
+
+    def __init__(self, view: View[Any], *, versioned: bool = True) -> None:
         self.table = f'"{view.name}"'
-        names = [view.key, "doc", *(column.name for column in view.columns)]
+        names = [view.key, "doc", *(column.name for column in view.columns), "doc_version"]
         quoted = ", ".join(f'"{name}"' for name in names)
         updates = ", ".join(f'"{name}" = excluded."{name}"' for name in names[1:])
+        marks = ", ".join("?" * (len(names) - 1))
         self.upsert = (
-            f"INSERT INTO {self.table} ({quoted}) VALUES ({', '.join('?' * len(names))}) "
+            f"INSERT INTO {self.table} ({quoted}) VALUES ({marks}, {view.version}) "
             f'ON CONFLICT ("{view.key}") DO UPDATE SET {updates}'
         )
         self.delete = f'DELETE FROM {self.table} WHERE "{view.key}" = ?'
-        self.select_one = f'SELECT doc FROM {self.table} WHERE "{view.key}" = ?'
+        version = "coalesce(doc_version, 1)" if versioned else "1"
+        self.select_one = f'SELECT doc, {version} FROM {self.table} WHERE "{view.key}" = ?'
+        self.select_rows = f'SELECT "{view.key}", doc, {version} FROM {self.table}'
         self._key = view.key
 
     def select_many(self, count: int) -> str:
         marks = ",".join("?" * count)
-        return f'SELECT "{self._key}", doc FROM {self.table} WHERE "{self._key}" IN ({marks})'
+        return f'{self.select_rows} WHERE "{self._key}" IN ({marks})'
 
     @classmethod
     def create(cls, db: sqlite3.Connection, view: View[Any]) -> _ViewSQL:
-        """Create the table and its indexes; add columns for indexes declared since."""
-        if "doc" in (view.key, *view.indexes):
+        """Create the table and its indexes; add the version column to a table older than
+        it, and columns for indexes declared since, filled from the stored rows."""
+        reserved = sorted(set(RESERVED_COLUMNS) & {view.key, *view.indexes})
+        if reserved:
             raise ConfigurationError(
-                f"view {view.name!r}: 'doc' is the column holding the row; rename that field"
+                f"view {view.name!r}: {', '.join(map(repr, reserved))} is a column of every "
+                "view table (the row and its version); rename that field"
             )
         sql = cls(view)
         db.execute(
             f"CREATE TABLE IF NOT EXISTS {sql.table} "
-            f'("{view.key}" {_SQL_TYPES[view.key_kind]} PRIMARY KEY, doc TEXT NOT NULL)'
+            f'("{view.key}" {_SQL_TYPES[view.key_kind]} PRIMARY KEY, doc TEXT NOT NULL, '
+            "doc_version INTEGER)"
         )
-        existing = {row[1] for row in db.execute(f"PRAGMA table_info({sql.table})")}
+        existing = _columns(db, sql.table)
+        if "doc_version" not in existing:
+            db.execute(f"ALTER TABLE {sql.table} ADD COLUMN doc_version INTEGER")
+        added = []
         for column in view.columns:
             if column.name not in existing:
                 db.execute(
@@ -688,11 +751,30 @@ class _ViewSQL:
                     f'UPDATE {sql.table} SET "{column.name}" = json_extract(doc, ?)',
                     (f"$.{column.name}",),
                 )
+                added.append(column.name)
             db.execute(
                 f'CREATE INDEX IF NOT EXISTS "{view.name}_by_{column.name}" '
                 f'ON {sql.table} ("{column.name}", "{view.key}")'
             )
+        if added and view.upcasters:
+            sql._fill_from_upcast_rows(db, view)
         return sql
+
+    def _fill_from_upcast_rows(self, db: sqlite3.Connection, view: View[Any]) -> None:
+        """Set the indexed columns of rows of older versions from the rows upcast, as they
+        read, not as they were stored; a row that cannot be upcast keeps what it had."""
+        names = ", ".join(f'"{column.name}" = ?' for column in view.columns)
+        old = db.execute(
+            f"{self.select_rows} WHERE coalesce(doc_version, 1) <> ?", (view.version,)
+        ).fetchall()
+        updates = []
+        for key, doc, version in old:
+            try:
+                row = view.load(view.stored(doc, version), key)
+            except UnreadableRowError:
+                continue
+            updates.append((*view.column_values(row), key))
+        db.executemany(f'UPDATE {self.table} SET {names} WHERE "{view.key}" = ?', updates)
 
 
 class _SQLiteViewSwap(ViewSwap):
