@@ -5,6 +5,7 @@
     │   ├── BadURLError          a --log / --db URL cannot be used
     │   └── PositionAheadOfLogError  a stored position lies beyond the log's end
     ├── BackendUnavailableError  a log or store server cannot be reached
+    ├── UnreadableRowError       a stored view row does not validate, even upcast: rebuild
     ├── EnvelopeError            a record is not a readable CloudEvent
     ├── StaleBatchError          a batch lost its partition to another worker (fenced)
     ├── BatchConflictError       a batch met another batch's locks; it is run again
@@ -67,3 +68,11 @@ class PermanentError(Exception):
     business rule the event breaks: the event goes to the DLQ at once, without the retries
     a passing failure (a timeout, a lock) gets. `Retry(give_up_on=...)` names other
     exception types to treat the same way."""
+
+
+class UnreadableRowError(LoglaneError):
+    """A stored row of a view does not validate as the view's current model, even after its
+    upcasters (or has none for its version, or was written by newer code). The HTTP API
+    answers 503 with this message; a handler that reads the row fails with it, and its event
+    is retried, then dead-lettered. Declare upcasters for the old version, or rebuild the
+    view from the log (`loglane rebuild`)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from loglane.errors import ConfigurationError, PermanentError
 from loglane.events import Event
-from loglane.views import View
+from loglane.views import Upcaster, View
 
 if TYPE_CHECKING:
     from loglane.transaction import Transaction
@@ -111,12 +111,33 @@ class Service:
         }
 
     def view(
-        self, name: str, model: type[Row], *, key: str, indexes: list[str] | tuple[str, ...] = ()
+        self,
+        name: str,
+        model: type[Row],
+        *,
+        key: str,
+        indexes: list[str] | tuple[str, ...] = (),
+        version: int = 1,
+        upcasters: Mapping[int, Upcaster] | None = None,
     ) -> View[Row]:
-        """Declare a view of `model` rows keyed by the field `key`, filterable by `indexes`."""
+        """Declare a view of `model` rows keyed by the field `key`, filterable by `indexes`.
+
+        Raise `version` when `model` changes in a way its stored rows no longer validate
+        as, and give `upcasters[v]` for each older version v still stored: a function from a
+        row's document (a dict) at version v to the document at version v + 1. Rows are
+        upcast as they are read, and written back at `version` when a handler puts them.
+        """
         if name in self.views:
             raise ConfigurationError(f"service {self.name!r} already has a view named {name!r}")
-        view = View(service=self.name, name=name, model=model, key=key, indexes=tuple(indexes))
+        view = View(
+            service=self.name,
+            name=name,
+            model=model,
+            key=key,
+            indexes=tuple(indexes),
+            version=version,
+            upcasters=upcasters or {},
+        )
         self.views[name] = view
         return view
 

@@ -21,7 +21,7 @@ from loglane.envelope import Envelope, dataschema, emitted_headers, output_event
 from loglane.events import Event, Rejected
 from loglane.records import Message
 from loglane.stores.base import Row, Statement, StoreTransaction
-from loglane.views import Key, RowImage, View
+from loglane.views import Document, Key, RowImage, View
 
 _ABSENT: Any = object()
 
@@ -35,11 +35,11 @@ class UnitOfWork:
 
     def __init__(self, store: StoreTransaction) -> None:
         self._store = store
-        self._committed: dict[View[Any], dict[Key, str | bytes | None]] = {}
+        self._committed: dict[View[Any], dict[Key, Document | None]] = {}
         self.writes: dict[View[Any], dict[Key, RowImage | None]] = {}
         self.statements: list[Statement] = []
 
-    def document(self, view: View[Any], key: Key) -> str | bytes | None:
+    def document(self, view: View[Any], key: Key) -> Document | None:
         """The row's document as the batch sees it: its own writes, else the store's."""
         written = self.writes.get(view)
         if written is not None and key in written:
@@ -85,7 +85,7 @@ class ViewAccess(Generic[Row]):
             document = self._tx.unit.document(self._view, key)
         else:
             document = None if image is None else image.document
-        return None if document is None else self._view.load(document)
+        return None if document is None else self._view.load(document, key)
 
     def put(self, row: Row) -> None:
         """Write `row` as it is now; changing the object afterwards changes nothing."""

@@ -141,10 +141,12 @@ def test_views_are_tables_users_can_query_with_their_own_sql(
     assert columns == [
         ("accounts", "account_id", "text"),
         ("accounts", "doc", "jsonb"),
+        ("accounts", "doc_version", "integer"),
         ("accounts", "owner", "text"),
         ("accounts", "active", "boolean"),
         ("counters", "number", "bigint"),
         ("counters", "doc", "jsonb"),
+        ("counters", "doc_version", "integer"),
     ]
     positions = sql(postgres_url, f'SELECT service, "offset" FROM "{schema}".loglane_positions')
     assert positions == [(bank.name, 1)]

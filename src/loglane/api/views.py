@@ -4,6 +4,9 @@ Filters exist only for the view's declared indexed fields (each one is an indexe
 so every filter is an index lookup); pages are in key order and the cursor is the last key
 of a page, so paging is stable while rows change. `?position=` (a token from a POST)
 makes the read wait until the service's workers applied that position: read-your-writes.
+
+A stored row is upcast to the view's current model as it is read; one that still does not
+validate is a 503 whose detail says why and that the view needs rebuilding, never a 500.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from loglane.api.positions import BadPositionError, decode_position
 from loglane.api.runtime import ServiceRuntime
 from loglane.api.signatures import parameter, with_signature
 from loglane.api.storable import check, flaw
-from loglane.errors import ConfigurationError
+from loglane.errors import ConfigurationError, UnreadableRowError
 from loglane.records import TopicPartition
 from loglane.views import Key, View
 
@@ -62,7 +65,10 @@ def _add_get_row(router: APIRouter, runtime: ServiceRuntime, view: View[Any]) ->
         check(key, ("path", "key"))
         await runtime.open()
         await _reach(runtime, params["position"])
-        row = await runtime.call(runtime.store.get, view, key)
+        try:
+            row = await runtime.call(runtime.store.get, view, key)
+        except UnreadableRowError as exc:
+            raise _needs_rebuild(exc) from None
         if row is None:
             raise HTTPException(404, f"{view.name} has no row with {view.key} = {key!r}")
         return row
@@ -119,7 +125,10 @@ def _add_list_rows(router: APIRouter, runtime: ServiceRuntime, view: View[Any]) 
         await runtime.open()
         await _reach(runtime, params["position"])
         limit: int = params["limit"]
-        rows = await runtime.call(_query, runtime, view, where, after, limit)
+        try:
+            rows = await runtime.call(_query, runtime, view, where, after, limit)
+        except UnreadableRowError as exc:
+            raise _needs_rebuild(exc) from None
         next_cursor = _encode_cursor(view.key_of(rows[-1])) if len(rows) == limit else None
         return page_model(items=rows, next_cursor=next_cursor)
 
@@ -203,6 +212,11 @@ async def _reach(runtime: ServiceRuntime, token: str | None) -> None:
             "may be stopped or far behind (see /metrics loglane_partition_lag); retry later",
             headers={"Retry-After": "1"},
         )
+
+
+def _needs_rebuild(exc: UnreadableRowError) -> HTTPException:
+    # Retrying soon does not help: the view must be upcast by new code, or rebuilt.
+    return HTTPException(503, str(exc), headers={"Retry-After": "60"})
 
 
 def _encode_cursor(key: Key) -> str:

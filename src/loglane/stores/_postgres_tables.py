@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 from pydantic_core import to_jsonable_python
 
-from loglane.errors import ConfigurationError
-from loglane.views import Key, RowImage, View
+from loglane.errors import ConfigurationError, UnreadableRowError
+from loglane.views import RESERVED_COLUMNS, Key, RowImage, View
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -148,15 +148,21 @@ def lock_schema(conn: Connection, schema: str) -> None:
 
 
 class ViewTable:
-    """The statements of one view's table in one schema, built once from its declaration."""
+    """The statements of one view's table in one schema, built once from its declaration.
 
-    def __init__(self, schema: str, view: View[Any]) -> None:
+    Every row is written with the view's version (`doc_version`) and read with it, NULL
+    (rows written before versions) as 1; a table not yet migrated to have versions
+    (`versioned=False`) reads as all version 1.
+    """
+
+    def __init__(self, schema: str, view: View[Any], *, versioned: bool = True) -> None:
         self.view = view
         self.name = f"{quote(schema)}.{quote(view.name)}"
         self.columns = (
             quote(view.key),
             "doc",
             *(quote(column.name) for column in view.columns),
+            "doc_version",
         )
         self._kinds = {column.name: column.kind for column in view.columns}
         self._kinds[view.key] = view.key_kind
@@ -165,11 +171,12 @@ class ViewTable:
         updates = ", ".join(f"{name} = excluded.{name}" for name in self.columns[1:])
         self.on_conflict = f"ON CONFLICT ({quote(view.key)}) DO UPDATE SET {updates}"
         self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY(%s)"
-        self.select_one = f"SELECT doc::text FROM {self.name} WHERE {quote(view.key)} = %s"
-        self.select_many = (
-            f"SELECT {quote(view.key)}, doc::text FROM {self.name} "
-            f"WHERE {quote(view.key)} = ANY(%s)"
+        version = "coalesce(doc_version, 1)" if versioned else "1"
+        self.select_rows = f"SELECT {quote(view.key)}, doc::text, {version} FROM {self.name}"
+        self.select_one = (
+            f"SELECT doc::text, {version} FROM {self.name} WHERE {quote(view.key)} = %s"
         )
+        self.select_many = f"{self.select_rows} WHERE {quote(view.key)} = ANY(%s)"
 
     def key_param(self, key: Any) -> Any:
         return as_text(key) if self.view.key_kind is str else key
@@ -185,19 +192,22 @@ class ViewTable:
             key = self.key_param(key)
         document = image.document.decode()
         if not self._column_names:
-            return (key, document)
+            return (key, document, self.view.version)
         columns = list(image.columns)
         for i in self._text_columns:
             if columns[i].__class__ is not str:
                 columns[i] = as_text(columns[i])
-        return (key, document, *columns)
+        return (key, document, *columns, self.view.version)
 
     @classmethod
     def create(cls, conn: Connection, schema: str, view: View[Any]) -> ViewTable:
-        """Create the table and its indexes; add columns for indexes declared since."""
-        if "doc" in (view.key, *view.indexes):
+        """Create the table and its indexes; add the version column to a table older than
+        it, and columns for indexes declared since, filled from the stored rows."""
+        reserved = sorted(set(RESERVED_COLUMNS) & {view.key, *view.indexes})
+        if reserved:
             raise ConfigurationError(
-                f"view {view.name!r}: 'doc' is the column holding the row; rename that field"
+                f"view {view.name!r}: {', '.join(map(repr, reserved))} is a column of every "
+                "view table (the row and its version); rename that field"
             )
         table = cls(schema, view)
         with conn.transaction():
@@ -213,8 +223,10 @@ class ViewTable:
             if not existing:
                 conn.execute(
                     f"CREATE TABLE {table.name} ({quote(view.key)} {_SQL_TYPES[view.key_kind]} "
-                    "PRIMARY KEY, doc JSONB NOT NULL)"
+                    "PRIMARY KEY, doc JSONB NOT NULL, doc_version INTEGER)"
                 )
+            elif "doc_version" not in existing:
+                conn.execute(f"ALTER TABLE {table.name} ADD COLUMN doc_version INTEGER")
             indexes = {
                 name
                 for (name,) in conn.execute(
@@ -222,8 +234,10 @@ class ViewTable:
                     (schema, view.name),
                 )
             }
+            added = False
             for column in view.columns:
                 if column.name not in existing:
+                    added = True
                     conn.execute(
                         f"ALTER TABLE {table.name} ADD COLUMN {quote(column.name)} "
                         f"{_SQL_TYPES[column.kind]}"
@@ -239,7 +253,31 @@ class ViewTable:
                         f"CREATE INDEX IF NOT EXISTS {quote(index)} "
                         f"ON {table.name} ({quote(column.name)}, {quote(view.key)})"
                     )
+            if added and view.upcasters:
+                table._fill_from_upcast_rows(conn)
         return table
+
+    def _fill_from_upcast_rows(self, conn: Connection) -> None:
+        """Set the indexed columns of rows of older versions from the rows upcast, as they
+        read, not as they were stored; a row that cannot be upcast keeps what it had."""
+        view = self.view
+        old = conn.execute(
+            f"{self.select_rows} WHERE coalesce(doc_version, 1) <> %s", (view.version,)
+        ).fetchall()
+        updates = []
+        for key, doc, version in old:
+            try:
+                row = view.load(view.stored(doc, version), key)
+            except UnreadableRowError:
+                continue
+            values = view.column_values(row)
+            updates.append(
+                (*(self.param(c.name, v) for c, v in zip(view.columns, values, strict=True)), key)
+            )
+        assignments = ", ".join(f"{quote(column.name)} = %s" for column in view.columns)
+        conn.cursor().executemany(
+            f"UPDATE {self.name} SET {assignments} WHERE {quote(view.key)} = %s", updates
+        )
 
 
 def as_text(value: Any) -> Any:

@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from loglane.envelope import COMMAND_SOURCE
 from loglane.errors import ConfigurationError, StaleBatchError
 from loglane.records import Message, Position, TopicPartition
-from loglane.views import Key, RowImage, View
+from loglane.views import Document, Key, RowImage, View
 
 Row = TypeVar("Row", bound=BaseModel)
 
@@ -166,11 +166,12 @@ class StoreTransaction(ABC):
     """The open transaction of a poll's batches: reads under its locks, then one write."""
 
     @abstractmethod
-    def get(self, view: View[Any], key: Key) -> str | bytes | None:
+    def get(self, view: View[Any], key: Key) -> Document | None:
         """The document of `view`'s row at `key` as committed, or None; locked against other
-        transactions' reads of the same key until this one ends."""
+        transactions' reads of the same key until this one ends. A row stored at another
+        version of the view comes as an `OutdatedDocument` (see `View.stored`)."""
 
-    def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, str | bytes]:
+    def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, Document]:
         """The documents of those of `keys` that have a row, locked as `get` locks them;
         backends override this one-by-one default with a single round trip."""
         found = {key: self.get(view, key) for key in keys}
