@@ -95,7 +95,8 @@ def test_an_event_whose_writes_the_store_refuses_is_dead_lettered_and_the_rest_a
         test.run_until_quiet()
         total = test.view(totals).get("eu")
         assert total is not None
-        assert (total.sales, total.amount) == (19, sum(range(20)) - 7)
+        # sale 17, of the same till, waits behind the dead letter (loglane.parking)
+        assert (total.sales, total.amount) == (18, sum(range(20)) - 7 - 17)
         (letter,) = test.dead_letters("tills")
         assert read_envelope(letter).id == request_ids[7]
         assert b"the store refused its changes" in dict(letter.headers)[ERROR_HEADER]

@@ -277,7 +277,9 @@ def test_a_stale_store_commit_is_refused_and_leaves_the_batch_unapplied(tmp_path
     assert store.get(accounts, "x") is None
 
 
-flaky = Service("flaky", partitions=1, retry=Retry(attempts=3, backoff_seconds=0.001))
+flaky = Service(
+    "flaky", partitions=1, retry=Retry(attempts=3, backoff_seconds=0.001), park_keys=False
+)
 
 
 class Work(Event):

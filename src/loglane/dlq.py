@@ -37,6 +37,7 @@ from typing import Any
 from loglane.envelope import output_event_id
 from loglane.errors import LoglaneError, StaleBatchError
 from loglane.logs.base import Log
+from loglane.parking import REDRIVEN_HEADER, unpark_message
 from loglane.records import Message, Record, TopicPartition
 from loglane.service import Service
 from loglane.stores.base import Batch, Store
@@ -244,7 +245,23 @@ def drop(log: Log, store: Store, service: Service, letter_id: str) -> DeadLetter
     """
     letter = _pending(log, store, service, letter_id)
     _mark(store, service, [letter.record], LetterStatus.DROPPED)
+    _release_if_head(log, store, service, letter.record)
     return DeadLetter(record=letter.record, status=LetterStatus.DROPPED)
+
+
+def _release_if_head(log: Log, store: Store, service: Service, letter: Record) -> None:
+    """If the dropped `letter` heads a parked key, tell the worker to release the key: the
+    commands parked behind it run (`loglane.parking`)."""
+    source = letter.header(SOURCE_HEADER)
+    if source is None or letter.key is None:
+        return
+    head = source.decode()
+    topic, partition, _ = head.rsplit(":", 2)
+    if topic != service.input_topic:
+        return  # only commands park their keys
+    parked = store.parked(service.name, TopicPartition(topic, int(partition)))
+    if parked.get(letter.key.decode(errors="replace")) == head:
+        log.append([unpark_message(service.name, topic, letter.key, head)])
 
 
 def redrive(
@@ -402,6 +419,7 @@ def _as_input(letter: Record, service: Service) -> Message:
             origin = value.decode().rsplit(":", 2)[0]
             if origin != service.input_topic:
                 headers.append((ORIGIN_HEADER, origin.encode()))
-        elif name != ERROR_HEADER:
+        elif name not in (ERROR_HEADER, REDRIVEN_HEADER):
             headers.append((name, value))
+    headers.append((REDRIVEN_HEADER, place.encode()))  # lets a parked key's head through
     return Message(service.input_topic, letter.key, letter.value, tuple(headers))

@@ -86,3 +86,14 @@ def decode_messages(blob: bytes | None) -> tuple[Message, ...]:
         Message(topic, key, value, tuple(map(tuple, headers)))
         for topic, key, value, headers in msgpack.unpackb(blob)
     )
+
+
+def encode_record(record: Record) -> bytes:
+    """A record as bytes for a database column (MessagePack), all of it."""
+    fields = (record.topic, record.partition, record.offset, record.key, record.value)
+    return msgpack.packb((*fields, record.headers, record.timestamp_ms))  # type: ignore[no-any-return]
+
+
+def decode_record(blob: bytes) -> Record:
+    topic, partition, offset, key, value, headers, timestamp_ms = msgpack.unpackb(blob)
+    return Record(topic, partition, offset, key, value, tuple(map(tuple, headers)), timestamp_ms)

@@ -60,7 +60,17 @@ class Retry:
 class Service:
     """An app service: consumes `<name>.in` (and other services' `.out`), emits `<name>.out`."""
 
-    def __init__(self, name: str, *, partitions: int = 4, retry: Retry | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        partitions: int = 4,
+        retry: Retry | None = None,
+        park_keys: bool = True,
+    ) -> None:
+        """`park_keys`: after a command of a key is dead-lettered, later commands of that key
+        wait behind it until it is re-driven or dropped, so per-key order holds (see
+        `loglane.parking`); False passes the dead letter over and goes on."""
         if not _SERVICE_NAME.match(name):
             raise ConfigurationError(
                 f"service name {name!r} must start with a lowercase letter and hold only "
@@ -71,6 +81,7 @@ class Service:
         self.name = name
         self.partitions = partitions
         self.retry = retry or Retry()
+        self.park_keys = park_keys
         self.views: dict[str, View[Any]] = {}
         self._handlers: dict[tuple[str, str], Handler] = {}
 

@@ -25,7 +25,6 @@ published again (same ids) when the partition is next assigned, and consumers dr
 duplicates (`loglane.dedupe`).
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -59,9 +58,17 @@ from loglane.events import Event, EventVersionError
 from loglane.faults import crash_point
 from loglane.logs.base import Consumer, Log, Publishing
 from loglane.metrics import ServiceMeters
-from loglane.records import Message, Record, TopicPartition
+from loglane.parking import REDRIVEN_HEADER, UNPARK_HEADER, key_of, place
+from loglane.records import Message, Record, TopicPartition, decode_record, encode_record
 from loglane.service import Handler, Service
-from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store, Watermarks
+from loglane.stores.base import (
+    Batch,
+    RequestOutcome,
+    RequestStatus,
+    Store,
+    StoreTransaction,
+    Watermarks,
+)
 from loglane.transaction import CommandRejected, Emitter, Transaction, UnitOfWork
 from loglane.views import Key, View
 
@@ -107,6 +114,10 @@ class Worker:
         self._positions: dict[TopicPartition, int | None] = {}
         self._applied: dict[TopicPartition, AppliedWindow] = {}
         self._origins: dict[TopicPartition, Watermarks] = {}
+        # keys of the input parked behind a dead letter (key -> its head's place), and the
+        # same as the transaction being run changes them
+        self._parked: dict[TopicPartition, dict[str, str]] = {}
+        self._parking: dict[TopicPartition, dict[str, str]] = {}
         # the views each handler was seen to read at its event's key: prefetched per batch
         self._keyed_reads: dict[Handler, set[View[Any]]] = {}
         self._log_offsets: dict[TopicPartition, int] = {}
@@ -261,11 +272,12 @@ class Worker:
                 for source, records in parts.items()
             }
             origins = {source: dict(self._origins[source]) for source in parts}
+            self._parking = {s: dict(self._parked.get(s, {})) for s in parts}
             self.meters.tally.clear()
             try:
                 with self.store.transaction(self.service.name, fences) as store_tx:
                     unit = UnitOfWork(store_tx)
-                    self._handle_all(parts, batches, unit, poison, origins)
+                    self._handle_all(parts, batches, unit, store_tx, poison, origins)
                     last = batches[next(reversed(batches))]
                     last.writes, last.statements = unit.writes, unit.statements
                     for source, batch in batches.items():
@@ -293,6 +305,7 @@ class Worker:
             self._positions[source] = batch.position
             self._log_offsets[source] = batch.position
             self._origins[source] = origins[source]
+            self._parked[source] = self._parking[source]
             self._applied[source].add(batch.position, batch.applied_ids)
             self.handled += len(parts[source])
             if self.on_commit is not None:
@@ -317,6 +330,7 @@ class Worker:
         parts: dict[TopicPartition, list[Record]],
         batches: dict[TopicPartition, Batch],
         unit: UnitOfWork,
+        store_tx: StoreTransaction,
         poison: dict[int, str],
         origins: dict[TopicPartition, Watermarks],
     ) -> None:
@@ -326,18 +340,74 @@ class Worker:
         Batch first: every record is decoded and validated, then the view rows its handler
         is known to read at its key are fetched in one query per view, then the handlers run.
         """
-        works: list[_Work | _Refused] = []
+        works: list[_Work | _Refused | _Release] = []
         for source, records in parts.items():
             batch, applied = batches[source], self._applied[source]
             works.extend(self._decode(records, batch, poison, applied, origins[source]))
         self._prefetch(works, unit)
         emitter = Emitter.of(self.service.name, self.service.output_topic, now_rfc3339())
         for work in works:
-            batch = batches[work.record.topic_partition]
+            record = work.record
+            batch = batches[record.topic_partition]
+            if isinstance(work, _Release):  # the head of its key was dropped
+                self._release(work.key, work.head, record.topic_partition, batch, store_tx, unit)
+                continue
+            parked = self._parked_head(record)
+            if parked is not None and record.header(REDRIVEN_HEADER) != parked[1].encode():
+                batch.parked_records.append((parked[0], record.offset, encode_record(record)))
+                continue  # it waits behind the head of its key
             if isinstance(work, _Refused):
-                self._fail(work.record, work.envelope, batch, work.reason)
+                self._fail(record, work.envelope, batch, work.reason)
             else:
                 self._handle(work, unit, batch, emitter)
+            if parked is not None:  # the head, re-driven: its key is free if it passed
+                self._release(*parked, record.topic_partition, batch, store_tx, unit)
+
+    def _parked_head(self, record: Record) -> tuple[str, str] | None:
+        """(key, place of its head) if `record` is a command of a parked key."""
+        key = key_of(record)
+        if key is None or record.topic != self.service.input_topic:
+            return None
+        head = self._parking[record.topic_partition].get(key)
+        return None if head is None else (key, head)
+
+    def _release(
+        self,
+        key: str,
+        head: str,
+        source: TopicPartition,
+        batch: Batch,
+        store_tx: StoreTransaction,
+        unit: UnitOfWork,
+    ) -> None:
+        """Release `key` if `head` still heads it (it passed, or was dropped): run the
+        records parked behind it, in order. One that fails is the key's new head, and those
+        after it stay parked."""
+        parking = self._parking[source]
+        if parking.get(key) != head:
+            return
+        del parking[key]
+        batch.unpark.append(key)
+        waiting = store_tx.parked_records(self.service.name, source, key)
+        waiting += [blob for k, _, blob in batch.parked_records if k == key]
+        batch.parked_records = [entry for entry in batch.parked_records if entry[0] != key]
+        emitter = Emitter.of(self.service.name, self.service.output_topic, now_rfc3339())
+        for index, blob in enumerate(waiting):
+            record = decode_record(blob)
+            try:
+                envelope = read_envelope(record)
+            except EnvelopeError as exc:
+                self._fail(record, None, batch, str(exc))
+            else:
+                work = self._work(record, envelope)
+                if isinstance(work, _Work):
+                    self._handle(work, unit, batch, emitter)
+                elif work is not None:
+                    self._fail(record, envelope, batch, work.reason)
+            if key in parking:  # it failed: the rest wait behind it
+                rest = [(key, decode_record(b).offset, b) for b in waiting[index + 1 :]]
+                batch.parked_records.extend(rest)
+                return
 
     def _decode(
         self,
@@ -346,10 +416,11 @@ class Worker:
         poison: dict[int, str],
         applied: AppliedWindow,
         origins: Watermarks,
-    ) -> list[_Work | _Refused]:
+    ) -> list[_Work | _Refused | _Release]:
         """The records to handle, each with its handler and validated event, or the reason
-        it goes to the DLQ instead; duplicates and others' events left out."""
-        works: list[_Work | _Refused] = []
+        it goes to the DLQ instead; duplicates and others' events left out, and commands
+        of parked keys kept in the batch to wait."""
+        works: list[_Work | _Refused | _Release] = []
         in_batch: set[str] = set()
         input_topic = self.service.input_topic
         for record in records:
@@ -371,6 +442,10 @@ class Worker:
                 self.meters.tally["duplicate"] += 1
                 continue  # a duplicate: the event was applied already
             reason = poison.get(record.offset)
+            release = record.header(UNPARK_HEADER) if record.topic == input_topic else None
+            if release is not None:
+                works.append(_Release(record, key_of(record) or "", release.decode()))
+                continue
             work = self._work(record, envelope) if reason is None else None
             if reason is not None:
                 works.append(_Refused(record, envelope, reason))
@@ -408,11 +483,11 @@ class Worker:
                 return _Refused(record, envelope, _misplaced(record.key, key, handler))
         return _Work(record, envelope, handler, event, key, read_key, is_command)
 
-    def _prefetch(self, works: list[_Work | _Refused], unit: UnitOfWork) -> None:
+    def _prefetch(self, works: list[_Work | _Refused | _Release], unit: UnitOfWork) -> None:
         """Read, in one query per view, the rows the handlers are known to read at their key."""
         wanted: dict[View[Any], list[Key]] = {}
         for work in works:
-            if isinstance(work, _Refused):
+            if not isinstance(work, _Work):
                 continue
             views = self._keyed_reads.get(work.handler)
             if views and work.read_key is not None:
@@ -533,6 +608,9 @@ class Worker:
         if self.replay:
             return  # it went to the DLQ when it was first handled
         batch.outbox.append(self._dead_letter(record, error))
+        key = key_of(record)
+        if key is not None and self.service.park_keys and record.topic == self.service.input_topic:
+            batch.park[key] = self._parking[record.topic_partition][key] = place(record)
         if envelope is not None and record.topic == self.service.input_topic:
             batch.requests.append(
                 RequestOutcome(
@@ -612,6 +690,7 @@ class Worker:
             self._log_offsets.pop(tp, None)
             self._applied.pop(tp, None)
             self._origins.pop(tp, None)
+            self._parked.pop(tp, None)
 
     def _resume(self, partitions: Sequence[TopicPartition]) -> None:
         """Seek `partitions` to their stored positions and publish what their outbox holds."""
@@ -627,6 +706,7 @@ class Worker:
             recent = self.store.applied(self.service.name, tp, position - self.dedupe_window)
             self._applied[tp] = AppliedWindow(self.dedupe_window, recent)
             self._origins[tp] = self.store.watermarks(self.service.name, tp)
+            self._parked[tp] = self.store.parked(self.service.name, tp)
         crash_point("in_assign")
         self._flush_outbox(partitions)
 
@@ -677,6 +757,15 @@ class _Work:
     key: bytes | None
     read_key: Key | None
     is_command: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Release:
+    """A control record: release `key` if it is still parked behind `head` (it was dropped)."""
+
+    record: Record
+    key: str
+    head: str
 
 
 @dataclass(frozen=True, slots=True)

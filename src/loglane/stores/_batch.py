@@ -136,6 +136,7 @@ def write_batch(
                 "AND position < %s",
                 (*source, batch.forget_applied_before),
             )
+    _write_parking(batches, sink)
     # Commands sharing a request id: the last outcome wins, as row by row.
     outcomes = list({(o.source, o.request_id): o for b in batches for o in b.requests}.values())
     requests = sink.table("loglane_requests")
@@ -161,6 +162,31 @@ def write_batch(
     if prune_requests_before is not None:
         sink.execute(f"DELETE FROM {requests} WHERE handled_at < %s", (prune_requests_before,))
     return sink.finish(batches, outcomes)
+
+
+def _write_parking(batches: Sequence[Batch], sink: RowSink) -> None:
+    """Release keys (and the records that waited), then park keys and their records."""
+    keys, records = sink.table("loglane_parked_keys"), sink.table("loglane_parked_records")
+    released = [(*_source(b), key) for b in batches for key in b.unpark]
+    if released:
+        where = "service = %s AND topic = %s AND partition = %s AND key = %s"
+        sink.execute_many(f"DELETE FROM {keys} WHERE {where}", released)
+        sink.execute_many(f"DELETE FROM {records} WHERE {where}", released)
+    parked = [(*_source(b), key, head) for b in batches for key, head in b.park.items()]
+    if parked:
+        sink.execute_many(
+            f"INSERT INTO {keys} (service, topic, partition, key, head) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (service, topic, partition, key) "
+            "DO UPDATE SET head = excluded.head",
+            parked,
+        )
+    waiting = [(*_source(b), *record) for b in batches for record in b.parked_records]
+    if waiting:
+        sink.execute_many(
+            f'INSERT INTO {records} (service, topic, partition, key, "offset", record) '
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            waiting,
+        )
 
 
 def outbox_seqs(batches: Sequence[Batch], last_seq: int | None) -> dict[TopicPartition, int]:

@@ -98,6 +98,29 @@ MIGRATIONS = (
             "CREATE INDEX loglane_requests_by_time ON loglane_requests (handled_at)",
         ),
     ),
+    Migration(
+        4,
+        "keys parked behind a dead letter, and the records that wait behind it",
+        (
+            """CREATE TABLE loglane_parked_keys (
+                service TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                partition INTEGER NOT NULL,
+                key TEXT NOT NULL,
+                head TEXT NOT NULL,
+                PRIMARY KEY (service, topic, partition, key)
+            )""",
+            """CREATE TABLE loglane_parked_records (
+                service TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                partition INTEGER NOT NULL,
+                key TEXT NOT NULL,
+                "offset" BIGINT NOT NULL,
+                record BYTEA NOT NULL,
+                PRIMARY KEY (service, topic, partition, key, "offset")
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -124,6 +124,12 @@ class Batch:
     forget_applied_before: int | None = None
     origins: Watermarks | None = None
     statements: list[Statement] = field(default_factory=list)
+    # keys parked behind a dead letter (`loglane.parking`): keys released (with their
+    # records), keys parked or given a new head (key -> the head's `topic:partition:offset`),
+    # and records that wait behind a head (key, offset, the record encoded)
+    unpark: list[str] = field(default_factory=list)
+    park: dict[str, str] = field(default_factory=dict)
+    parked_records: list[tuple[str, int, bytes]] = field(default_factory=list)
 
 
 def stale_batch(
@@ -177,6 +183,11 @@ class StoreTransaction(ABC):
         found = {key: self.get(view, key) for key in keys}
         return {key: document for key, document in found.items() if document is not None}
 
+    def parked_records(self, service: str, source: TopicPartition, key: str) -> list[bytes]:
+        """The records parked behind the head of `key` in `source`, oldest first, encoded
+        (`loglane.records.encode_record`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not park keys")
+
     def write(self, batch: Batch) -> int | None:
         """Write one batch (see `write_all`); the seq of its last outbox entry, or None."""
         return self.write_all([batch]).get(batch.source)
@@ -209,6 +220,11 @@ class Store(ABC):
     @abstractmethod
     def positions(self, service: str) -> dict[TopicPartition, int]:
         """The stored input positions of `service`: the next offset to read per partition."""
+
+    def parked(self, service: str, source: TopicPartition) -> dict[str, str]:
+        """The keys of `source` parked behind a dead letter, each with the place
+        (`topic:partition:offset`) of the record at its head."""
+        return {}
 
     @abstractmethod
     def watermarks(self, service: str, source: TopicPartition) -> Watermarks:
