@@ -1,0 +1,306 @@
+"""`loglane rebuild` under load: a corrupted view rebuilt by replay while commands flow and
+clients read it, the rebuild SIGKILLed once and resumed, nothing published or dead-lettered
+twice."""
+
+from __future__ import annotations
+
+import random
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from loglane.commands import command_message
+from loglane.envelope import output_event_id
+from loglane.logs.embedded import EmbeddedLog
+from loglane.records import Message, TopicPartition
+from loglane.worker import ensure_topics
+from tests.apps.ledger import Deposit, accounts, assert_folded, deposits, landscape, ledger, tallies
+from tests.conftest import eventually, while_progressing
+from tests.postgres import PostgresStack, drop_schemas
+from tests.processes import Stack, WorkerProcess
+
+POISON = 3  # records on ledger.in that are no CloudEvents: dead-lettered once, when first read
+CORRUPT = -1_000_000
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """The embedded log with the views in SQLite, or in PostgreSQL."""
+    if request.param == "sqlite":
+        yield Stack(tmp_path)
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    stack = PostgresStack(tmp_path, url=url)
+    yield stack
+    drop_schemas(url, stack.prefix)
+
+
+def corrupt_balances(stack: Stack) -> None:
+    """What a buggy handler might have done: every account's balance is wrong."""
+    if isinstance(stack, PostgresStack):
+        with psycopg.connect(stack.url, autocommit=True) as conn:
+            conn.execute(
+                f'UPDATE "{stack.prefix}ledger".accounts '
+                f"SET doc = jsonb_set(doc, '{{balance}}', '{CORRUPT}')"
+            )
+        return
+    with sqlite3.connect(stack.folder / "ledger.db", timeout=60) as db:
+        db.execute("UPDATE accounts SET doc = json_set(doc, '$.balance', ?)", (CORRUPT,))
+
+
+def positions(stack: Stack, service: str) -> int:
+    store = stack.store(service)
+    try:
+        return sum(store.positions(service).values())
+    finally:
+        store.close()
+
+
+def shadow_positions(stack: Stack) -> int:
+    """How far the rebuild's shadow of `ledger` has read, summed over its partitions."""
+    live = stack.store("ledger")
+    shadow = live.shadow("ledger")
+    try:
+        return sum(shadow.positions("ledger").values())
+    finally:
+        shadow.close()
+        live.close()
+
+
+def shadow_exists(stack: Stack) -> bool:
+    if isinstance(stack, PostgresStack):
+        with psycopg.connect(stack.url, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (f"{stack.prefix}ledger__rebuild",)
+            ).fetchone()
+        return found is not None
+    return (stack.folder / "ledger.rebuild.db").exists()
+
+
+def log_ends(stack: Stack, topic: str) -> int:
+    log = stack.log()
+    try:
+        return sum(offsets.end for offsets in log.offsets(topic).values())
+    finally:
+        log.close()
+
+
+def caught_up(stack: Stack) -> bool:
+    return positions(stack, "ledger") == log_ends(stack, "ledger.in") and positions(
+        stack, "audit"
+    ) == log_ends(stack, "ledger.out")
+
+
+def landscape_progress(stack: Stack) -> tuple[int, int, int]:
+    return positions(stack, "ledger"), positions(stack, "audit"), log_ends(stack, "ledger.in")
+
+
+def append(stack: Stack, batch: Sequence[Deposit]) -> list[str]:
+    log = stack.log()
+    try:
+        messages = [command_message(ledger, deposit) for deposit in batch]
+        log.append([message for _, message in messages])
+        return [request_id for request_id, _ in messages]
+    finally:
+        log.close()
+
+
+def applied_up_to(stack: Stack, target: int) -> bool:
+    return positions(stack, "ledger") >= target
+
+
+@dataclass
+class Feeder:
+    """Appends deposits in small chunks, each once the live ledger applied the last one:
+    commands keep flowing for as long as the deposits last."""
+
+    stack: Stack
+    pending: list[Deposit]
+    request_ids: list[str]
+    done: threading.Event = field(default_factory=threading.Event)
+    errors: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        try:
+            for start in range(0, len(self.pending), 100):
+                self.request_ids.extend(append(self.stack, self.pending[start : start + 100]))
+                target = log_ends(self.stack, "ledger.in")
+                while_progressing(
+                    partial(applied_up_to, self.stack, target),
+                    lambda: positions(self.stack, "ledger"),
+                    step=0.01,
+                    message="the live ledger applied the chunk",
+                )
+        except Exception as exc:  # reported by the test
+            self.errors.append(repr(exc))
+        finally:
+            self.done.set()
+
+
+@dataclass
+class Reader:
+    """A client reading the live view as fast as it can, one row and one page at a time:
+    every read must succeed, and an account's `applied` count must never go back."""
+
+    stack: Stack
+    accounts_count: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    reads: int = 0
+    failures: list[str] = field(default_factory=list)
+    backwards: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        store = self.stack.store("ledger")
+        rng = random.Random(10)
+        seen: dict[str, int] = {}
+        while not self.stop.is_set():
+            key = f"acct-{rng.randrange(self.accounts_count)}"
+            try:
+                account = store.get(accounts, key)
+                store.query(accounts, after=key, limit=20)
+            except Exception as exc:
+                self.failures.append(repr(exc))
+                continue
+            self.reads += 1
+            if account is not None:
+                if account.applied < seen.get(key, 0):
+                    self.backwards.append(f"{key}: {seen[key]} -> {account.applied}")
+                seen[key] = account.applied
+        store.close()
+
+
+class _Listener:
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        pass
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        pass
+
+
+def rebuild(stack: Stack) -> WorkerProcess:
+    return WorkerProcess(
+        stack, "rebuild", "tests.apps.ledger", "--service", "ledger", "--yes", name="rebuild"
+    )
+
+
+@pytest.mark.parametrize(
+    ("accounts_count", "per_account"),
+    [(100, 50), pytest.param(1000, 50, marks=pytest.mark.slow)],
+    ids=["5k", "50k"],
+)
+def test_a_corrupted_view_is_rebuilt_under_load_without_side_effects_and_resumes_after_a_kill(
+    stack: Stack, accounts_count: int, per_account: int
+) -> None:
+    every = deposits(accounts_count, per_account)
+    first, middle, last = (
+        every[: len(every) * 2 // 5],
+        every[len(every) * 2 // 5 : -500],
+        every[-500:],
+    )
+    log = stack.log()
+    ensure_topics(log, list(landscape))
+    log.append(
+        [Message("ledger.in", f"poison-{i}".encode(), b"not an event") for i in range(POISON)]
+    )
+    log.close()
+    request_ids = append(stack, first)
+    live = [
+        WorkerProcess(stack, "worker", "tests.apps.ledger", "--service", service, name=service)
+        for service in ("ledger", "audit")
+    ]
+    reader = Reader(stack, accounts_count)
+    reading = threading.Thread(target=reader.run, daemon=True)
+    # the rebuild's consumer group has a member of the test's own: while it holds some of the
+    # partitions, the rebuild replays the others and cannot swap, so it is killed mid-way
+    member_log = EmbeddedLog(stack.folder / "log.db", session_timeout=1.0, heartbeat_interval=0.1)
+    member = member_log.consumer("ledger~rebuild", ["ledger.in"], _Listener())
+    processes = [*live]
+    try:
+        while_progressing(
+            lambda: caught_up(stack), lambda: landscape_progress(stack), message="caught up"
+        )
+        corrupt_balances(stack)
+        reading.start()
+        eventually(lambda: bool(member.poll(0.05, 10) or member.assignment()), message="joined")
+        feeder = Feeder(stack, middle, request_ids)
+        threading.Thread(target=feeder.run, daemon=True).start()
+
+        killed = rebuild(stack)
+        processes.append(killed)
+
+        def replayed_some() -> bool:
+            member.poll(0.01, 10)  # heartbeat, and hand partitions over to the rebuild
+            assert killed.process.poll() is None, killed.describe()
+            return shadow_positions(stack) > 0
+
+        eventually(replayed_some, timeout=120, message="the rebuild made progress")
+        killed.kill()
+        resumed_from = shadow_positions(stack)
+        assert len(member.assignment()) > 0, "the rebuild could have swapped"
+        member.close()
+
+        resumed = rebuild(stack)
+        processes.append(resumed)
+        while_progressing(
+            lambda: resumed.process.poll() is not None,
+            lambda: (len(resumed.describe()), landscape_progress(stack)),
+            message="the resumed rebuild finished",
+        )
+        assert resumed.process.returncode == 0, resumed.describe()
+        eventually(feeder.done.is_set, timeout=120, message="the feeder finished")
+        assert feeder.errors == []
+        request_ids.extend(append(stack, last))  # applied on top of the swapped view
+        while_progressing(
+            lambda: caught_up(stack), lambda: landscape_progress(stack), message="caught up"
+        )
+    finally:
+        reader.stop.set()
+        for process in processes:
+            if process.process.poll() is None:
+                process.stop()
+        member_log.close()
+    reading.join(timeout=60)
+
+    output = resumed.describe()
+    found = re.search(r"(\d[\d,]*) events replayed .* swapped in at (.*)$", output, re.M)
+    assert found is not None, output
+    handled = int(found[1].replace(",", ""))
+    swapped_at = sum(int(offset) for offset in re.findall(r"@(\d+)", found[2]))
+    assert handled == swapped_at - resumed_from > 0, "the rebuild resumed from its positions"
+    assert swapped_at <= len(first) + len(middle) + POISON
+    assert not shadow_exists(stack)
+
+    ledger_store, audit_store = stack.store("ledger"), stack.store("audit")
+    try:
+        assert_folded(
+            partial(ledger_store.get, accounts),
+            partial(audit_store.get, tallies),
+            accounts_count,
+            per_account,
+        )
+    finally:
+        ledger_store.close()
+        audit_store.close()
+    log = stack.log()
+    try:
+        published = [
+            dict(record.headers)["ce_id"].decode()
+            for p, offsets in log.offsets("ledger.out").items()
+            for record in log.read(TopicPartition("ledger.out", p), 0, offsets.end)
+        ]
+        assert len(published) == len(every), "an output event was published twice"
+        assert set(published) == {output_event_id("ledger", rid, 0) for rid in request_ids}
+        assert log_ends(stack, "ledger.dlq") == POISON
+        assert log_ends(stack, "audit.dlq") == 0
+    finally:
+        log.close()
+    assert reader.failures == []
+    assert reader.backwards == []
+    assert reader.reads > 0
