@@ -11,6 +11,8 @@ from pydantic import BaseModel
 
 from loglane import Event, RequestStatus, Retry, Service, Transaction, View
 from loglane.dlq import drop, list_letters, redrive
+from loglane.records import TopicPartition
+from loglane.reset import ResetTarget, plan_reset, reset_positions
 from loglane.testing import LandscapeTest
 from tests.postgres import schemas, with_schema
 
@@ -156,3 +158,22 @@ def test_without_parking_a_dead_letter_is_passed_over(urls: dict[str, str]) -> N
             test.send(Entry(account="ada", seq=seq))
         test.run_until_quiet()
         assert seqs(test, ledgers, "ada") == [2, 3]
+
+
+def test_a_reset_releases_parked_keys_whose_heads_name_places_in_the_old_log(
+    urls: dict[str, str],
+) -> None:
+    service, _ = accounts_service()
+    failing.add(("ada", 1))
+    with LandscapeTest(service, **urls) as test:
+        test.send(Entry(account="ada", seq=1))
+        test.send(Entry(account="ada", seq=2))
+        test.run_until_quiet()
+        store = test.stores["accounts"]
+        assert [key for p in range(2) for key in store.parked("accounts", _input(p))] == ["ada"]
+        reset_positions(store, service, plan_reset(test.log, store, service, ResetTarget.END))
+        assert [key for p in range(2) for key in store.parked("accounts", _input(p))] == []
+
+
+def _input(partition: int) -> TopicPartition:
+    return TopicPartition("accounts.in", partition)

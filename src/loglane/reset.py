@@ -7,7 +7,10 @@ sets the position of every partition the service consumes (its input and the out
 follows) to the log's current start, or its end. With each position it forgets the origin
 watermarks stored there (how far the service applied each upstream input, see
 `loglane.dedupe`): they count offsets of the old log and would drop the new one's events.
-Nothing else changes: views, outbox, request outcomes and the memory of applied ids stay.
+It also releases the keys of the input parked behind dead letters (`loglane.parking`),
+whose heads name places in the old log, and moves a re-driven position of the DLQ that lies
+beyond the DLQ's end back to its start, so the letters of a new DLQ show as pending. Nothing
+else changes: views, outbox, request outcomes and the memory of applied ids stay.
 
 Each position is written by a fenced commit from the position read just before, like a batch:
 if a worker of the service commits meanwhile, the reset stops with `StaleBatchError`. Stop the
@@ -51,6 +54,18 @@ def plan_reset(log: Log, store: Store, service: Service, to: ResetTarget) -> lis
     """What a reset of `service` to `to` would write, per partition it consumes; writes nothing."""
     stored = store.positions(service.name)
     plan: list[PositionReset] = []
+    for partition, offsets in sorted(log.offsets(service.dlq_topic).items()):
+        tp = TopicPartition(service.dlq_topic, partition)
+        if stored.get(tp, 0) > offsets.end:  # from a DLQ since recreated
+            plan.append(
+                PositionReset(
+                    partition=tp,
+                    stored=stored[tp],
+                    log_start=offsets.start,
+                    log_end=offsets.end,
+                    to=offsets.start,
+                )
+            )
     for topic in service.topics:
         for partition, offsets in sorted(log.offsets(topic).items()):
             tp = TopicPartition(topic, partition)
@@ -81,6 +96,8 @@ def reset_positions(store: Store, service: Service, plan: list[PositionReset]) -
             position=row.to,
             origins={},
         )
+        if row.partition.topic == service.input_topic:
+            batch.unpark = list(store.parked(service.name, row.partition))
         try:
             store.commit(batch)
         except StaleBatchError:
