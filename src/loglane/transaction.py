@@ -60,10 +60,39 @@ class UnitOfWork:
             for key in missing:
                 committed[key] = found.get(key)
 
+    def find(
+        self,
+        view: View[Any],
+        where: Mapping[str, Any],
+        limit: int,
+        own: Mapping[Key, RowImage | None],
+    ) -> list[tuple[Key, Document]]:
+        """Up to `limit` rows matching `where` as the batch sees them, in key order: the
+        store's committed rows, under the batch's writes and then `own` (the handler's)."""
+        pending = {**self.writes.get(view, {}), **own}
+        # every pending key may hide one committed row: read that many more
+        found = self._store.find(view, where, limit + len(pending))
+        committed = self._committed.setdefault(view, {})
+        rows: dict[Key, Document] = {}
+        for key, document in found:
+            if key in pending:
+                continue
+            seen = committed.setdefault(key, document)  # as an earlier `get` saw it
+            if seen is not None:
+                rows[key] = seen
+        for key, image in pending.items():
+            if image is not None and view.matches(key, image, where):
+                rows[key] = image.document
+        return sorted(rows.items(), key=_by_key)[:limit]
+
     def absorb(self, tx: Transaction) -> None:
         for view, rows in tx.writes.items():
             self.writes.setdefault(view, {}).update(rows)
         self.statements.extend(tx.statements)
+
+
+def _by_key(row: tuple[Key, Document]) -> Key:
+    return row[0]
 
 
 class ViewAccess(Generic[Row]):
@@ -98,6 +127,19 @@ class ViewAccess(Generic[Row]):
 
     def delete(self, key: Key) -> None:
         self._rows[key] = None
+
+    def find(self, *, limit: int = 100, **where: Any) -> list[Row]:
+        """Copies of up to `limit` rows whose indexed fields (or key) equal `where`, in key
+        order, as this batch sees them: rows put earlier in the batch are found by their
+        new values, rows deleted are not. Only indexed fields can be filtered on, and a
+        row that comes to match in another batch meanwhile is not seen; the rows found are
+        held as `get` holds the rows it reads."""
+        view = self._view
+        view.check_filters(where)
+        if limit < 1:
+            raise ValueError(f"find: limit must be at least 1, not {limit}")
+        found = self._tx.unit.find(view, where, limit, self._rows)
+        return [view.load(document, key) for key, document in found]
 
 
 @dataclass(frozen=True, slots=True)

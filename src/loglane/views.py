@@ -74,6 +74,7 @@ class View(Generic[Row]):
     upcasters: Mapping[int, Upcaster] = field(default_factory=dict)
     columns: tuple[Column, ...] = field(init=False)
     key_kind: type = field(init=False)
+    _column_at: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -98,6 +99,7 @@ class View(Generic[Row]):
             "columns",
             tuple(Column(name, _kind_of(self.model, name)) for name in self.indexes),
         )
+        object.__setattr__(self, "_column_at", {name: i for i, name in enumerate(self.indexes)})
 
     def key_of(self, row: Row) -> Key:
         key: Key = getattr(row, self.key)
@@ -110,6 +112,15 @@ class View(Generic[Row]):
         if not self.columns:
             return RowImage(to_json(row), ())
         return RowImage(to_json(row), self.column_values(row))
+
+    def matches(self, key: Key, image: RowImage, where: Mapping[str, Any]) -> bool:
+        """Whether the row written as `image` at `key` has the values `where` names, as
+        the model holds them (filters checked by `check_filters`)."""
+        for name, value in where.items():
+            held = key if name == self.key else image.columns[self._column_at[name]]
+            if held != value:
+                return False
+        return True
 
     def check_filters(self, where: Mapping[str, Any]) -> None:
         """Refuse filters on fields that have no index: they would scan the whole table."""

@@ -398,3 +398,88 @@ class StoreContract:
         with store.transaction(bank.name, {SOURCE: 1}) as tx:
             found = tx.get_many(bank.counters, [*rows, 5000])
         assert {key: Counter.model_validate_json(doc) for key, doc in found.items()} == rows
+
+    def test_a_transaction_finds_rows_by_indexed_fields_in_key_order_up_to_a_limit(
+        self, store: Store, bank: Declared
+    ) -> None:
+        rows = {
+            f"a{n}": Account(account_id=f"a{n}", owner="ada" if n % 2 else "bob", balance=n)
+            for n in range(1, 8)
+        }
+        store.commit(bank.batch(None, 1, writes={bank.accounts: rows}))
+        with store.transaction(bank.name, {SOURCE: 1}) as tx:
+            found = tx.find(bank.accounts, {"owner": "ada"}, 3)
+            assert [key for key, _ in found] == ["a1", "a3", "a5"]
+            assert [Account.model_validate_json(doc) for _, doc in found] == [
+                rows["a1"],
+                rows["a3"],
+                rows["a5"],
+            ]
+            assert [key for key, _ in tx.find(bank.accounts, {"owner": "bob"}, 10)] == [
+                "a2",
+                "a4",
+                "a6",
+            ]
+            assert tx.find(bank.accounts, {"owner": "ada", "account_id": "a3"}, 10)[0][0] == "a3"
+            assert tx.find(bank.accounts, {"owner": "nobody"}, 10) == []
+            assert len(tx.find(bank.accounts, {}, 100)) == 7
+
+    def test_finding_by_a_field_without_an_index_is_refused_naming_the_indexed_ones(
+        self, store: Store, bank: Declared
+    ) -> None:
+        with (
+            store.transaction(bank.name, {SOURCE: None}) as tx,
+            pytest.raises(ConfigurationError, match="indexed fields: account_id, owner, active"),
+        ):
+            tx.find(bank.accounts, {"balance": 3}, 10)
+
+    def test_two_transactions_finding_one_row_lose_no_update(
+        self, store: Store, bank: Declared
+    ) -> None:
+        """As two batches reading one row by its key: the store serializes them, or refuses
+        the one that found the row first and committed last; no update is lost."""
+        store.commit(
+            bank.batch(
+                None,
+                1,
+                writes={bank.accounts: {"a1": Account(account_id="a1", owner="ada", balance=0)}},
+            )
+        )
+        other = TopicPartition("bank.in", 0)
+        first_found = threading.Event()
+        conflicts: list[TopicPartition] = []
+
+        def add_one(source: TopicPartition, expected: int | None, hold: bool) -> None:
+            while True:
+                try:
+                    with store.transaction(bank.name, {source: expected}) as tx:
+                        [(key, document)] = tx.find(bank.accounts, {"owner": "ada"}, 10)
+                        account = Account.model_validate_json(document)
+                        if hold:
+                            hold = False
+                            first_found.set()
+                            second.join(0.5)  # the second finds and commits now, if it can
+                        richer = account.model_copy(update={"balance": account.balance + 1})
+                        tx.write(
+                            Batch(
+                                service=bank.name,
+                                source=source,
+                                expected_position=expected,
+                                position=(expected or 0) + 1,
+                                writes={bank.accounts: {key: bank.accounts.image(richer)}},
+                            )
+                        )
+                    return
+                except BatchConflictError:
+                    conflicts.append(source)
+
+        second = threading.Thread(
+            target=lambda: (first_found.wait(30), add_one(other, None, False))
+        )
+        second.start()
+        add_one(SOURCE, 1, True)
+        second.join(60)
+        found = store.get(bank.accounts, "a1")
+        assert found is not None
+        assert found.balance == 2
+        assert conflicts in ([], [SOURCE]), "only the first, which found first, can lose"

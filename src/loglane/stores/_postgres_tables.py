@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +201,13 @@ class ViewTable:
             f"SELECT doc::text, {version} FROM {self.name} WHERE {quote(view.key)} = %s"
         )
         self.select_many = f"{self.select_rows} WHERE {quote(view.key)} = ANY(%s)"
+
+    def condition(self, where: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """`WHERE` the columns equal `where` (empty without filters), and its parameters."""
+        if not where:
+            return "", []
+        clauses = " AND ".join(f"{quote(name)} = %s" for name in where)
+        return f"WHERE {clauses}", [self.param(name, value) for name, value in where.items()]
 
     def key_param(self, key: Any) -> Any:
         return as_text(key) if self.view.key_kind is str else key

@@ -188,6 +188,16 @@ class StoreTransaction(ABC):
         (`loglane.records.encode_record`)."""
         raise NotImplementedError(f"{type(self).__name__} does not park keys")
 
+    def find(
+        self, view: View[Any], where: Mapping[str, Any], limit: int
+    ) -> list[tuple[Key, Document]]:
+        """The keys and documents of up to `limit` committed rows of `view` whose indexed
+        fields (or key) equal `where`, in key order, read as `get` reads them: locked
+        against other transactions' reads of the same keys until this one ends (PostgreSQL),
+        or checked unchanged at the commit (SQLite). Rows that come to match while the
+        transaction is open are not seen: only the rows found are held."""
+        raise NotImplementedError(f"{type(self).__name__} cannot find rows by their fields")
+
     def write(self, batch: Batch) -> int | None:
         """Write one batch (see `write_all`); the seq of its last outbox entry, or None."""
         return self.write_all([batch]).get(batch.source)

@@ -294,12 +294,10 @@ class PostgresStore(Store):
         table = self._view_table(view)
         where = dict(where or {})
         view.check_filters(where)
-        clauses = [f"{quote(name)} = %s" for name in where]
-        params = [table.param(name, value) for name, value in where.items()]
+        condition, params = table.condition(where)
         if after is not None:
-            clauses.append(f"{quote(view.key)} > %s")
+            condition += f"{' AND' if condition else 'WHERE'} {quote(view.key)} > %s"
             params.append(table.key_param(after))
-        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._connection() as conn, suppress(*_NOT_YET_CREATED):
             rows = conn.execute(
                 f"{table.select_rows} {condition} ORDER BY {quote(view.key)} LIMIT %s",
@@ -687,6 +685,42 @@ class _PostgresTransaction(StoreTransaction):
             key: doc if version == current else OutdatedDocument(doc, version)
             for key, doc, version in rows
         }
+
+    def find(
+        self, view: View[Any], where: Mapping[str, Any], limit: int
+    ) -> list[tuple[Key, Document]]:
+        view.check_filters(where)
+        _check_keys(view, [value for value in where.values() if isinstance(value, str)])
+        table = self._store._view_table(view)
+        condition, params = table.condition(where)
+        key = quote(view.key)
+        cursor = self._conn.cursor()
+        try:
+            # the keys first, then their locks (as `get_many` takes them), then the rows
+            # read again under the locks, those that still match
+            keys = [
+                found
+                for (found,) in cursor.execute(
+                    f"SELECT {key} FROM {table.name} {condition} ORDER BY {key} LIMIT %s",
+                    (*params, limit),
+                )
+            ]
+            if not keys:
+                return []
+            locks = sorted({_row_lock(table.name, found) for found in keys})
+            also = f"{condition} AND" if condition else "WHERE"
+            with self._conn.pipeline():
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k ORDER BY k",
+                    (locks,),
+                )
+                cursor.execute(
+                    f"{table.select_rows} {also} {key} = ANY(%s) ORDER BY {key}", (*params, keys)
+                )
+            rows = cursor.fetchall()
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+        return [(found, view.stored(doc, version)) for found, doc, version in rows]
 
     def write_all(
         self,

@@ -245,20 +245,11 @@ class SQLiteStore(Store):
         after: Key | None = None,
         limit: int = 100,
     ) -> list[Row]:
-        sql = self._view(view)
         where = dict(where or {})
         view.check_filters(where)
-        clauses = [f'"{name}" = ?' for name in where]
-        params: list[Any] = list(where.values())
-        if after is not None:
-            clauses.append(f'"{view.key}" > ?')
-            params.append(after)
-        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        select, params = self._view(view).select_where(where, after, limit)
         with _absent_table_is_empty():
-            rows = self._file.connection().execute(
-                f'{sql.select_rows} {condition} ORDER BY "{view.key}" LIMIT ?',
-                (*params, limit),
-            )
+            rows = self._file.connection().execute(select, params)
             return [view.load(view.stored(doc, version), key) for key, doc, version in rows]
         return []
 
@@ -533,6 +524,22 @@ class _SQLiteTransaction(StoreTransaction):
             reads[key] = found.get(key)
         return dict(found)
 
+    def find(
+        self, view: View[Any], where: Mapping[str, Any], limit: int
+    ) -> list[tuple[Key, Document]]:
+        view.check_filters(where)
+        select, params = self._store._view(view).select_where(where, None, limit)
+        found: list[tuple[Key, Document]] = []
+        with _absent_table_is_empty():
+            found = [
+                (key, view.stored(doc, version))
+                for key, doc, version in self._db.execute(select, params)
+            ]
+        reads = self._reads.setdefault(view, {})
+        for key, document in found:  # checked unchanged at the commit, as `get`'s reads
+            reads.setdefault(key, document)
+        return found
+
     def _read_many(
         self, db: sqlite3.Connection, view: View[Any], keys: Sequence[Key]
     ) -> dict[Key, Document]:
@@ -721,6 +728,18 @@ class _ViewSQL:
     def select_many(self, count: int) -> str:
         marks = ",".join("?" * count)
         return f'{self.select_rows} WHERE "{self._key}" IN ({marks})'
+
+    def select_where(
+        self, where: Mapping[str, Any], after: Key | None, limit: int
+    ) -> tuple[str, list[Any]]:
+        """The rows whose columns equal `where`, with keys after `after`, in key order."""
+        clauses = [f'"{name}" = ?' for name in where]
+        params: list[Any] = list(where.values())
+        if after is not None:
+            clauses.append(f'"{self._key}" > ?')
+            params.append(after)
+        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return f'{self.select_rows} {condition} ORDER BY "{self._key}" LIMIT ?', [*params, limit]
 
     @classmethod
     def create(cls, db: sqlite3.Connection, view: View[Any]) -> _ViewSQL:
