@@ -73,6 +73,8 @@ def test_a_worker_process_reports_health_readiness_and_what_its_workers_did(
             (("partition", "0"), ("service", "ledger"), ("topic", "ledger.in")),
         )
         assert after[lag] == 0, "the workers caught up"
+        parked = ("loglane_partition_parked_keys", lag[1])
+        assert after[parked] == 1, "acct-0 waits behind the record that was no event"
         assert ("loglane_batch_records_count", (("service", "ledger"),)) in after
         assert any(name == "loglane_handler_seconds_count" for name, _ in after)
 

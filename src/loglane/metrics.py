@@ -17,6 +17,7 @@ them too:
     loglane_partition_lag{service,topic,partition}          records not yet applied
     loglane_partition_oldest_unprocessed_seconds{service,topic,partition}
     loglane_partition_outbox{service,topic,partition}       committed rows not yet forgotten
+    loglane_partition_parked_keys{service,topic,partition}  keys waiting behind a dead letter
     loglane_progress_sample_age_seconds{service}            how old those three figures are
 """
 
@@ -154,6 +155,7 @@ class _Sample:
     lag: dict[TopicPartition, int] = field(default_factory=dict)
     oldest_seconds: dict[TopicPartition, float] = field(default_factory=dict)
     outbox: dict[TopicPartition, int] = field(default_factory=dict)
+    parked: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class ProgressSampler(Collector):
@@ -218,6 +220,8 @@ class ProgressSampler(Collector):
                 families["oldest"].add_metric(labels, sample.oldest_seconds.get(source, 0.0))
             for source, rows in sample.outbox.items():
                 families["outbox"].add_metric([name, source.topic, str(source.partition)], rows)
+            for source, keys in sample.parked.items():
+                families["parked"].add_metric([name, source.topic, str(source.partition)], keys)
         return list(families.values())
 
 
@@ -261,6 +265,8 @@ def _measure(service: Service, log: Log, store: Store) -> _Sample:
             source = TopicPartition(topic, partition)
             position = max(positions.get(source, offsets.start), offsets.start)
             sample.lag[source] = max(offsets.end - position, 0)
+            if topic == service.input_topic:
+                sample.parked[source] = len(store.parked(service.name, source))
             oldest = log.read(source, position, 1) if position < offsets.end else []
             if oldest:
                 age = sample.taken_at - oldest[0].timestamp_ms / 1000
@@ -284,6 +290,11 @@ def _families() -> dict[str, GaugeMetricFamily]:
         "outbox": GaugeMetricFamily(
             "loglane_partition_outbox",
             "Outbox rows committed and not yet forgotten after publishing.",
+            labels=partition,
+        ),
+        "parked": GaugeMetricFamily(
+            "loglane_partition_parked_keys",
+            "Keys whose commands wait behind a dead letter (loglane.parking).",
             labels=partition,
         ),
         "age": GaugeMetricFamily(
