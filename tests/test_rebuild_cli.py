@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -150,3 +151,28 @@ def test_rebuild_names_the_views_there_are_and_asks_before_it_starts(tmp_path: P
     unasked = loglane("rebuild", "tests.apps.ledger", "--service", "ledger", *urls(tmp_path))
     assert unasked.returncode == 2
     assert "pass --yes to rebuild without asking" in unasked.stderr
+
+
+def test_a_backup_put_in_the_shadows_place_lets_a_rebuild_start_after_the_gap(
+    tmp_path: Path,
+) -> None:
+    log = EmbeddedLog(tmp_path / "log.db")
+    log.create_topic("ledger.in", ledger.partitions, retention_ms=60_000)
+    log.close()
+    assert applied(tmp_path, accounts, [Deposit(account="a", seq=1, amount=5)]) == 1
+    with (
+        sqlite3.connect(tmp_path / "ledger.db") as live,
+        sqlite3.connect(tmp_path / "ledger.rebuild.db") as shadow,
+    ):
+        live.backup(shadow)  # the views are right here
+    written = time.time()
+    eventually(lambda: time.time() - written > 0.002, message="a later millisecond")
+    assert applied(tmp_path, accounts, [Deposit(account="b", seq=1, amount=7)]) == 2
+    log = EmbeddedLog(tmp_path / "log.db")
+    assert log.enforce_retention(now_ms=int(written * 1000) + 60_001) == 1  # a's deposit
+    log.close()
+
+    result = loglane(*REBUILD_LEDGER, "--yes", *urls(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt accounts of ledger: 1 events replayed" in result.stdout
+    assert applied(tmp_path, accounts) == 2
