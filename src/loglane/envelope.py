@@ -58,7 +58,7 @@ COMMAND_SOURCE = "loglane"
 _OUTPUT_ID_NAMESPACE = uuid.UUID("6f6e3c36-3f1e-4b8e-9a52-6c6f676c616e")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # not frozen: cheaper to build per record; never changed
 class Envelope:
     """The CloudEvents attributes of one record, and its data still as bytes."""
 

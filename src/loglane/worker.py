@@ -745,7 +745,7 @@ class Worker:
         return self._consumer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Work:
     """A record to handle: its envelope, handler and event; the key its output gets, and the
     key its handler's view reads are expected at."""
@@ -759,7 +759,7 @@ class _Work:
     is_command: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Release:
     """A control record: release `key` if it is still parked behind `head` (it was dropped)."""
 
