@@ -10,8 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+from loglane.examples.shop import (
+    CreateCustomer,
+    PlaceOrder,
+    customers,
+    known_customers,
+    orders,
+    orders_view,
+)
 from loglane.logs.embedded import EmbeddedLog
 from loglane.records import TopicPartition
+from loglane.stores.sqlite import SQLiteStore
 from loglane.testing import LandscapeTest
 from loglane.views import View
 from tests.apps.ledger import Account, Deposit, accounts, audit, deposits, ledger
@@ -176,3 +185,57 @@ def test_a_backup_put_in_the_shadows_place_lets_a_rebuild_start_after_the_gap(
     assert result.returncode == 0, result.stderr
     assert "rebuilt accounts of ledger: 1 events replayed" in result.stdout
     assert applied(tmp_path, accounts) == 2
+
+
+def test_only_the_view_named_is_swapped_and_a_follower_replays_its_sources(
+    tmp_path: Path,
+) -> None:
+    """`orders` follows `customers.out`: its replay learns the customers again in the shadow,
+    so the orders it accepted are accepted again, and only `orders` is swapped in."""
+    _, log_url, _, db_url = urls(tmp_path)
+    with LandscapeTest(customers, orders, log_url=log_url, db_url=db_url) as test:
+        for name in ("ada", "bob"):
+            test.send(CreateCustomer(customer_id=name, name=name.title()))
+        test.run_until_quiet()
+        for number in range(5):
+            order = PlaceOrder(order_id=f"o{number}", customer_id="ada", amount_cents=100)
+            test.send(order)
+        test.run_until_quiet()
+    with sqlite3.connect(tmp_path / "orders.db") as db:  # a bug lost them all
+        db.execute("DELETE FROM orders")
+        db.execute("DELETE FROM known_customers")
+    published = log_ends(tmp_path, "orders.out"), log_ends(tmp_path, "customers.out")
+
+    result = loglane(
+        "rebuild",
+        "loglane.examples.shop",
+        "--service",
+        "orders",
+        "--view",
+        "orders",
+        "--yes",
+        *urls(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt orders of orders: 7 events replayed" in result.stdout
+    store = SQLiteStore(tmp_path / "orders.db")
+    try:
+        rebuilt = store.query(orders_view, where={"customer_id": "ada"})
+        assert [order.order_id for order in rebuilt] == [f"o{number}" for number in range(5)]
+        assert store.query(known_customers) == []  # not named, so not swapped
+    finally:
+        store.close()
+    with sqlite3.connect(tmp_path / "orders.db") as db:
+        indexes = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'orders'"
+        ).fetchall()
+    assert ("orders_by_customer_id",) in indexes
+    assert (log_ends(tmp_path, "orders.out"), log_ends(tmp_path, "customers.out")) == published
+
+
+def log_ends(folder: Path, topic: str) -> int:
+    log = EmbeddedLog(folder / "log.db")
+    try:
+        return sum(offsets.end for offsets in log.offsets(topic).values())
+    finally:
+        log.close()
