@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from loglane.errors import ConfigurationError, PermanentError
 from loglane.events import Event
+from loglane.migrations import Migration, Migrator
 from loglane.views import Upcaster, View
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class Service:
         self.park_keys = park_keys
         self.views: dict[str, View[Any]] = {}
         self._handlers: dict[tuple[str, str], Handler] = {}
+        self._migrations: list[Migration] = []
 
     @property
     def input_topic(self) -> str:
@@ -151,6 +153,24 @@ class Service:
         )
         self.views[name] = view
         return view
+
+    @property
+    def migrations(self) -> tuple[Migration, ...]:
+        """The migrations of the service's own tables, in the order declared."""
+        return tuple(self._migrations)
+
+    def migration(self, func: Callable[[Migrator], None]) -> Callable[[Migrator], None]:
+        """Declare `func` a migration of tables the service's handlers write with their own
+        SQL (`tx.execute`): the store runs it once, when it is first prepared with it,
+        known by the function's name (see `loglane.migrations`)."""
+        name = func.__name__
+        if any(migration.name == name for migration in self._migrations):
+            raise ConfigurationError(
+                f"service {self.name!r} already has a migration named {name!r}; a "
+                "migration is known by its name, so give each its own"
+            )
+        self._migrations.append(Migration(name, func))
+        return func
 
     def handles(
         self,

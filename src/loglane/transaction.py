@@ -219,9 +219,12 @@ class Transaction:
         """Run `sql` in the batch's store transaction, for what the view API cannot express.
 
         The statement runs at commit, after the batch's view writes, together with the input
-        position: once in effect, like every view change. It is written in the store's dialect
-        and parameter style (SQLite `?`, PostgreSQL `%s`); `tx[view].get` does not see its
-        effects, and a rejection drops it.
+        position: once in effect, like every view change; `tx[view].get` does not see its
+        effects, and a rejection drops it. Its parameters are written the same on every
+        store: `%s` with a sequence of values, `%(name)s` with a mapping, and `%%` for a
+        literal `%` (psycopg's style; SQLite's own `?` and `:name` work on SQLite too, in a
+        statement without `%` marks). The SQL itself is in the store's dialect; create the
+        tables it writes with a migration (`Service.migration`).
         """
         if self.rejection is not None:
             raise RuntimeError("the command was rejected; return from the handler after reject()")

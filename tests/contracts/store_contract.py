@@ -20,6 +20,7 @@ from loglane.errors import (
     ConfigurationError,
     StaleBatchError,
 )
+from loglane.migrations import Migration, Migrator
 from loglane.records import Message, TopicPartition
 from loglane.service import Service
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Statement, Store
@@ -483,3 +484,66 @@ class StoreContract:
         assert found is not None
         assert found.balance == 2
         assert conflicts in ([], [SOURCE]), "only the first, which found first, can lose"
+
+    def test_statements_in_the_portable_form_run_on_every_store(
+        self, store: Store, bank: Declared
+    ) -> None:
+        statements = [
+            Statement(
+                "INSERT INTO counters (number, doc) VALUES (%s %% 4, %s)",
+                (7, '{"number": 3, "hits": 1}'),
+            ),
+            Statement(
+                "UPDATE counters SET doc = %(doc)s WHERE number = %(number)s",
+                {"doc": '{"number": 3, "hits": 2}', "number": 3},
+            ),
+        ]
+        store.commit(bank.batch(None, 1, statements=statements))
+        assert store.get(bank.counters, 3) == Counter(number=3, hits=2)
+
+    def test_a_services_own_migrations_run_once_each_in_the_order_declared(
+        self, store: Store, bank: Declared
+    ) -> None:
+        runs: list[tuple[str, str]] = []
+
+        @bank.service.migration
+        def first(db: Migrator) -> None:
+            runs.append(("first", db.dialect))
+            db.execute(
+                "INSERT INTO counters (number, doc) VALUES (%s, %s)",
+                (1, '{"number": 1, "hits": 10}'),
+            )
+
+        @bank.service.migration
+        def second(db: Migrator) -> None:
+            runs.append(("second", db.dialect))
+            db.execute(
+                "UPDATE counters SET doc = %(doc)s WHERE number = 1",
+                {"doc": '{"number": 1, "hits": 11}'},
+            )
+
+        views = list(bank.service.views.values())
+        store.prepare(bank.name, views, bank.service.migrations)
+        store.prepare(bank.name, views, bank.service.migrations)
+        assert [name for name, _ in runs] == ["first", "second"]
+        assert {dialect for _, dialect in runs} < {"sqlite", "postgresql"}
+        assert store.get(bank.counters, 1) == Counter(number=1, hits=11)
+
+    def test_a_failing_migration_keeps_none_of_its_start_and_names_itself(
+        self, store: Store, bank: Declared
+    ) -> None:
+        def fill(db: Migrator) -> None:
+            db.execute(
+                "INSERT INTO counters (number, doc) VALUES (%s, %s)",
+                (2, '{"number": 2, "hits": 1}'),
+            )
+
+        def broken(db: Migrator) -> None:
+            db.execute("INSERT INTO no_such_table VALUES (1)")
+
+        views = list(bank.service.views.values())
+        with pytest.raises(ConfigurationError, match="migration 'broken' failed"):
+            store.prepare(bank.name, views, [Migration("fill", fill), Migration("broken", broken)])
+        assert store.get(bank.counters, 2) is None
+        store.prepare(bank.name, views, [Migration("fill", fill)])
+        assert store.get(bank.counters, 2) == Counter(number=2, hits=1)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from pydantic_core import to_jsonable_python
 
+from loglane import migrations
 from loglane.errors import ConfigurationError, UnreadableRowError
 from loglane.views import RESERVED_COLUMNS, Key, RowImage, View
 
@@ -163,6 +164,56 @@ def migrate(conn: Connection, schema: str, migrations: tuple[Migration, ...] = M
             conn.execute(
                 "INSERT INTO loglane_schema_version (version, description) VALUES (%s, %s)",
                 (migration.version, migration.description),
+            )
+
+
+class _Migrator(migrations.Migrator):
+    dialect = "postgresql"
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
+        self._conn.execute(sql, params)
+
+
+class MigrationFailedError(Exception):
+    """A service's own migration raised `error` (its transaction is rolled back)."""
+
+    def __init__(self, migration: migrations.Migration, error: Exception) -> None:
+        super().__init__(f"{migration.name}: {error}")
+        self.migration = migration
+        self.error = error
+
+
+def run_migrations(
+    conn: Connection, schema: str, service: str, declared: Sequence[migrations.Migration]
+) -> None:
+    """Run the migrations of `service` not yet recorded in `schema`, in one transaction,
+    with the schema first on the search path."""
+    with conn.transaction():
+        lock_schema(conn, schema)
+        conn.execute(f"SET LOCAL search_path TO {quote(schema)}, public")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS loglane_migrations (service TEXT NOT NULL, "
+            "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+            "PRIMARY KEY (service, name))"
+        )
+        applied = {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM loglane_migrations WHERE service = %s", (service,)
+            )
+        }
+        migrator = _Migrator(conn)
+        for migration in migrations.pending(declared, applied):
+            try:
+                migration.run(migrator)
+            except Exception as exc:
+                raise MigrationFailedError(migration, exc) from exc
+            conn.execute(
+                "INSERT INTO loglane_migrations (service, name) VALUES (%s, %s)",
+                (service, migration.name),
             )
 
 

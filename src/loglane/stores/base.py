@@ -37,6 +37,7 @@ from pydantic import BaseModel
 
 from loglane.envelope import COMMAND_SOURCE
 from loglane.errors import ConfigurationError, StaleBatchError
+from loglane.migrations import Migration
 from loglane.records import Message, Position, TopicPartition
 from loglane.views import Document, Key, RowImage, View
 
@@ -132,6 +133,13 @@ class Batch:
     parked_records: list[tuple[str, int, bytes]] = field(default_factory=list)
 
 
+def migration_failed(service: str, migration: Migration, exc: Exception) -> ConfigurationError:
+    return ConfigurationError(
+        f"service {service!r}: its migration {migration.name!r} failed: {exc}; none of the "
+        "migrations this start ran was kept: fix it and start again"
+    )
+
+
 def stale_batch(
     service: str, source: TopicPartition, expected_position: int | None
 ) -> StaleBatchError:
@@ -224,8 +232,12 @@ class Store(ABC):
     """A materialization DB backend."""
 
     @abstractmethod
-    def prepare(self, service: str, views: Sequence[View[Any]]) -> None:
-        """Create (or migrate) Loglane's tables and the tables of `views`."""
+    def prepare(
+        self, service: str, views: Sequence[View[Any]], migrations: Sequence[Migration] = ()
+    ) -> None:
+        """Create (or migrate) Loglane's tables and the tables of `views`, then run those of
+        the service's own `migrations` this store has not run yet (see `loglane.migrations`);
+        `ConfigurationError` if one fails, and then none of them is kept."""
 
     @abstractmethod
     def positions(self, service: str) -> dict[TopicPartition, int]:

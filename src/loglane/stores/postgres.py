@@ -18,6 +18,8 @@ with their own SQL, named as in the SQLite store:
     loglane_accepted        service, request_id, fingerprint, topic, partition, "offset",
                             accepted_at: the HTTP API's command ledger
     loglane_schema_version  version, description, applied_at: the migrations applied
+    loglane_migrations      service, name, applied_at: the service's own migrations run
+                            (see loglane.migrations), created with the first
 
 Loglane creates and migrates its own tables when it first touches a schema, under an advisory
 lock, so any number of workers may start at once and an upgrade needs no SQL by hand.
@@ -27,8 +29,9 @@ advisory lock on the row's key first, so two batches (of different partitions, o
 that read and write one row are serialized and neither loses the other's update; a deadlock
 between two such batches rolls one back, and the worker runs it again.
 
-A handler's own statements (`tx.execute`, `%s` parameters) run in the commit after the view
-writes, with the service's schema first on the search path, so they name its tables unqualified.
+A handler's own statements (`tx.execute`, `%s` or `%(name)s` parameters) run in the commit
+after the view writes, with the service's schema first on the search path, so they name its
+tables unqualified; so do the service's own migrations (`Service.migration`).
 
 Each commit notifies the channel `loglane_<service>`: `listen` gives a `CommitListener`, and
 `change_marker` moves with those notices, so the HTTP API's waits are pushed, not polled.
@@ -59,6 +62,7 @@ from loglane.errors import (
     ConfigurationError,
     LoglaneError,
 )
+from loglane.migrations import Migration
 from loglane.records import (
     Message,
     TopicPartition,
@@ -76,10 +80,12 @@ from loglane.stores._postgres_notify import (
 from loglane.stores._postgres_tables import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    MigrationFailedError,
     ViewTable,
     lock_schema,
     migrate,
     quote,
+    run_migrations,
 )
 from loglane.stores.base import (
     AcceptedCommand,
@@ -95,6 +101,7 @@ from loglane.stores.base import (
     Watermarks,
     accepted_command,
     decode_watermarks,
+    migration_failed,
     stale_batch,
 )
 from loglane.views import Document, Key, OutdatedDocument, RowImage, View
@@ -222,11 +229,18 @@ class PostgresStore(Store):
     def _schema_name(self, service: str) -> str:
         return self.schema_template.replace("{service}", service)
 
-    def prepare(self, service: str, views: Sequence[View[Any]]) -> None:
+    def prepare(
+        self, service: str, views: Sequence[View[Any]], migrations: Sequence[Migration] = ()
+    ) -> None:
         schema = self.schema(service)
         with self._connection() as conn:
             for view in views:
                 self._tables[view] = ViewTable.create(conn, schema, view)
+            if migrations:
+                try:
+                    run_migrations(conn, schema, service, migrations)
+                except MigrationFailedError as failed:
+                    raise migration_failed(service, failed.migration, failed.error) from None
 
     def _view_table(self, view: View[Any]) -> ViewTable:
         """The statements of `view`; a view no worker prepared yet reads as empty."""

@@ -17,6 +17,8 @@ Tables users may query with their own SQL:
     loglane_accepted        service, request_id, fingerprint, topic, partition, offset,
                             accepted_at: the HTTP API's command ledger (pruned after
                             `ledger_retention` seconds)
+    loglane_migrations      service, name, applied_at: the service's own migrations run
+                            (see loglane.migrations), created with the first
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from loglane.errors import (
     ConfigurationError,
     UnreadableRowError,
 )
+from loglane.migrations import Migration, Migrator, pending
 from loglane.records import (
     Message,
     TopicPartition,
@@ -47,6 +50,7 @@ from loglane.records import (
     decode_messages,
 )
 from loglane.stores._batch import PruneClock, RowSink, outbox_seqs, write_batch
+from loglane.stores._placeholders import to_sqlite
 from loglane.stores.base import (
     AcceptedCommand,
     Batch,
@@ -61,6 +65,7 @@ from loglane.stores.base import (
     Watermarks,
     accepted_command,
     decode_watermarks,
+    migration_failed,
     stale_batch,
 )
 from loglane.views import RESERVED_COLUMNS, Document, Key, OutdatedDocument, RowImage, View
@@ -190,10 +195,14 @@ class SQLiteStore(Store):
         with ExitStack() as writing:
             yield _SQLiteTransaction(self, db, writing)
 
-    def prepare(self, service: str, views: Sequence[View[Any]]) -> None:
+    def prepare(
+        self, service: str, views: Sequence[View[Any]], migrations: Sequence[Migration] = ()
+    ) -> None:
         with self._file.transaction() as db:
             for view in views:
                 self._sql[view] = _ViewSQL.create(db, view)
+            if migrations:
+                _run_migrations(db, service, migrations)
 
     def _view(self, view: View[Any]) -> _ViewSQL:
         sql = self._sql.get(view)
@@ -643,7 +652,7 @@ class _SQLiteRows(RowSink):
 
     def run_statements(self, statements: Sequence[Statement]) -> None:
         for statement in statements:
-            self._db.execute(statement.sql, statement.params)
+            self._db.execute(to_sqlite(statement.sql), statement.params)
 
     def id_list(self, ids: list[str]) -> bytes:
         return msgpack.packb(ids)  # type: ignore[no-any-return]
@@ -653,6 +662,40 @@ class _SQLiteRows(RowSink):
             return None
         (last_seq,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
         return int(last_seq)
+
+
+class _SQLiteMigrator(Migrator):
+    dialect = "sqlite"
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
+        self._db.execute(to_sqlite(sql), params)
+
+
+def _run_migrations(db: sqlite3.Connection, service: str, migrations: Sequence[Migration]) -> None:
+    """Run, in the prepare's transaction, the migrations of `service` not yet recorded."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS loglane_migrations (service TEXT NOT NULL, "
+        "name TEXT NOT NULL, applied_at REAL NOT NULL, PRIMARY KEY (service, name)) WITHOUT ROWID"
+    )
+    applied = {
+        name
+        for (name,) in db.execute(
+            "SELECT name FROM loglane_migrations WHERE service = ?", (service,)
+        )
+    }
+    migrator = _SQLiteMigrator(db)
+    for migration in pending(migrations, applied):
+        try:
+            migration.run(migrator)
+        except Exception as exc:
+            raise migration_failed(service, migration, exc) from exc
+        db.execute(
+            "INSERT INTO loglane_migrations VALUES (?, ?, ?)",
+            (service, migration.name, time.time()),
+        )
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
