@@ -9,7 +9,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -17,9 +17,12 @@ import psycopg
 import pytest
 
 from loglane.commands import command_message
+from loglane.dlq import dead_letters, drop, letter_id
 from loglane.envelope import output_event_id
 from loglane.logs.embedded import EmbeddedLog
+from loglane.rebuild import Rebuild
 from loglane.records import Message, TopicPartition
+from loglane.testing import LandscapeTest
 from loglane.worker import ensure_topics
 from tests.apps.ledger import Deposit, accounts, assert_folded, deposits, landscape, ledger, tallies
 from tests.conftest import eventually, while_progressing
@@ -304,3 +307,30 @@ def test_a_corrupted_view_is_rebuilt_under_load_without_side_effects_and_resumes
     assert reader.failures == []
     assert reader.backwards == []
     assert reader.reads > 0
+
+
+def test_commands_parked_behind_a_dead_letter_are_applied_once_after_a_rebuild(
+    tmp_path: Path,
+) -> None:
+    """The replay parks a key where the live worker did: the commands waiting behind the
+    dead letter are not in the rebuilt view, and are applied once when the letter is dropped."""
+    log_url, db_url = f"embedded:///{tmp_path}/log.db", f"sqlite:///{tmp_path}/{{service}}.db"
+    with LandscapeTest(ledger, log_url=log_url, db_url=db_url) as test:
+        _, head = command_message(ledger, Deposit(account="k", seq=1, amount=1))
+        test.log.append([replace(head, value=b'{"account": "k", "seq": "one", "amount": 1}')])
+        for seq in (2, 3):
+            test.send(Deposit(account="k", seq=seq, amount=seq))
+        test.send(Deposit(account="other", seq=1, amount=10))
+        test.run_until_quiet()
+        assert test.view(accounts).get("k") is None  # parked behind the dead letter
+        (letter,) = dead_letters(test.log, ledger)
+
+        Rebuild(ledger, test.log, test.stores["ledger"]).run()
+        assert test.view(accounts).get("k") is None
+        assert test.view(accounts).get("other") is not None
+
+        drop(test.log, test.stores["ledger"], ledger, letter_id(letter))
+        test.run_until_quiet()
+        account = test.view(accounts).get("k")
+        assert account is not None
+        assert (account.balance, account.applied) == (5, 2)

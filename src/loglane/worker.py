@@ -100,7 +100,8 @@ class Worker:
         `group` is the consumer group to join (default: the service's name). A worker that
         `replay`s the log into views of its own (`loglane rebuild`) changes only them and
         its positions: it writes no outbox rows and no request outcomes, and an event its
-        handler fails on is logged and passed over, not dead-lettered again.
+        handler fails on is logged and passed over (its key parked, as it was live), not
+        dead-lettered again.
         """
         self.service = service
         self.log = log
@@ -605,12 +606,13 @@ class Worker:
             },
         )
         self.meters.tally["failed"] += 1
+        key = key_of(record)
+        if key is not None and self.service.park_keys and record.topic == self.service.input_topic:
+            # a replay parks the key too: later commands of it wait as they did live
+            batch.park[key] = self._parking[record.topic_partition][key] = place(record)
         if self.replay:
             return  # it went to the DLQ when it was first handled
         batch.outbox.append(self._dead_letter(record, error))
-        key = key_of(record)
-        if key is not None and self.service.park_keys and record.topic == self.service.input_topic:
-            batch.park[key] = self._parking[record.topic_partition][key] = place(record)
         if envelope is not None and record.topic == self.service.input_topic:
             batch.requests.append(
                 RequestOutcome(
