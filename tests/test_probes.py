@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from loglane.records import Message
 from loglane.runner import WorkerThreads
 from tests.apps.ledger import deposits, ledger
 from tests.conftest import eventually
+from tests.processes import child_environment
 
 
 @pytest.fixture
@@ -83,3 +88,25 @@ def test_a_worker_process_reports_health_readiness_and_what_its_workers_did(
         assert stopped.status_code == 503
         assert stopped.json()["workers"] == {"ledger#1": "stopped"}
         assert client.get("/nowhere").status_code == 404
+
+
+def test_loglane_worker_serves_its_probes_on_the_port_it_is_given(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "loglane", "worker", "tests.apps.ledger"]
+    command += ["--service", "ledger", "--probe-port", "0"]
+    command += ["--log", f"embedded:///{tmp_path}/log.db", "--db", f"sqlite:///{tmp_path}/l.db"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_environment()
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()  # the first line says where
+        where = re.search(r"probes on (http://[\d.]+:\d+)", line)
+        assert where is not None, line
+        with httpx.Client(base_url=where.group(1), timeout=30) as client:
+            eventually(lambda: client.get("/readyz").status_code == 200, message="ready")
+            assert "loglane_partition_lag" in client.get("/metrics").text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        if process.stdout is not None:
+            process.stdout.close()

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     port: int = Field(
         default=8000, ge=0, le=65535, description="Port the HTTP API listens on (0: any free one)"
     )
+    probe_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve /healthz, /readyz and /metrics of `worker` on this port (on --host)",
+    )
     api_tokens: CommaList = Field(
         default_factory=list,
         description="Bearer tokens the API accepts (comma-separated; none: no auth)",

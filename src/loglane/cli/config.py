@@ -10,6 +10,7 @@ from loglane.cli._common import (
     LogFormat,
     LogLevel,
     Port,
+    ProbePort,
     ServeApi,
     Services,
     SettingApp,
@@ -39,6 +40,7 @@ def config(
     host: Host = None,
     port: Port = None,
     api_token: Tokens = None,
+    probe_port: ProbePort = None,
 ) -> None:
     """Print the effective settings for APP with these options, as LOGLANE_… lines; API tokens
     and passwords in URLs are masked. Each line says whether it came from an option, the
@@ -56,6 +58,7 @@ def config(
         "host": host,
         "port": port,
         "api_tokens": api_token,
+        "probe_port": probe_port,
     }
     with clear_errors():
         settings = Settings.resolve(**given)

@@ -18,6 +18,7 @@ from loglane.cli._common import (
     LogFormat,
     LogLevel,
     Port,
+    ProbePort,
     ServeApi,
     Services,
     SettingApp,
@@ -30,7 +31,9 @@ from loglane.cli._common import (
     clear_errors,
     console,
 )
+from loglane.errors import ConfigurationError
 from loglane.landscape import load_landscape
+from loglane.probes import serve_probes
 from loglane.runner import WorkerThreads
 from loglane.service import Service
 from loglane.settings import Settings
@@ -189,8 +192,11 @@ def worker(
     log_format: LogFormat = None,
     log_level: LogLevel = None,
     batch_size: BatchSize = None,
+    host: Host = None,
+    probe_port: ProbePort = None,
 ) -> None:
-    """Run one worker of one service; start several to split its partitions."""
+    """Run one worker of one service; start several to split its partitions. With
+    --probe-port, serve /healthz, /readyz and /metrics."""
     settings = _settings(
         app=app_path,
         service=[service] if service else None,
@@ -199,13 +205,30 @@ def worker(
         log_format=log_format,
         log_level=log_level,
         batch_size=batch_size,
+        host=host,
+        probe_port=probe_port,
     )
     with clear_errors():
         chosen = load_landscape(settings.app).service(settings.one_service())
         threads = WorkerThreads(
             [chosen], log_url=settings.log, db_url=settings.db, batch_size=settings.batch_size
         )
-    _run_until_signalled(threads)
+    if settings.probe_port is None:
+        _run_until_signalled(threads)
+        return
+    with clear_errors():
+        try:
+            probes, progress = serve_probes(threads, host=settings.host, port=settings.probe_port)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve the probes on {settings.host}:{settings.probe_port}: {exc}"
+            ) from None
+    console.print(f"probes on {probes.url}: /healthz, /readyz, /metrics")
+    try:
+        _run_until_signalled(threads)
+    finally:
+        probes.close()
+        progress.close()
 
 
 @app.command()
