@@ -12,17 +12,26 @@ the child of the span that emitted its event, in whichever process that ran.
 Only `opentelemetry-api` is needed here. Without an SDK (no tracer provider set, as when
 `loglane[otel]` is not installed or not configured) `tracer()` is None, the worker checks
 that once per batch, and no span code runs at all.
+
+An app may set up its own tracer provider. Otherwise `loglane run`, `worker`, `api` and `demo`
+set one up from OpenTelemetry's standard variables when `loglane[otel]` is installed and
+`OTEL_TRACES_EXPORTER` is `otlp` or `console`, or `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+(`configure_from_environment`); `OTEL_SERVICE_NAME` names the process (default `loglane`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import atexit
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from loglane.errors import ConfigurationError
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 NO_SPAN: AbstractContextManager[None] = nullcontext()
@@ -35,6 +44,38 @@ def tracer() -> Tracer | None:
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
     return provider.get_tracer("loglane")
+
+
+def configure_from_environment(environ: Mapping[str, str] = os.environ) -> bool:
+    """Set up an SDK tracer provider from the OTEL_ variables, unless one is set already or
+    the variables ask for none; whether tracing is on after the call."""
+    if tracer() is not None:
+        return True
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not exporter and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        exporter = "otlp"
+    if exporter not in ("otlp", "console"):
+        return False
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    except ImportError:
+        raise ConfigurationError(
+            f"OTEL_TRACES_EXPORTER={exporter} needs the OpenTelemetry SDK: "
+            "pip install 'loglane[otel]'"
+        ) from None
+    name = environ.get("OTEL_SERVICE_NAME", "loglane")
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    if exporter == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    atexit.register(provider.shutdown)  # the last spans are exported before the process ends
+    return True
 
 
 def traceparent() -> str | None:

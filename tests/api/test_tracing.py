@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,6 +22,7 @@ from loglane.envelope import Envelope, read_envelope
 from loglane.records import TopicPartition
 from tests.api.conftest import DEADLINE, Stack
 from tests.conftest import eventually
+from tests.processes import child_environment
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -150,3 +154,19 @@ def test_the_request_span_of_fastapi_versions_that_do_not_trace_continues_the_ca
     assert f"{span.parent.span_id:016x}" == CLIENT_SPAN
     assert span.attributes is not None
     assert span.attributes["http.response.status_code"] == 404
+
+
+def test_the_commands_set_up_an_sdk_from_the_otel_variables(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "loglane", "demo", "--no-serve", "--commands", "5"]
+    environment = child_environment(OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="shop")
+    result = subprocess.run(
+        [*command, "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"name": "customers handle CreateCustomer"' in result.stdout
+    assert '"service.name": "shop"' in result.stdout

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from loglane import diagnostics
+from loglane import diagnostics, tracing
 from loglane.cli._common import (
     BatchSize,
     Host,
@@ -63,6 +63,8 @@ def _settings(**options: object) -> Settings:
     with clear_errors():
         settings = Settings.resolve(**options)
     diagnostics.configure(settings.log_format, settings.log_level)
+    with clear_errors():
+        tracing.configure_from_environment()
     return settings
 
 
@@ -248,6 +250,8 @@ def demo(
     from loglane.examples import shop
 
     diagnostics.configure("text", "WARNING")
+    with clear_errors():
+        tracing.configure_from_environment()
     folder = directory or Path(tempfile.mkdtemp(prefix="loglane-demo-"))
     with clear_errors():
         result = run_demo(folder, commands, console)
