@@ -547,3 +547,36 @@ class StoreContract:
         assert store.get(bank.counters, 2) is None
         store.prepare(bank.name, views, [Migration("fill", fill)])
         assert store.get(bank.counters, 2) == Counter(number=2, hits=1)
+
+    def test_an_indexed_field_whose_type_changed_is_migrated_and_filled_from_upcast_rows(
+        self, store: Store, bank: Declared
+    ) -> None:
+        class Ticket(BaseModel):
+            ticket_id: str
+            seat: str
+
+        class SeatNumber(BaseModel):
+            ticket_id: str
+            seat: int
+
+        def number(document: dict[str, object]) -> dict[str, object]:
+            return {**document, "seat": int(str(document["seat"]).removeprefix("row "))}
+
+        was = Service(bank.name).view("tickets", Ticket, key="ticket_id", indexes=["seat"])
+        store.prepare(bank.name, [was])
+        old = {"t1": Ticket(ticket_id="t1", seat="row 7"), "t2": Ticket(ticket_id="t2", seat="9")}
+        store.commit(bank.batch(None, 1, writes={was: old}))
+        now = Service(bank.name).view(
+            "tickets",
+            SeatNumber,
+            key="ticket_id",
+            indexes=["seat"],
+            version=2,
+            upcasters={1: number},
+        )
+        store.prepare(bank.name, [now])
+        assert store.query(now, where={"seat": 7}) == [SeatNumber(ticket_id="t1", seat=7)]
+        new = SeatNumber(ticket_id="t3", seat=7)
+        store.commit(bank.batch(1, 2, writes={now: {"t3": new}}))
+        assert [t.ticket_id for t in store.query(now, where={"seat": 7})] == ["t1", "t3"]
+        assert store.query(now, where={"seat": 9}) == [SeatNumber(ticket_id="t2", seat=9)]

@@ -127,7 +127,15 @@ MIGRATIONS = (
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 _SQL_TYPES = {str: 'TEXT COLLATE "C"', int: "BIGINT", float: "DOUBLE PRECISION", bool: "BOOLEAN"}
-_CASTS = {str: "", int: "::bigint", float: "::double precision", bool: "::boolean"}
+_TYPE_NAMES = {str: "text", int: "bigint", float: "double precision", bool: "boolean"}
+_FROM_DOC = {
+    str: "doc ->> %(field)s",
+    int: "CASE WHEN (doc ->> %(field)s) ~ '^-?[0-9]{1,18}$' THEN (doc ->> %(field)s)::bigint END",
+    float: "CASE WHEN jsonb_typeof(doc -> %(field)s) = 'number' "
+    "THEN (doc ->> %(field)s)::double precision END",
+    bool: "CASE WHEN jsonb_typeof(doc -> %(field)s) = 'boolean' "
+    "THEN (doc ->> %(field)s)::boolean END",
+}
 
 
 def quote(name: str) -> str:
@@ -284,7 +292,8 @@ class ViewTable:
     @classmethod
     def create(cls, conn: Connection, schema: str, view: View[Any]) -> ViewTable:
         """Create the table and its indexes; add the version column to a table older than
-        it, and columns for indexes declared since, filled from the stored rows."""
+        it, and columns for indexes declared since, filled from the stored rows. A column
+        whose field changed its type is changed to it, and filled again the same way."""
         reserved = sorted(set(RESERVED_COLUMNS) & {view.key, *view.indexes})
         if reserved:
             raise ConfigurationError(
@@ -294,14 +303,13 @@ class ViewTable:
         table = cls(schema, view)
         with conn.transaction():
             lock_schema(conn, schema)
-            existing = {
-                name
-                for (name,) in conn.execute(
-                    "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                    "AND attnum > 0 AND NOT attisdropped",
+            existing: dict[str, str] = dict(
+                conn.execute(
+                    "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute "
+                    "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
                     (table.name,),
-                )
-            }
+                ).fetchall()
+            )
             if not existing:
                 conn.execute(
                     f"CREATE TABLE {table.name} ({quote(view.key)} {_SQL_TYPES[view.key_kind]} "
@@ -318,17 +326,24 @@ class ViewTable:
             }
             added = False
             for column in view.columns:
+                name = quote(column.name)
                 if column.name not in existing:
-                    added = True
                     conn.execute(
-                        f"ALTER TABLE {table.name} ADD COLUMN {quote(column.name)} "
-                        f"{_SQL_TYPES[column.kind]}"
+                        f"ALTER TABLE {table.name} ADD COLUMN {name} {_SQL_TYPES[column.kind]}"
                     )
+                elif existing[column.name] != _TYPE_NAMES[column.kind]:
                     conn.execute(
-                        f"UPDATE {table.name} SET {quote(column.name)} = "
-                        f"(doc ->> %s){_CASTS[column.kind]}",
-                        (column.name,),
+                        f"ALTER TABLE {table.name} ALTER COLUMN {name} "
+                        f"TYPE {_SQL_TYPES[column.kind]} USING NULL"
                     )
+                else:
+                    continue
+                added = True
+                # values the column's type cannot hold (an old row's) are left NULL
+                conn.execute(
+                    f"UPDATE {table.name} SET {name} = {_FROM_DOC[column.kind]}",
+                    {"field": column.name},
+                )
                 index = f"{view.name}_by_{column.name}"
                 if index not in indexes:
                     conn.execute(

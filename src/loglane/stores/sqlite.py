@@ -787,7 +787,8 @@ class _ViewSQL:
     @classmethod
     def create(cls, db: sqlite3.Connection, view: View[Any]) -> _ViewSQL:
         """Create the table and its indexes; add the version column to a table older than
-        it, and columns for indexes declared since, filled from the stored rows."""
+        it, and columns for indexes declared since, filled from the stored rows. A column
+        whose field changed its type is made again the same way."""
         reserved = sorted(set(RESERVED_COLUMNS) & {view.key, *view.indexes})
         if reserved:
             raise ConfigurationError(
@@ -800,12 +801,19 @@ class _ViewSQL:
             f'("{view.key}" {_SQL_TYPES[view.key_kind]} PRIMARY KEY, doc TEXT NOT NULL, '
             "doc_version INTEGER)"
         )
-        existing = _columns(db, sql.table)
+        existing = {row[1]: row[2] for row in db.execute(f"PRAGMA table_info({sql.table})")}
         if "doc_version" not in existing:
             db.execute(f"ALTER TABLE {sql.table} ADD COLUMN doc_version INTEGER")
         added = []
         for column in view.columns:
-            if column.name not in existing:
+            index = f'"{view.name}_by_{column.name}"'
+            declared = existing.get(column.name)
+            if declared is not None and declared.upper() != _SQL_TYPES[column.kind]:
+                # its field changed its type: the column is made again, as a new one is
+                db.execute(f"DROP INDEX IF EXISTS {index}")
+                db.execute(f'ALTER TABLE {sql.table} DROP COLUMN "{column.name}"')
+                declared = None
+            if declared is None:
                 db.execute(
                     f'ALTER TABLE {sql.table} ADD COLUMN "{column.name}" {_SQL_TYPES[column.kind]}'
                 )
@@ -815,8 +823,7 @@ class _ViewSQL:
                 )
                 added.append(column.name)
             db.execute(
-                f'CREATE INDEX IF NOT EXISTS "{view.name}_by_{column.name}" '
-                f'ON {sql.table} ("{column.name}", "{view.key}")'
+                f'CREATE INDEX IF NOT EXISTS {index} ON {sql.table} ("{column.name}", "{view.key}")'
             )
         if added and view.upcasters:
             sql._fill_from_upcast_rows(db, view)
