@@ -288,8 +288,8 @@ class Worker:
                     writing = time.perf_counter()
                     seqs = store_tx.write_all(list(batches.values()), self._published)
                     crash_point("in_commit")
-                records = sum(len(records) for records in parts.values())
-                self.meters.committed(records, time.perf_counter() - writing)
+                count = sum(len(records) for records in parts.values())
+                self.meters.committed(count, time.perf_counter() - writing)
                 break
             except StaleBatchError as exc:
                 if len(parts) > 1:
