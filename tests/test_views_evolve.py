@@ -6,6 +6,7 @@ rows the old code wrote are read by the new code's store reads, HTTP API and han
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,18 @@ def _batch(view: View[Any], row: BaseModel) -> Batch:
         position=1,
         writes={view: {view.key_of(row): view.image(row)}},
     )
+
+
+def test_the_views_guide_examples_run() -> None:
+    guide = Path(__file__).resolve().parent.parent / "docs" / "views.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)
+    assert len(blocks) == 5
+    namespace: dict[str, object] = {"__name__": "views_guide"}
+    for block in blocks:
+        exec(compile(block, str(guide), "exec"), namespace)
+    library = namespace["library"]
+    assert isinstance(library, Service)
+    assert [migration.name for migration in library.migrations] == [
+        "create_loans",
+        "index_loans_by_reader",
+    ]
