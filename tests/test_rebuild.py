@@ -15,17 +15,28 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import TopicPartition as ConfluentPartition
 
 from loglane.commands import command_message
 from loglane.dlq import dead_letters, drop, letter_id
 from loglane.envelope import output_event_id
 from loglane.logs.embedded import EmbeddedLog
-from loglane.rebuild import Rebuild
+from loglane.rebuild import Rebuild, RetentionGapError
 from loglane.records import Message, TopicPartition
 from loglane.testing import LandscapeTest
 from loglane.worker import ensure_topics
-from tests.apps.ledger import Deposit, accounts, assert_folded, deposits, landscape, ledger, tallies
+from tests.apps.ledger import (
+    Deposit,
+    accounts,
+    assert_folded,
+    audit,
+    deposits,
+    landscape,
+    ledger,
+    tallies,
+)
 from tests.conftest import eventually, while_progressing
+from tests.kafka_broker import Broker, admin, delete_landscape
 from tests.postgres import PostgresStack, drop_schemas
 from tests.processes import Stack, WorkerProcess
 
@@ -334,3 +345,37 @@ def test_commands_parked_behind_a_dead_letter_are_applied_once_after_a_rebuild(
         account = test.view(accounts).get("k")
         assert account is not None
         assert (account.balance, account.applied) == (5, 2)
+
+
+@pytest.mark.kafka
+def test_on_kafka_a_rebuild_swaps_the_fold_and_refuses_once_records_were_deleted(
+    kafka_broker: Broker, tmp_path: Path
+) -> None:
+    delete_landscape(kafka_broker, [ledger, audit])
+    db_url = f"sqlite:///{tmp_path}/{{service}}.db"
+    try:
+        with LandscapeTest(ledger, log_url=kafka_broker.url(), db_url=db_url) as test:
+            for deposit in deposits(10, 5):
+                test.send(deposit)
+            test.run_until_quiet()
+            published = sum(offsets.end for offsets in test.log.offsets("ledger.out").values())
+            with sqlite3.connect(tmp_path / "ledger.db") as db:
+                db.execute("UPDATE accounts SET doc = json_set(doc, '$.balance', ?)", (CORRUPT,))
+
+            result = Rebuild(ledger, test.log, test.stores["ledger"]).run()
+            assert result.handled == 50
+            for a in range(10):
+                account = test.view(accounts).get(f"acct-{a}")
+                assert account is not None
+                assert (account.balance, account.applied) == (15, 5)
+            after = sum(offsets.end for offsets in test.log.offsets("ledger.out").values())
+            assert after == published
+
+            client = admin(kafka_broker)
+            deleted = client.delete_records([ConfluentPartition("ledger.in", 0, 1)])
+            for future in deleted.values():
+                future.result()
+            with pytest.raises(RetentionGapError, match=r"ledger\.in\[0\]: needs offset 0"):
+                Rebuild(ledger, test.log, test.stores["ledger"]).run()
+    finally:
+        delete_landscape(kafka_broker, [ledger, audit])
