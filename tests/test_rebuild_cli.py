@@ -136,6 +136,7 @@ def test_rebuild_refuses_when_retention_dropped_records_it_needs(tmp_path: Path)
     assert "the log no longer holds every record ledger needs replayed" in refused.stderr
     assert "needs offset 0, the log starts at 1" in refused.stderr
     assert "--accept-gap" in refused.stderr
+    assert not (tmp_path / "ledger.rebuild.db").exists()
     assert applied(tmp_path, accounts) == 2  # the live view as it was
 
     accepted = loglane(

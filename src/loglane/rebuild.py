@@ -150,7 +150,12 @@ class Rebuild:
         shadow = self.live.shadow(name)
         try:
             self._replayed = dict(shadow.positions(name))
-            self._check_retention()
+            try:
+                self._check_retention()
+            except RetentionGapError:
+                if not self._replayed:  # a shadow just made for nothing: leave none behind
+                    shadow.discard(name)
+                raise
             held = _HeldBackLog(self.log, self.live.positions(name))
             worker = Worker(
                 self.service,
