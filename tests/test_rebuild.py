@@ -12,18 +12,25 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from confluent_kafka import TopicPartition as ConfluentPartition
+from pydantic import BaseModel
 
 from loglane.commands import command_message
 from loglane.dlq import dead_letters, drop, letter_id
 from loglane.envelope import output_event_id
+from loglane.examples.shop import KnownCustomer, Order, known_customers, orders_view
 from loglane.logs.embedded import EmbeddedLog
 from loglane.rebuild import Rebuild, RetentionGapError
 from loglane.records import Message, TopicPartition
+from loglane.stores.base import Batch, Store
+from loglane.stores.postgres import PostgresStore
+from loglane.stores.sqlite import SQLiteStore
 from loglane.testing import LandscapeTest
+from loglane.views import View
 from loglane.worker import ensure_topics
 from tests.apps.ledger import (
     Deposit,
@@ -37,7 +44,7 @@ from tests.apps.ledger import (
 )
 from tests.conftest import eventually, while_progressing
 from tests.kafka_broker import Broker, admin, delete_landscape
-from tests.postgres import PostgresStack, drop_schemas
+from tests.postgres import PostgresStack, drop_schemas, schemas
 from tests.processes import Stack, WorkerProcess
 
 POISON = 3  # records on ledger.in that are no CloudEvents: dead-lettered once, when first read
@@ -379,3 +386,101 @@ def test_on_kafka_a_rebuild_swaps_the_fold_and_refuses_once_records_were_deleted
                 Rebuild(ledger, test.log, test.stores["ledger"]).run()
     finally:
         delete_landscape(kafka_broker, [ledger, audit])
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def live_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The live store of the shop's `orders`, in SQLite or in a PostgreSQL schema."""
+    if request.param == "sqlite":
+        store: Store = SQLiteStore(tmp_path / "orders.db")
+        yield store
+        store.close()
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    with schemas(url) as prefix:
+        store = PostgresStore(url, schema=prefix + "{service}")
+        yield store
+        store.close()
+
+
+def write(store: Store, position: int, writes: dict[View[Any], list[BaseModel]]) -> None:
+    """Commit one batch of `orders.in[0]` up to `position` with these rows and an outbox row."""
+    stored = store.positions("orders").get(TopicPartition("orders.in", 0))
+    store.commit(
+        Batch(
+            service="orders",
+            source=TopicPartition("orders.in", 0),
+            expected_position=stored,
+            position=position,
+            writes={
+                view: {view.key_of(row): view.image(row) for row in rows}
+                for view, rows in writes.items()
+            },
+            outbox=[Message("orders.out", b"k", b"{}")],
+        )
+    )
+
+
+def test_a_swap_replaces_only_the_views_named_with_their_indexes_and_keeps_the_rest_live(
+    live_store: Store,
+) -> None:
+    views = [orders_view, known_customers]
+    live_store.prepare("orders", views)
+    write(
+        live_store,
+        7,
+        {
+            orders_view: [Order(order_id="old", customer_id="ada", amount_cents=1)],
+            known_customers: [KnownCustomer(customer_id="ada")],
+        },
+    )
+    shadow = live_store.shadow("orders")
+    shadow.prepare("orders", views)
+    write(
+        shadow,
+        5,
+        {
+            orders_view: [Order(order_id="new", customer_id="bob", amount_cents=2)],
+            known_customers: [KnownCustomer(customer_id="bob")],
+        },
+    )
+    with live_store.swap_views("orders", shadow) as swap:
+        assert swap.positions == {TopicPartition("orders.in", 0): 7}
+        swap.replace([orders_view])
+    shadow.discard("orders")
+
+    assert live_store.query(orders_view, where={"customer_id": "bob"}) == [
+        Order(order_id="new", customer_id="bob", amount_cents=2)
+    ]
+    assert live_store.get(orders_view, "old") is None
+    assert live_store.query(known_customers) == [KnownCustomer(customer_id="ada")]
+    assert live_store.positions("orders") == {TopicPartition("orders.in", 0): 7}
+    assert live_store.outbox_backlog("orders") == {TopicPartition("orders.in", 0): 1}
+    write(live_store, 8, {orders_view: [Order(order_id="next", customer_id="bob", amount_cents=3)]})
+    assert [o.order_id for o in live_store.query(orders_view, where={"customer_id": "bob"})] == [
+        "new",
+        "next",
+    ]
+    again = live_store.shadow("orders")  # a new, empty one: the old was deleted
+    try:
+        assert again.positions("orders") == {}
+    finally:
+        again.discard("orders")
+
+
+def test_a_swap_that_fails_changes_nothing(live_store: Store) -> None:
+    live_store.prepare("orders", [orders_view])
+    write(live_store, 3, {orders_view: [Order(order_id="old", customer_id="ada", amount_cents=1)]})
+    shadow = live_store.shadow("orders")
+    shadow.prepare("orders", [orders_view])
+    write(shadow, 3, {orders_view: [Order(order_id="new", customer_id="bob", amount_cents=2)]})
+
+    def swap_then_fail() -> None:
+        with live_store.swap_views("orders", shadow) as swap:
+            swap.replace([orders_view])
+            raise RuntimeError("the replay failed to reach the live positions")
+
+    with pytest.raises(RuntimeError):
+        swap_then_fail()
+    shadow.discard("orders")
+    assert [o.order_id for o in live_store.query(orders_view)] == ["old"]
