@@ -112,9 +112,9 @@ class Rebuild:
     Handlers run on every view in the shadow; only the chosen ones are swapped in. The
     swap is tried once the shadow is within `swap_lag` records of the live positions; if
     the replay cannot reach them within `catch_up_timeout` seconds (live workers wait all
-    that time), the swap is rolled back and tried again later. `accept_gap` replays what
-    the log still holds when retention has dropped records the replay needs.
-    `on_progress` is called on the rebuild's thread after every pass.
+    that time), the swap is rolled back and tried again later, from half the lag.
+    `accept_gap` replays what the log still holds when retention has dropped records the
+    replay needs. `on_progress` is called on the rebuild's thread after every pass.
     """
 
     def __init__(
@@ -223,7 +223,9 @@ class Rebuild:
             held.limits = live
             self._progress(live)
             behind = sum(max(0, at - self._replayed.get(tp, 0)) for tp, at in live.items())
-            if behind <= self.swap_lag and held.owned() == partitions:
+            # each swap postponed halves the lag the next one may start from, so live
+            # workers are not held back again and again for nothing
+            if behind <= self.swap_lag >> self._postponed and held.owned() == partitions:
                 swapped = self._swap(worker, held, shadow)
                 if swapped is not None:
                     return swapped
