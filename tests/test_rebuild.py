@@ -1,6 +1,6 @@
-"""`loglane rebuild` under load: a corrupted view rebuilt by replay while commands flow and
-clients read it, the rebuild SIGKILLed once and resumed, nothing published or dead-lettered
-twice."""
+"""`loglane rebuild`: a corrupted view rebuilt by replay while commands flow and clients read
+it, the rebuild SIGKILLed once and resumed, nothing published or dead-lettered twice; parked
+keys, Kafka, postponed swaps, and the stores' swap itself."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from loglane.dlq import dead_letters, drop, letter_id
 from loglane.envelope import output_event_id
 from loglane.examples.shop import KnownCustomer, Order, known_customers, orders_view
 from loglane.logs.embedded import EmbeddedLog
-from loglane.rebuild import Rebuild, RetentionGapError
+from loglane.rebuild import Rebuild, RebuildProgress, RetentionGapError
 from loglane.records import Message, TopicPartition
 from loglane.stores.base import Batch, Store
 from loglane.stores.postgres import PostgresStore
@@ -484,3 +484,33 @@ def test_a_swap_that_fails_changes_nothing(live_store: Store) -> None:
         swap_then_fail()
     shadow.discard("orders")
     assert [o.order_id for o in live_store.query(orders_view)] == ["old"]
+
+
+def test_a_swap_the_replay_cannot_finish_in_time_is_rolled_back_and_tried_again(
+    tmp_path: Path,
+) -> None:
+    log_url, db_url = f"embedded:///{tmp_path}/log.db", f"sqlite:///{tmp_path}/{{service}}.db"
+    with LandscapeTest(ledger, log_url=log_url, db_url=db_url) as test:
+        for deposit in deposits(10, 20):
+            test.send(deposit)
+        test.run_until_quiet()
+        corrupt_balances(Stack(tmp_path))
+        seen: list[RebuildProgress] = []
+        rebuild = Rebuild(
+            ledger,
+            test.log,
+            test.stores["ledger"],
+            swap_lag=10_000,  # tried as soon as the replay owns its partitions
+            catch_up_timeout=0.0,  # too short to replay anything while the lock is held
+            batch_size=20,  # so the first try comes with most of the records still to replay
+            on_progress=seen.append,
+        )
+        result = rebuild.run()
+        assert result.postponed >= 1
+        assert result.handled == 200
+        assert [p.swapping for p in seen].count(True) == 1
+        assert seen[-1] == RebuildProgress(replayed=200, live=200, swapping=True)
+        for a in range(10):
+            account = test.view(accounts).get(f"acct-{a}")
+            assert account is not None
+            assert account.balance == 210
