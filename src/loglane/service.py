@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
 from loglane.errors import ConfigurationError, PermanentError
-from loglane.events import Event
+from loglane.events import Event, Upcasters
 from loglane.migrations import Migration, Migrator
-from loglane.views import Upcaster, View
+from loglane.views import View
 
 if TYPE_CHECKING:
     from loglane.transaction import Transaction
@@ -131,14 +131,15 @@ class Service:
         key: str,
         indexes: list[str] | tuple[str, ...] = (),
         version: int = 1,
-        upcasters: Mapping[int, Upcaster] | None = None,
+        upcasters: Upcasters | None = None,
     ) -> View[Row]:
         """Declare a view of `model` rows keyed by the field `key`, filterable by `indexes`.
 
         Raise `version` when `model` changes in a way its stored rows no longer validate
         as, and give `upcasters[v]` for each older version v still stored: a function from a
-        row's document (a dict) at version v to the document at version v + 1. Rows are
-        upcast as they are read, and written back at `version` when a handler puts them.
+        row's document (a dict) at version v to the document at version v + 1, as events'
+        `event_upcasters` do for their data. Rows are upcast as they are read, and written
+        back at `version` when a handler puts them.
         """
         if name in self.views:
             raise ConfigurationError(f"service {self.name!r} already has a view named {name!r}")

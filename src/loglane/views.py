@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -11,12 +11,10 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json, to_json
 
 from loglane.errors import ConfigurationError, UnreadableRowError
+from loglane.events import Upcasters
 
 Row = TypeVar("Row", bound=BaseModel)
 Key = str | int
-
-Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-"""Turns a stored row's document of one version into a document of the next version."""
 
 RESERVED_COLUMNS = ("doc", "doc_version")
 """The columns of every view table besides its key and indexed fields."""
@@ -71,7 +69,7 @@ class View(Generic[Row]):
     key: str
     indexes: tuple[str, ...] = ()
     version: int = 1
-    upcasters: Mapping[int, Upcaster] = field(default_factory=dict)
+    upcasters: Upcasters = field(default_factory=dict)
     columns: tuple[Column, ...] = field(init=False)
     key_kind: type = field(init=False)
     _column_at: dict[str, int] = field(init=False, repr=False)
