@@ -254,7 +254,8 @@ class Store(ABC):
 
     @abstractmethod
     def get(self, view: View[Row], key: Key) -> Row | None:
-        """The committed row of `view` at `key`, or None."""
+        """The committed row of `view` at `key`, or None; upcast if it is of an older version
+        of the view, and `UnreadableRowError` if it does not validate even so."""
 
     @abstractmethod
     def query(
@@ -265,7 +266,8 @@ class Store(ABC):
         after: Key | None = None,
         limit: int = 100,
     ) -> list[Row]:
-        """Rows whose indexed fields equal `where`, in key order, with keys after `after`."""
+        """Rows whose indexed fields equal `where`, in key order, with keys after `after`;
+        upcast as `get` upcasts them."""
 
     @abstractmethod
     def applied(
