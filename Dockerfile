@@ -40,9 +40,9 @@ ENV PATH=/opt/app/bin:$PATH \
 WORKDIR /home/loglane
 USER 10001:10001
 EXPOSE 8000
-# /healthz answers while the API's process serves; a worker container (which serves no HTTP)
-# turns this off, as compose.yaml does.
+# /healthz of the API, or of a worker's probes when LOGLANE_PROBE_PORT is set (a worker serves
+# no API; compose.yaml gives each worker a probe port).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('LOGLANE_PORT', '8000')}/healthz\", timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('LOGLANE_PROBE_PORT') or os.environ.get('LOGLANE_PORT', '8000'); urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 STOPSIGNAL SIGTERM
 CMD ["loglane", "api"]

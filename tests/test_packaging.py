@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -27,7 +28,8 @@ from packaging.version import Version
 
 from loglane.examples import shop
 from loglane.settings import Settings, variable
-from tests.processes import ROOT
+from tests.processes import ROOT, child_environment
+from tests.test_settings import served_url
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SOURCES = ROOT / "src" / "loglane"
@@ -365,3 +367,53 @@ def test_the_shop_waits_for_healthy_servers_and_reaches_kafka_where_kafka_says_i
         assert f"//{log.removeprefix('kafka://')}" in advertised
     assert "healthcheck" in services["kafka"]
     assert "healthcheck" in services["postgres"]
+
+
+def test_every_worker_container_serves_the_probes_the_health_check_asks() -> None:
+    for name, service in app_containers().items():
+        command: list[str] = service["command"]  # type: ignore[assignment]
+        environment: dict[str, object] = service["environment"]  # type: ignore[assignment]
+        if command[1] == "worker":
+            assert "LOGLANE_PROBE_PORT" in environment, name
+
+
+def health_check() -> list[str]:
+    """The command of the image's HEALTHCHECK."""
+    *_, run = dockerfile_stages()
+    (line,) = [line for line in run if line.startswith("HEALTHCHECK ")]
+    command: list[str] = json.loads(line.split(" CMD ", 1)[1])
+    return command
+
+
+def test_the_health_check_passes_while_the_api_serves_and_fails_without_it(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "api.log"
+    with output.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "loglane", "api", "tests.apps.ledger", "--port", "0"],
+            cwd=ROOT,
+            env=child_environment(
+                LOGLANE_LOG=f"embedded:///{tmp_path}/log.db",
+                LOGLANE_DB=f"sqlite:///{tmp_path}/{{service}}.db",
+            ),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        port = served_url(output, server).rsplit(":", 1)[1]
+        python, *args = health_check()
+        assert python == "python"
+
+        def check(**env: str) -> int:
+            done = subprocess.run(
+                [sys.executable, *args], env=child_environment(**env), timeout=60, check=False
+            )
+            return done.returncode
+
+        assert check(LOGLANE_PORT=port) == 0
+        assert check(LOGLANE_PORT="1") != 0
+        assert check(LOGLANE_PORT="1", LOGLANE_PROBE_PORT=port) == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -237,7 +237,7 @@ def test_the_api_is_configured_from_the_environment_alone(tmp_path: Path) -> Non
             stderr=subprocess.STDOUT,
         )
     try:
-        url = _served_url(output, server)
+        url = served_url(output, server)
         assert "the API of ledger on" in output.read_text()
         assert httpx.get(f"{url}/readyz").status_code == 401
         authorized = {"authorization": "Bearer second"}
@@ -250,7 +250,7 @@ def test_the_api_is_configured_from_the_environment_alone(tmp_path: Path) -> Non
         server.wait(timeout=60)
 
 
-def _served_url(output: Path, server: subprocess.Popen[bytes], timeout: float = 120.0) -> str:
+def served_url(output: Path, server: subprocess.Popen[bytes], timeout: float = 120.0) -> str:
     """The URL `loglane api` prints once it listens."""
     deadline = time.monotonic() + timeout
     while (found := re.search(r"on (http://\S+) ", output.read_text())) is None:
