@@ -233,6 +233,12 @@ def test_an_upcaster_that_fails_makes_the_row_unreadable_with_its_error() -> Non
         view.load(OutdatedDocument('{"person_id": "ada", "name": "Ada"}', 1), "ada")
 
 
+def test_an_old_row_that_is_not_json_is_unreadable_not_a_crash() -> None:
+    _, view = as_it_is(**UPCAST)
+    with pytest.raises(UnreadableRowError, match="not JSON"):
+        view.load(OutdatedDocument("{not json", 1), "ada")
+
+
 @pytest.mark.parametrize(
     ("declaration", "message"),
     [

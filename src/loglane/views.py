@@ -151,7 +151,10 @@ class View(Generic[Row]):
                 version,
                 f"it was written by newer code (version {version}, this code's is {self.version})",
             )
-        data = from_json(outdated.document)
+        try:
+            data = from_json(outdated.document)
+        except ValueError as exc:
+            raise self._unreadable(key, version, f"its document is not JSON: {exc}") from None
         for step in range(version, self.version):
             upcaster = self.upcasters.get(step)
             if upcaster is None:
