@@ -12,9 +12,11 @@ from loglane.errors import (
     LoglaneError,
     PermanentError,
     StaleBatchError,
+    UnreadableRowError,
 )
 from loglane.events import Event, EventVersionError, Rejected, Upcasters
 from loglane.landscape import Landscape, load_landscape
+from loglane.migrations import Migrator
 from loglane.service import Retry, Service
 from loglane.stores.base import RequestOutcome, RequestStatus
 from loglane.transaction import Transaction
@@ -32,6 +34,7 @@ __all__ = [
     "EventVersionError",
     "Landscape",
     "LoglaneError",
+    "Migrator",
     "PermanentError",
     "Rejected",
     "RequestOutcome",
@@ -40,6 +43,7 @@ __all__ = [
     "Service",
     "StaleBatchError",
     "Transaction",
+    "UnreadableRowError",
     "Upcasters",
     "View",
     "Worker",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
-from loglane.errors import ConfigurationError, PermanentError
+from loglane.errors import ConfigurationError, PermanentError, UnreadableRowError
 from loglane.events import Event, Upcasters
 from loglane.migrations import Migration, Migrator
 from loglane.views import View
@@ -40,8 +40,9 @@ class Handler:
 class Retry:
     """How often a failing handler is retried, with exponential backoff, before the DLQ.
 
-    Only failures that may pass are retried: a `PermanentError`, or an exception of a type
-    in `give_up_on`, sends the event to the DLQ at once (as an event that fails validation
+    Only failures that may pass are retried: a `PermanentError`, an `UnreadableRowError` (a
+    view row no upcaster turns into the current model), or an exception of a type in
+    `give_up_on`, sends the event to the DLQ at once (as an event that fails validation
     goes there without reaching its handler)."""
 
     attempts: int = 3
@@ -51,7 +52,7 @@ class Retry:
 
     def retries(self, error: BaseException, attempt: int) -> bool:
         """Whether to run the handler again after `error` in attempt `attempt` (from 0)."""
-        permanent = isinstance(error, (PermanentError, *self.give_up_on))
+        permanent = isinstance(error, (PermanentError, UnreadableRowError, *self.give_up_on))
         return not permanent and attempt + 1 < self.attempts
 
     def delay(self, attempt: int) -> float:

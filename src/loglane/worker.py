@@ -139,7 +139,8 @@ class Worker:
     def start(self) -> None:
         """Create the service's topics and tables, then join its consumer group."""
         ensure_topics(self.log, [self.service])
-        self.store.prepare(self.service.name, list(self.service.views.values()))
+        views = list(self.service.views.values())
+        self.store.prepare(self.service.name, views, self.service.migrations)
         self._consumer = self.log.consumer(self.group, self.service.topics, self)
 
     def run(self, stop: threading.Event) -> None:

@@ -99,7 +99,7 @@ class ServiceRuntime:
         store = self._store or self._store_factory(self.name)
         try:
             ensure_topics(self.log, [self.service])
-            store.prepare(self.name, list(self.service.views.values()))
+            store.prepare(self.name, list(self.service.views.values()), self.service.migrations)
         except BaseException:
             store.close()
             raise
