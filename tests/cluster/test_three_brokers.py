@@ -293,8 +293,19 @@ def fully_replicated(broker: Broker) -> bool:
     )
 
 
+def wait_fully_replicated(broker: Broker) -> None:
+    eventually(
+        lambda: fully_replicated(broker),
+        timeout=300,
+        step=0.2,
+        message="every partition has three in-sync replicas",
+    )
+
+
 def kill_leader(cluster: ManagedCluster, watch: LeaderWatch, node: int) -> None:
-    """SIGKILL `node` and wait until no partition of the landscape names it as leader."""
+    """SIGKILL `node` once every partition has three in-sync replicas (so each has another
+    to lead it), and wait until no partition of the landscape names it as leader."""
+    wait_fully_replicated(cluster.broker())
     cluster.kill(node)
     eventually(
         lambda: node not in watch.leaders().values(),
@@ -374,12 +385,7 @@ def test_workers_on_three_brokers_lose_double_and_reorder_nothing_when_leaders_a
         feeder.release()  # appended while the broker is down
         wait_for_progress(stack, feeder, workers)
         cluster.restart(first)
-        eventually(
-            lambda: fully_replicated(broker),
-            timeout=300,
-            step=0.2,
-            message="the restarted broker caught up: every partition has three in-sync replicas",
-        )
+        wait_fully_replicated(broker)  # the restarted broker caught up
 
         second = watch.busiest(other_than=first)
         feeder.release()
