@@ -28,6 +28,8 @@ from packaging.version import Version
 
 from loglane.examples import shop
 from loglane.settings import Settings, variable
+from tests.kafka_broker import Broker, delete_landscape
+from tests.postgres import schemas, with_schema
 from tests.processes import ROOT, child_environment
 from tests.test_settings import served_url
 
@@ -51,7 +53,10 @@ class Environment:
     def bin(self) -> Path:
         return self.folder / "bin"
 
-    def run(self, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, cwd: Path, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `args[0]` from this environment's bin, with `env` added to `environ()`."""
         return subprocess.run(
             [str(self.bin / args[0]), *args[1:]],
             cwd=cwd,
@@ -59,7 +64,7 @@ class Environment:
             text=True,
             timeout=600,
             check=False,
-            env=self.environ(),
+            env={**self.environ(), **(env or {})},
         )
 
     def environ(self) -> dict[str, str]:
@@ -102,6 +107,19 @@ def core_install(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Envir
     return environment
 
 
+@pytest.fixture(scope="session")
+def kafka_postgres_install(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Environment:
+    """A fresh environment where `pip install 'loglane[kafka,postgres]'` ran."""
+    environment = Environment(tmp_path_factory.mktemp("kafka-postgres") / "venv")
+    venv.create(environment.folder, with_pip=True)
+    installed = environment.run(
+        "python", "-m", "pip", "install", "--disable-pip-version-check",
+        f"{wheel}[kafka,postgres]", cwd=ROOT,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    return environment
+
+
 def requirements(*extras: str) -> set[str]:
     """The distributions the core (and `extras`) require, by canonical name."""
     listed = list(PYPROJECT["project"]["dependencies"])
@@ -133,6 +151,48 @@ def test_the_core_install_has_no_kafka_or_postgres_client_and_runs_the_demo(
     demo = core_install.run("loglane", "demo", "--no-serve", "--commands", "50", cwd=tmp_path)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "50 commands handled" in demo.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+@pytest.mark.postgres
+def test_with_the_kafka_and_postgres_extras_the_shop_runs_on_kafka_and_postgresql(
+    kafka_postgres_install: Environment, kafka_broker: Broker, postgres_url: str, tmp_path: Path
+) -> None:
+    delete_landscape(kafka_broker, list(shop.landscape))
+    with schemas(postgres_url) as prefix:
+        environment = {
+            "LOGLANE_APP": shop.__name__,
+            "LOGLANE_LOG": kafka_broker.url(**{"consumer.session.timeout.ms": 6000}),
+            "LOGLANE_DB": with_schema(postgres_url, prefix + "{service}"),
+        }
+        output = tmp_path / "run.log"
+        with output.open("w") as sink:
+            workers = subprocess.Popen(
+                [str(kafka_postgres_install.bin / "loglane"), "run", "--no-api"],
+                cwd=tmp_path,
+                env={**kafka_postgres_install.environ(), **environment},
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            customer = '{"customer_id": "ada", "name": "Ada Lovelace"}'
+            order = '{"order_id": "o1", "customer_id": "ada", "amount_cents": 4200}'
+            for command, body in (("CreateCustomer", customer), ("PlaceOrder", order)):
+                sent = kafka_postgres_install.run(
+                    "loglane", "send", shop.__name__, command, body, "--wait", "120",
+                    cwd=tmp_path, env=environment,
+                )  # fmt: skip
+                assert sent.returncode == 0, sent.stdout + sent.stderr + output.read_text()
+            row = kafka_postgres_install.run(
+                "loglane", "get", shop.__name__, "orders", "o1", cwd=tmp_path, env=environment
+            )
+            assert row.returncode == 0, row.stderr
+            assert json.loads(row.stdout)["amount_cents"] == 4200
+        finally:
+            workers.terminate()
+            assert workers.wait(timeout=60) == 0, output.read_text()
+    delete_landscape(kafka_broker, list(shop.landscape))
 
 
 @pytest.mark.slow
