@@ -426,3 +426,17 @@ def test_reject_ends_the_handler_and_records_the_rejection() -> None:
         assert landscape.view(stock).get("forbidden") is None
         assert landscape.view(stock).get("apples") == Stock(item="apples", times=1)
         assert landscape.dead_letters("keeper") == []
+
+
+def test_a_refused_record_that_names_its_request_fails_that_request() -> None:
+    with LandscapeTest(flaky) as landscape:
+        headers = (*cloudevent_headers("r-1", "Work"), ("content-type", b"text/plain"))
+        landscape.log.append([Message("flaky.in", b"k", b"plain words", headers)])
+        landscape.run_until_quiet()
+        (letter,) = landscape.dead_letters("flaky")
+        assert b"is not JSON" in dict(letter.headers)["loglane_error"]
+        outcome = landscape.stores["flaky"].request("flaky", "r-1", source="test")
+        assert outcome is not None
+        assert outcome.status is RequestStatus.FAILED
+        assert outcome.detail is not None
+        assert "is not JSON" in outcome.detail

@@ -178,6 +178,23 @@ def read_envelope(record: Record) -> Envelope:
         raise EnvelopeError("a ce_ header is not UTF-8; CloudEvents attributes are text") from exc
 
 
+def identifying_envelope(record: Record) -> Envelope | None:
+    """What a record that `read_envelope` refuses still says about itself (its id, source
+    and request), so its request can be marked failed; None if it names no id and source."""
+    headers = dict(record.headers)
+    try:
+        id_, source = headers["ce_id"].decode(), headers["ce_source"].decode()
+        correlation_id = _text(headers.get("ce_correlationid"))
+        type_ = headers.get("ce_type", b"").decode()
+    except (KeyError, UnicodeDecodeError):
+        return None
+    if not (id_ and source) or "\x00" in id_ + source + (correlation_id or ""):
+        return None
+    return Envelope(
+        id=id_, type=type_, source=source, time="", data=b"", correlation_id=correlation_id
+    )
+
+
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from loglane import tracing
 from loglane.dedupe import AppliedWindow, identity, seen_before
 from loglane.dlq import ERROR_HEADER, ORIGIN_HEADER, SOURCE_HEADER
-from loglane.envelope import Envelope, now_rfc3339, read_envelope
+from loglane.envelope import Envelope, identifying_envelope, now_rfc3339, read_envelope
 from loglane.errors import (
     BackendUnavailableError,
     BatchConflictError,
@@ -428,8 +428,8 @@ class Worker:
         for record in records:
             try:
                 envelope = read_envelope(record)
-            except EnvelopeError as exc:
-                works.append(_Refused(record, None, str(exc)))
+            except EnvelopeError as exc:  # its request, if it names one, fails
+                works.append(_Refused(record, identifying_envelope(record), str(exc)))
                 continue
             seen = None
             if envelope.origin is not None and record.topic != input_topic:
