@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=1000, ge=1, description="Records a worker takes per batch")
     workers: int = Field(default=1, ge=1, description="Worker threads per service (`run`)")
     api: bool = Field(default=True, description="Serve the HTTP API next to the workers (`run`)")
-    host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on")
+    host: str = Field(
+        default="127.0.0.1", description="Address the HTTP API, or a worker's probes, listens on"
+    )
     port: int = Field(
         default=8000, ge=0, le=65535, description="Port the HTTP API listens on (0: any free one)"
     )
