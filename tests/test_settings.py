@@ -116,6 +116,18 @@ def test_an_option_wins_over_its_variable(monkeypatch: pytest.MonkeyPatch) -> No
     assert (settings.port, settings.api_tokens, settings.host) == (8080, ["a", "b"], "127.0.0.1")
 
 
+def test_an_empty_variable_is_an_unset_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LOGLANE_PROBE_PORT", "LOGLANE_PORT", "LOGLANE_LOG", "LOGLANE_API_TOKENS"):
+        monkeypatch.setenv(name, "")
+    settings = Settings.resolve(app="x")
+    assert (settings.probe_port, settings.port, settings.log, settings.api_tokens) == (
+        None,
+        8000,
+        "embedded:///.loglane/log.db",
+        [],
+    )
+
+
 def test_a_bad_value_names_its_option_and_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOGLANE_BATCH_SIZE", "lots")
     with pytest.raises(ConfigurationError, match=r"--batch-size \(or LOGLANE_BATCH_SIZE\)"):

@@ -45,8 +45,13 @@ CommaList = Annotated[list[str], NoDecode]
 class Settings(BaseSettings):
     """What `run`, `worker` and `api` run, and how; `resolve` builds one from the options given."""
 
+    # an empty variable (`LOGLANE_PROBE_PORT=`, as a container template leaves it) is unset
     model_config = SettingsConfigDict(
-        env_prefix=PREFIX, frozen=True, extra="forbid", validate_default=True
+        env_prefix=PREFIX,
+        env_ignore_empty=True,
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
     )
 
     app: str = Field(description="The landscape: module, module:attribute or file.py")
