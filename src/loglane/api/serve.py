@@ -15,7 +15,6 @@ Handling time does not count: a request that waits (`?wait=`) for its answer kee
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import threading
@@ -27,18 +26,10 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from loglane.errors import ConfigurationError
 
-TOKENS_ENV = "LOGLANE_API_TOKENS"
 READ_TIMEOUT = 30.0
 """Seconds a request may take to arrive in full, headers and body."""
 IDLE_TIMEOUT = 30
 """Seconds a connection may stay idle between requests."""
-
-
-def api_tokens(given: list[str] | None) -> list[str]:
-    """The tokens from `--api-token` options, else from `LOGLANE_API_TOKENS` (comma-separated)."""
-    if given:
-        return [token.strip() for token in given if token.strip()]
-    return [token.strip() for token in os.environ.get(TOKENS_ENV, "").split(",") if token.strip()]
 
 
 def listen(host: str, port: int) -> socket.socket:
