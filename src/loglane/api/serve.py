@@ -39,6 +39,9 @@ def listen(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        # listening now, before the app starts: a client that connects as soon as the URL is
+        # printed waits in the backlog instead of being refused
+        sock.listen(2048)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --host "
