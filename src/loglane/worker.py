@@ -341,6 +341,8 @@ class Worker:
 
         Batch first: every record is decoded and validated, then the view rows its handler
         is known to read at its key are fetched in one query per view, then the handlers run.
+        A command of a parked key waits (`loglane.parking`) unless it is the key's dead
+        letter, re-driven; if that one passes, the commands that waited run after it.
         """
         works: list[_Work | _Refused | _Release] = []
         for source, records in parts.items():
@@ -419,9 +421,11 @@ class Worker:
         applied: AppliedWindow,
         origins: Watermarks,
     ) -> list[_Work | _Refused | _Release]:
-        """The records to handle, each with its handler and validated event, or the reason
-        it goes to the DLQ instead; duplicates and others' events left out, and commands
-        of parked keys kept in the batch to wait."""
+        """The records to handle, each with its handler and validated event, the reason it
+        goes to the DLQ instead, or the key it releases (a control record); duplicates and
+        others' events left out. Whether a command waits behind its key's dead letter is
+        decided when its turn comes (`_handle_all`), as a failure earlier in the batch may
+        park its key."""
         works: list[_Work | _Refused | _Release] = []
         in_batch: set[str] = set()
         input_topic = self.service.input_topic
