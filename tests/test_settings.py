@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import httpx
 import pytest
 import typer.main
 
+from loglane.api.serve import IDLE_TIMEOUT, READ_TIMEOUT
 from loglane.api.settings import ApiSettings
 from loglane.cli import app
 from loglane.errors import ConfigurationError
@@ -83,6 +85,8 @@ def test_every_setting_comes_from_its_variable(monkeypatch: pytest.MonkeyPatch) 
         "LOGLANE_API_MAX_WAIT": "5",
         "LOGLANE_API_READ_WAIT": "2.5",
         "LOGLANE_API_CLAIM_TIMEOUT": "7",
+        "LOGLANE_API_READ_TIMEOUT": "12.5",
+        "LOGLANE_API_IDLE_TIMEOUT": "9",
     }
     assert set(environment) == {variable(name) for name in Settings.model_fields}
     for name, value in environment.items():
@@ -106,6 +110,8 @@ def test_every_setting_comes_from_its_variable(monkeypatch: pytest.MonkeyPatch) 
         "api_max_wait": 5.0,
         "api_read_wait": 2.5,
         "api_claim_timeout": 7.0,
+        "api_read_timeout": 12.5,
+        "api_idle_timeout": 9,
     }
 
 
@@ -202,6 +208,8 @@ def test_config_prints_the_effective_settings_with_secrets_masked() -> None:
         "LOGLANE_API_MAX_WAIT": "default",
         "LOGLANE_API_READ_WAIT": "default",
         "LOGLANE_API_CLAIM_TIMEOUT": "default",
+        "LOGLANE_API_READ_TIMEOUT": "default",
+        "LOGLANE_API_IDLE_TIMEOUT": "default",
     }
     assert "LOGLANE_DB=postgresql://app:****@db/app " in result.stdout
     assert "LOGLANE_API_TOKENS=****,**** " in result.stdout
@@ -270,3 +278,34 @@ def served_url(output: Path, server: subprocess.Popen[bytes], timeout: float = 1
         assert time.monotonic() < deadline, f"no URL within {timeout}s: {output.read_text()}"
         time.sleep(0.05)
     return found.group(1)
+
+
+def test_the_servers_timeouts_default_to_what_the_server_uses_alone() -> None:
+    fields = Settings.model_fields
+    assert fields["api_read_timeout"].default == READ_TIMEOUT
+    assert fields["api_idle_timeout"].default == IDLE_TIMEOUT
+
+
+def test_a_read_timeout_from_the_environment_cuts_off_a_silent_client(tmp_path: Path) -> None:
+    output = tmp_path / "api.log"
+    with output.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "loglane", "api", "tests.apps.ledger", "--port", "0"],
+            cwd=ROOT,
+            env=child_environment(
+                LOGLANE_LOG=f"embedded:///{tmp_path}/log.db",
+                LOGLANE_DB=f"sqlite:///{tmp_path}/{{service}}.db",
+                LOGLANE_API_READ_TIMEOUT="1",
+            ),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        host, port = served_url(output, server).removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=20) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+            answer = client.recv(4096)  # well before the default 30 s
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -104,6 +104,14 @@ class Settings(BaseSettings):
         gt=0,
         description="An Idempotency-Key claimed but not appended for this long is taken over, s",
     )
+    api_read_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request must arrive in full this soon after its first byte, else 408, s",
+    )
+    api_idle_timeout: int = Field(
+        default=30, ge=1, description="An idle connection is closed after this long, s"
+    )
 
     @field_validator("service", "api_tokens", mode="before")
     @classmethod

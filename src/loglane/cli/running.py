@@ -176,7 +176,13 @@ def _serve(
     if banner is not None:
         banner(url)
     try:
-        serve(application, sock, stop)
+        serve(
+            application,
+            sock,
+            stop,
+            read_timeout=settings.api_read_timeout,
+            idle_timeout=settings.api_idle_timeout,
+        )
     finally:
         if threads is not None:
             threads.join(timeout=60)
