@@ -9,7 +9,13 @@
     ├── EnvelopeError            a record is not a readable CloudEvent
     ├── StaleBatchError          a batch lost its partition to another worker (fenced)
     ├── BatchConflictError       a batch met another batch's locks; it is run again
-    └── BatchRejectedError       the store refused a batch's changes (bad data, failing SQL)
+    ├── BatchRejectedError       the store refused a batch's changes (bad data, failing SQL)
+    │   (defined next to what raises them:)
+    ├── EventVersionError        event data of a version no upcaster reaches (loglane.events)
+    ├── UnknownDeadLetterError   no dead letter of that id (loglane.dlq)
+    ├── DeadLetterHandledError   that dead letter was re-driven or dropped (loglane.dlq)
+    ├── RetentionGapError        a rebuild needs records retention dropped (loglane.rebuild)
+    └── KeyInUseError            an Idempotency-Key still being appended (loglane.api)
 
     PermanentError               raised by a handler: no retry can help; straight to the DLQ
 
