@@ -21,9 +21,10 @@ from loglane.errors import (
 )
 from loglane.records import TopicPartition
 from loglane.service import Service
+from loglane.stores._batch import OUTBOX_COLUMNS, REQUEST_COLUMNS
 from loglane.stores._postgres_tables import migrate
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Statement, Store
-from loglane.stores.postgres import MIGRATIONS, CommitNotice, PostgresStore
+from loglane.stores.postgres import _BINARY_COPY, MIGRATIONS, CommitNotice, PostgresStore
 from loglane.urls import open_store
 from tests.conftest import eventually
 from tests.contracts.ledger_contract import LedgerContract
@@ -445,3 +446,26 @@ def test_two_batches_that_deadlock_on_rows_lose_the_race_as_a_conflict(
         thread.join(60)
     assert [type(error) for error in errors] == [BatchConflictError]
     assert "deadlock" in str(errors[0])
+
+
+def test_the_binary_copy_types_are_the_types_of_loglanes_tables(postgres_url: str) -> None:
+    with schemas(postgres_url) as prefix:
+        store = PostgresStore(postgres_url, schema=prefix + "{service}")
+        store.prepare("copies", [])
+        with psycopg.connect(postgres_url) as conn:
+            for table, columns in (
+                ("loglane_outbox", OUTBOX_COLUMNS),
+                ("loglane_requests", REQUEST_COLUMNS),
+            ):
+                types = [
+                    conn.execute(
+                        "SELECT format_type(atttypid, NULL) FROM pg_attribute "
+                        "WHERE attrelid = %s::regclass AND attname = %s",
+                        (f'"{prefix}copies".{table}', column),
+                    ).fetchone()
+                    for column in columns
+                ]
+                names = {"text": "text", "integer": "int4", "bytea": "bytea"}
+                names["double precision"] = "float8"
+                assert tuple(names[row[0]] for row in types if row) == _BINARY_COPY[table]
+        store.close()

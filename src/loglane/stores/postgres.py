@@ -827,11 +827,14 @@ class _PostgresRows(RowSink):
         if len(rows) < self._store.copy_threshold:
             values = f"VALUES ({', '.join(['%s'] * len(columns))})"
             self._queued.append((f"{insert} {values} {on_conflict}", rows))
-        elif not on_conflict:
-            _copy(self.cursor, table, columns, rows)
+            return
+        # Loglane's own tables go in binary: their bytea columns are sent as they are
+        binary = _BINARY_COPY.get(table.rsplit(".", 1)[-1])
+        if not on_conflict:
+            _copy(self.cursor, table, columns, rows, binary)
         else:
             stage = self._store._stage(self._conn, self._created, table, columns)
-            _copy(self.cursor, stage, columns, rows)
+            _copy(self.cursor, stage, columns, rows, binary)
             self.execute(f"{insert} SELECT * FROM {stage} {on_conflict}")
 
     def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
@@ -874,10 +877,24 @@ class _PostgresRows(RowSink):
         return None if row is None else int(row[0])
 
 
+_BINARY_COPY = {  # the column types, in OUTBOX_COLUMNS' and REQUEST_COLUMNS' order
+    "loglane_outbox": ("text", "text", "int4", "text", "bytea", "bytea", "bytea"),
+    "loglane_requests": ("text", "text", "text", "text", "text", "text", "bytea", "float8"),
+}
+
+
 def _copy(
-    cursor: Cursor, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    cursor: Cursor,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    binary_types: Sequence[str] | None = None,
 ) -> None:
-    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+    """COPY `rows` into `table`, in binary when the columns' types are given."""
+    copy_sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    with cursor.copy(copy_sql + (" (FORMAT BINARY)" if binary_types else "")) as copy:
+        if binary_types:
+            copy.set_types(binary_types)
         for row in rows:
             copy.write_row(row)
 
