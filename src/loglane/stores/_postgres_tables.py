@@ -12,6 +12,7 @@ from pydantic_core import to_jsonable_python
 
 from loglane import migrations
 from loglane.errors import ConfigurationError, UnreadableRowError
+from loglane.stores.base import run_pending_migrations
 from loglane.views import RESERVED_COLUMNS, Key, RowImage, View
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -185,15 +186,6 @@ class _Migrator(migrations.Migrator):
         self._conn.execute(sql, params)
 
 
-class MigrationFailedError(Exception):
-    """A service's own migration raised `error` (its transaction is rolled back)."""
-
-    def __init__(self, migration: migrations.Migration, error: Exception) -> None:
-        super().__init__(f"{migration.name}: {error}")
-        self.migration = migration
-        self.error = error
-
-
 def run_migrations(
     conn: Connection, schema: str, service: str, declared: Sequence[migrations.Migration]
 ) -> None:
@@ -213,16 +205,16 @@ def run_migrations(
                 "SELECT name FROM loglane_migrations WHERE service = %s", (service,)
             )
         }
-        migrator = _Migrator(conn)
-        for migration in migrations.pending(declared, applied):
-            try:
-                migration.run(migrator)
-            except Exception as exc:
-                raise MigrationFailedError(migration, exc) from exc
-            conn.execute(
+        run_pending_migrations(
+            service,
+            declared,
+            applied,
+            _Migrator(conn),
+            lambda migration: conn.execute(
                 "INSERT INTO loglane_migrations (service, name) VALUES (%s, %s)",
                 (service, migration.name),
-            )
+            ),
+        )
 
 
 def lock_schema(conn: Connection, schema: str) -> None:

@@ -26,7 +26,7 @@ batch whose rows changed since it read them (SQLite), with `BatchConflictError`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -37,7 +37,7 @@ from pydantic import BaseModel
 
 from loglane.envelope import COMMAND_SOURCE
 from loglane.errors import ConfigurationError, StaleBatchError
-from loglane.migrations import Migration
+from loglane.migrations import Migration, Migrator, pending
 from loglane.records import Message, Position, TopicPartition
 from loglane.views import Document, Key, RowImage, View
 
@@ -138,6 +138,24 @@ def migration_failed(service: str, migration: Migration, exc: Exception) -> Conf
         f"service {service!r}: its migration {migration.name!r} failed: {exc}; none of the "
         "migrations this start ran was kept: fix it and start again"
     )
+
+
+def run_pending_migrations(
+    service: str,
+    declared: Sequence[Migration],
+    applied: set[str],
+    migrator: Migrator,
+    record: Callable[[Migration], object],
+) -> None:
+    """Run the migrations of `service` not in `applied`, in their declared order, each
+    followed by `record`; the first that fails raises `migration_failed` (the caller's
+    transaction then rolls every one of them back)."""
+    for migration in pending(declared, applied):
+        try:
+            migration.run(migrator)
+        except Exception as exc:
+            raise migration_failed(service, migration, exc) from exc
+        record(migration)
 
 
 def stale_batch(

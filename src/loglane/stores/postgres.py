@@ -80,7 +80,6 @@ from loglane.stores._postgres_notify import (
 from loglane.stores._postgres_tables import (
     MIGRATIONS,
     SCHEMA_VERSION,
-    MigrationFailedError,
     ViewTable,
     lock_schema,
     migrate,
@@ -101,7 +100,6 @@ from loglane.stores.base import (
     Watermarks,
     accepted_command,
     decode_watermarks,
-    migration_failed,
     stale_batch,
 )
 from loglane.views import Document, Key, OutdatedDocument, RowImage, View
@@ -237,10 +235,7 @@ class PostgresStore(Store):
             for view in views:
                 self._tables[view] = ViewTable.create(conn, schema, view)
             if migrations:
-                try:
-                    run_migrations(conn, schema, service, migrations)
-                except MigrationFailedError as failed:
-                    raise migration_failed(service, failed.migration, failed.error) from None
+                run_migrations(conn, schema, service, migrations)
 
     def _view_table(self, view: View[Any]) -> ViewTable:
         """The statements of `view`; a view no worker prepared yet reads as empty."""

@@ -42,7 +42,7 @@ from loglane.errors import (
     ConfigurationError,
     UnreadableRowError,
 )
-from loglane.migrations import Migration, Migrator, pending
+from loglane.migrations import Migration, Migrator
 from loglane.records import (
     Message,
     TopicPartition,
@@ -65,7 +65,7 @@ from loglane.stores.base import (
     Watermarks,
     accepted_command,
     decode_watermarks,
-    migration_failed,
+    run_pending_migrations,
     stale_batch,
 )
 from loglane.views import RESERVED_COLUMNS, Document, Key, OutdatedDocument, RowImage, View
@@ -686,16 +686,16 @@ def _run_migrations(db: sqlite3.Connection, service: str, migrations: Sequence[M
             "SELECT name FROM loglane_migrations WHERE service = ?", (service,)
         )
     }
-    migrator = _SQLiteMigrator(db)
-    for migration in pending(migrations, applied):
-        try:
-            migration.run(migrator)
-        except Exception as exc:
-            raise migration_failed(service, migration, exc) from exc
-        db.execute(
+    run_pending_migrations(
+        service,
+        migrations,
+        applied,
+        _SQLiteMigrator(db),
+        lambda migration: db.execute(
             "INSERT INTO loglane_migrations VALUES (?, ?, ?)",
             (service, migration.name, time.time()),
-        )
+        ),
+    )
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
