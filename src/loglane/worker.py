@@ -369,11 +369,12 @@ class Worker:
 
     def _parked_head(self, record: Record) -> tuple[str, str] | None:
         """(key, place of its head) if `record` is a command of a parked key."""
+        parking = self._parking[record.topic_partition]
+        if not parking or record.topic != self.service.input_topic:
+            return None  # the common case: no key waits, no key to decode
         key = key_of(record)
-        if key is None or record.topic != self.service.input_topic:
-            return None
-        head = self._parking[record.topic_partition].get(key)
-        return None if head is None else (key, head)
+        head = None if key is None else parking.get(key)
+        return None if key is None or head is None else (key, head)
 
     def _release(
         self,
