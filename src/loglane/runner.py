@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -85,3 +86,15 @@ class WorkerThreads:
         self.stop.set()
         for thread in self._threads:
             thread.join(timeout)
+
+
+def freeze_startup_objects() -> None:
+    """Hide every object alive now from the cyclic garbage collector, for good.
+
+    Call it once a process that runs workers has started them: the modules, models and
+    services built at start-up (hundreds of thousands of objects) are never garbage, yet
+    each full collection would walk them all again, and the passes allocate enough to run
+    one every few hundred events. Frozen, a collection walks only what the passes
+    allocated (`gc.freeze`); P1 drains about 15% faster for it (bench/README.md).
+    """
+    gc.freeze()

@@ -34,7 +34,7 @@ from loglane.cli._common import (
 from loglane.errors import ConfigurationError
 from loglane.landscape import load_landscape
 from loglane.probes import serve_probes
-from loglane.runner import WorkerThreads
+from loglane.runner import WorkerThreads, freeze_startup_objects
 from loglane.service import Service
 from loglane.settings import Settings
 from loglane.urls import open_log, open_store
@@ -51,6 +51,7 @@ def _run_until_signalled(threads: WorkerThreads) -> None:
     signal.signal(signal.SIGTERM, stop)
     with clear_errors():
         threads.start()
+    freeze_startup_objects()
     while not threads.stop.wait(0.5):
         pass
     threads.join(timeout=60)
@@ -170,6 +171,7 @@ def _serve(
         if threads is not None:
             threads.on_commit = application.state.loglane.committed
             threads.start()
+    freeze_startup_objects()
     url = url_of(sock)
     names = ", ".join(service.name for service in services)
     console.print(f"serving the API of {names} on {url} (docs: {url}/docs); Ctrl-C stops")
