@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from loglane.logs.embedded import EmbeddedLog
+from loglane.runner import freeze_startup_objects
 from loglane.stores.sqlite import SQLiteStore
 from loglane.worker import Worker, ensure_topics
 from report import print_medians, print_run
@@ -44,6 +45,7 @@ def run_loglane(folder: Path, events: int) -> float:
     store = SQLiteStore(folder / "bench.db")
     worker = Worker(bench, log, store, batch_size=BATCH)
     worker.start()
+    freeze_startup_objects()  # as `loglane run` and `loglane worker` do
     started = time.perf_counter()
     while worker.handled < events:
         worker.run_once(timeout=0.1)

@@ -36,6 +36,7 @@ from rich.console import Console
 
 from loglane import Service
 from loglane.logs.kafka import KafkaLog
+from loglane.runner import freeze_startup_objects
 from loglane.stores.base import Store
 from loglane.stores.postgres import PostgresStore
 from loglane.stores.sqlite import SQLiteStore
@@ -152,6 +153,7 @@ def run_loglane(bootstrap: str, service: Service, database: Database, events: in
     store = database.store()
     worker = Worker(service, log, store, batch_size=BATCH)
     worker.start()
+    freeze_startup_objects()  # as `loglane run` and `loglane worker` do
     while worker.handled == 0:
         worker.run_once(timeout=0.1)
     first, started = worker.handled, time.perf_counter()

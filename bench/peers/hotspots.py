@@ -29,6 +29,7 @@ from loglane_app import sql_service, view_service
 from procstat import cpu_seconds, pids_where
 
 from loglane.logs.base import Log
+from loglane.runner import freeze_startup_objects
 from loglane.stores.base import Store
 from loglane.urls import open_log, open_store
 from loglane.worker import Worker, ensure_topics
@@ -58,6 +59,7 @@ def main() -> None:
 
     worker = Worker(service, log, store, batch_size=1000)
     worker.start()
+    freeze_startup_objects()  # as `loglane run` and `loglane worker` do
     while worker.handled == 0:
         worker.run_once(timeout=0.1)
     output = folder / "profile.txt"
