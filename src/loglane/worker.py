@@ -58,7 +58,7 @@ from loglane.events import Event, EventVersionError
 from loglane.faults import crash_point
 from loglane.logs.base import Consumer, Log, Publishing
 from loglane.metrics import ServiceMeters
-from loglane.parking import REDRIVEN_HEADER, UNPARK_HEADER, key_of, place
+from loglane.parking import REDRIVEN_HEADER, UNPARK_HEADER, UNPARK_TYPE, key_of, place
 from loglane.records import Message, Record, TopicPartition, decode_record, encode_record
 from loglane.service import Handler, Service
 from loglane.stores.base import (
@@ -449,7 +449,9 @@ class Worker:
                 self.meters.tally["duplicate"] += 1
                 continue  # a duplicate: the event was applied already
             reason = poison.get(record.offset)
-            release = record.header(UNPARK_HEADER) if record.topic == input_topic else None
+            release = None
+            if envelope.type == UNPARK_TYPE and record.topic == input_topic:
+                release = record.header(UNPARK_HEADER)
             if release is not None:
                 works.append(_Release(record, key_of(record) or "", release.decode()))
                 continue
