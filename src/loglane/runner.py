@@ -95,6 +95,6 @@ def freeze_startup_objects() -> None:
     services built at start-up (hundreds of thousands of objects) are never garbage, yet
     each full collection would walk them all again, and the passes allocate enough to run
     one every few hundred events. Frozen, a collection walks only what the passes
-    allocated (`gc.freeze`); P1 drains about 15% faster for it (bench/README.md).
+    allocated (`gc.freeze`); P1 drains about 15% faster for it (CHANGELOG, Performance).
     """
     gc.freeze()
