@@ -247,6 +247,16 @@ class StoreContract:
         assert store.request(bank.name, "r") == done
         assert store.request(bank.name, "unknown") is None
 
+    def test_a_batch_that_replaces_one_outcome_keeps_its_new_ones_too(
+        self, store: Store, bank: Declared
+    ) -> None:
+        failed = RequestOutcome(request_id="r0", status=RequestStatus.FAILED)
+        store.commit(bank.batch(None, 1, requests=[failed]))
+        again = RequestOutcome(request_id="r0", status=RequestStatus.DONE, event_ids=("e",))
+        new = [RequestOutcome(request_id=f"r{n}", status=RequestStatus.DONE) for n in (1, 2)]
+        store.commit(bank.batch(1, 2, requests=[new[0], again, new[1]]))
+        assert [store.request(bank.name, f"r{n}") for n in range(3)] == [again, *new]
+
     def test_prepare_is_idempotent_and_adds_columns_for_new_indexes(
         self, store: Store, bank: Declared
     ) -> None:

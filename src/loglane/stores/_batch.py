@@ -67,8 +67,12 @@ class RowSink(ABC):
         columns: tuple[str, ...],
         rows: list[tuple[Any, ...]],
         on_conflict: str = "",
+        *,
+        conflicts_rare: bool = False,
     ) -> None:
-        """Insert `rows` into Loglane's `table` (a name `table()` has qualified)."""
+        """Insert `rows` into Loglane's `table` (a name `table()` has qualified), resolving
+        a row already stored by `on_conflict`. With `conflicts_rare` (most rows are new), a
+        store may insert them plainly first, and upsert only if that fails."""
 
     @abstractmethod
     def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
@@ -158,6 +162,7 @@ def write_batch(
             for o in outcomes
         ],
         _REQUEST_CONFLICT,
+        conflicts_rare=True,  # a request's outcome is written again only when it runs again
     )
     if prune_requests_before is not None:
         sink.execute(f"DELETE FROM {requests} WHERE handled_at < %s", (prune_requests_before,))

@@ -814,8 +814,13 @@ class _PostgresRows(RowSink):
         columns: tuple[str, ...],
         rows: list[tuple[Any, ...]],
         on_conflict: str = "",
+        *,
+        conflicts_rare: bool = False,
     ) -> None:
-        """Insert `rows`; without `on_conflict` large sets are copied straight into `table`."""
+        """Insert `rows`. Large sets are copied: straight into `table` without `on_conflict`,
+        else into a staging table and upserted from there. With `conflicts_rare`, straight
+        into `table` first, within a savepoint: a row stored already undoes that COPY, and
+        the rows go the staging way (the plain COPY takes about 2/3 of the time)."""
         if not rows:
             return
         insert = f"INSERT INTO {table} ({', '.join(columns)})"
@@ -827,10 +832,17 @@ class _PostgresRows(RowSink):
         binary = _BINARY_COPY.get(table.rsplit(".", 1)[-1])
         if not on_conflict:
             _copy(self.cursor, table, columns, rows, binary)
-        else:
-            stage = self._store._stage(self._conn, self._created, table, columns)
-            _copy(self.cursor, stage, columns, rows, binary)
-            self.execute(f"{insert} SELECT * FROM {stage} {on_conflict}")
+            return
+        if conflicts_rare:
+            try:
+                with self._conn.transaction():  # a savepoint
+                    _copy(self.cursor, table, columns, rows, binary)
+                return
+            except psycopg.errors.UniqueViolation:
+                pass  # rolled back to the savepoint
+        stage = self._store._stage(self._conn, self._created, table, columns)
+        _copy(self.cursor, stage, columns, rows, binary)
+        self.execute(f"{insert} SELECT * FROM {stage} {on_conflict}")
 
     def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
         table = self._tables[view]
