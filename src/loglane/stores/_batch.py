@@ -82,6 +82,9 @@ class RowSink(ABC):
     def run_statements(self, statements: Sequence[Statement]) -> None:
         """Run a handler's own statements, in the store's dialect, as written."""
 
+    id_list_mark = "%s"
+    """The placeholder of an `id_list` value in Loglane's statements."""
+
     @abstractmethod
     def id_list(self, ids: list[str]) -> Any:
         """Applied event ids as the store keeps them in one column."""
@@ -131,7 +134,7 @@ def write_batch(
         source = _source(batch)
         if batch.applied_ids:
             sink.execute(
-                f"INSERT INTO {applied} VALUES (%s, %s, %s, %s, %s)",
+                f"INSERT INTO {applied} VALUES (%s, %s, %s, %s, {sink.id_list_mark})",
                 (*source, batch.position, sink.id_list(batch.applied_ids)),
             )
         if batch.forget_applied_before is not None:

@@ -245,13 +245,15 @@ class ViewTable:
         self._text_columns = tuple(i for i, column in enumerate(view.columns) if column.kind is str)
         updates = ", ".join(f"{name} = excluded.{name}" for name in self.columns[1:])
         self.on_conflict = f"ON CONFLICT ({quote(view.key)}) DO UPDATE SET {updates}"
-        self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY(%s)"
+        # an array of text keys goes in binary: no quoting to work out key by key
+        keys = "%b" if view.key_kind is str else "%s"
+        self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY({keys})"
         version = "coalesce(doc_version, 1)" if versioned else "1"
         self.select_rows = f"SELECT {quote(view.key)}, doc::text, {version} FROM {self.name}"
         self.select_one = (
             f"SELECT doc::text, {version} FROM {self.name} WHERE {quote(view.key)} = %s"
         )
-        self.select_many = f"{self.select_rows} WHERE {quote(view.key)} = ANY(%s)"
+        self.select_many = f"{self.select_rows} WHERE {quote(view.key)} = ANY({keys})"
 
     def condition(self, where: Mapping[str, Any]) -> tuple[str, list[Any]]:
         """`WHERE` the columns equal `where` (empty without filters), and its parameters."""

@@ -682,7 +682,7 @@ class _PostgresTransaction(StoreTransaction):
         try:
             with self._conn.pipeline():
                 cursor.execute(
-                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k ORDER BY k",
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k ORDER BY k",
                     (locks,),
                 )
                 cursor.execute(table.select_many, ([table.key_param(key) for key in keys],))
@@ -720,7 +720,7 @@ class _PostgresTransaction(StoreTransaction):
             also = f"{condition} AND" if condition else "WHERE"
             with self._conn.pipeline():
                 cursor.execute(
-                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k ORDER BY k",
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k ORDER BY k",
                     (locks,),
                 )
                 cursor.execute(
@@ -857,6 +857,8 @@ class _PostgresRows(RowSink):
         self.execute(f"SET LOCAL search_path TO {quote(self._schema)}, public")
         for statement in statements:
             self.execute(statement.sql, statement.params)
+
+    id_list_mark = "%b"  # a text[] in binary: no quoting to work out id by id
 
     def id_list(self, ids: list[str]) -> list[str]:
         return ids
