@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -74,20 +74,37 @@ def decode_headers(blob: bytes) -> Headers:
     return msgpack.unpackb(blob, use_list=False)  # type: ignore[no-any-return]
 
 
-def encode_messages(messages: Sequence[Message]) -> bytes | None:
-    """Messages as bytes for a database column (MessagePack), None for none."""
+def encode_messages(
+    messages: Sequence[Message], packed_headers: Mapping[int, bytes] | None = None
+) -> bytes | None:
+    """Messages as bytes for a database column (MessagePack), None for none; each one's
+    headers packed on their own (`encode_headers`), or taken as packed already from
+    `packed_headers` (by the message's `id()`)."""
     if not messages:
         return None
-    return pack([(m.topic, m.key, m.value, m.headers) for m in messages])
+    packed = packed_headers or {}
+    return pack(
+        [
+            (m.topic, m.key, m.value, packed.get(id(m)) or encode_headers(m.headers))
+            for m in messages
+        ]
+    )
 
 
 def decode_messages(blob: bytes | None) -> tuple[Message, ...]:
     if not blob:
         return ()
     return tuple(
-        Message(topic, key, value, tuple(map(tuple, headers)))
+        Message(topic, key, value, _headers_of(headers))
         for topic, key, value, headers in msgpack.unpackb(blob)
     )
+
+
+def _headers_of(packed: bytes | list[list[Any]]) -> Headers:
+    # rows that earlier builds wrote hold a message's headers inline, as a list of pairs
+    if isinstance(packed, bytes):
+        return decode_headers(packed)
+    return tuple((name, value) for name, value in packed)
 
 
 def encode_record(record: Record) -> bytes:

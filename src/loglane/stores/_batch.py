@@ -121,14 +121,12 @@ def write_batch(
             "AND source_partition = %s AND seq <= %s",
             [(service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
         )
+    # a command's events go in its outcome too: their headers are packed once, for both
+    headers = {id(m): encode_headers(m.headers) for b in batches for m in b.outbox}
     sink.insert(
         outbox,
         OUTBOX_COLUMNS,
-        [
-            (*_source(b), m.topic, m.key, m.value, encode_headers(m.headers))
-            for b in batches
-            for m in b.outbox
-        ],
+        [(*_source(b), m.topic, m.key, m.value, headers[id(m)]) for b in batches for m in b.outbox],
     )
     for batch in batches:
         source = _source(batch)
@@ -159,7 +157,7 @@ def write_batch(
                 o.status.value,
                 to_json(o.event_ids).decode(),
                 o.detail,
-                encode_messages(o.events),
+                encode_messages(o.events, headers),
                 now,
             )
             for o in outcomes

@@ -1,0 +1,31 @@
+"""Messages and records as the stores keep them in a column (MessagePack)."""
+
+from __future__ import annotations
+
+import msgpack
+
+from loglane.records import Message, decode_messages, encode_headers, encode_messages
+
+HEADERS = (("ce_id", b"e1"), ("ce_type", b"Credited"), ("empty", b""))
+
+
+def test_messages_read_back_as_they_were_written() -> None:
+    messages = (Message("bank.out", b"k", b'{"a":1}', HEADERS), Message("bank.out", None, b"{}"))
+    assert decode_messages(encode_messages(messages)) == messages
+
+
+def test_headers_packed_already_are_taken_as_they_are() -> None:
+    message = Message("bank.out", b"k", b"{}", HEADERS)
+    packed = {id(message): encode_headers((("ce_id", b"packed"),))}
+    (read,) = decode_messages(encode_messages([message], packed))
+    assert read.headers == (("ce_id", b"packed"),)
+
+
+def test_messages_written_with_their_headers_inline_still_read() -> None:
+    earlier = msgpack.packb([("bank.out", b"k", b"{}", [list(pair) for pair in HEADERS])])
+    assert decode_messages(earlier) == (Message("bank.out", b"k", b"{}", HEADERS),)
+
+
+def test_no_messages_are_no_bytes() -> None:
+    assert encode_messages([]) is None
+    assert decode_messages(None) == ()
