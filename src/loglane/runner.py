@@ -91,10 +91,11 @@ class WorkerThreads:
 def freeze_startup_objects() -> None:
     """Hide every object alive now from the cyclic garbage collector, for good.
 
-    Call it once a process that runs workers has started them: the modules, models and
-    services built at start-up (hundreds of thousands of objects) are never garbage, yet
-    each full collection would walk them all again, and the passes allocate enough to run
-    one every few hundred events. Frozen, a collection walks only what the passes
-    allocated (`gc.freeze`); P1 drains about 15% faster for it (CHANGELOG, Performance).
+    Call it once a process that runs workers or serves the API has started them: the
+    modules, models and services built at start-up (hundreds of thousands of objects) are
+    never garbage, yet each full collection would walk them all again, and the passes
+    allocate enough to run one every few hundred events. Frozen, a collection walks only
+    what the passes allocated (`gc.freeze`); P1 drains about 15% faster for it (CHANGELOG,
+    Performance).
     """
     gc.freeze()
