@@ -122,9 +122,10 @@ _packers = threading.local()
 
 
 def pack(value: object) -> bytes:
-    """`value` as MessagePack, by this thread's packer: `msgpack.packb` builds a packer with
-    a 256 KiB buffer for every call, which in a worker's pass costs more than the packing."""
+    """`value` as MessagePack, by this thread's packer, made once: `msgpack.packb` builds
+    one with a 256 KiB buffer for every call, which in a worker's pass costs more than the
+    packing."""
     packer = getattr(_packers, "packer", None)
     if packer is None:
-        packer = _packers.packer = msgpack.Packer(buf_size=4096)
+        packer = _packers.packer = msgpack.Packer()
     return packer.pack(value)  # type: ignore[no-any-return]
