@@ -1,15 +1,17 @@
-"""Worker processes for crash tests: started with the real CLI, killed for real."""
+"""Worker and API processes for tests: started with the real CLI, killed for real."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -66,6 +68,49 @@ def child_environment(**extra: str) -> dict[str, str]:
     """
     paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
+
+
+@dataclass(frozen=True)
+class ApiProcess:
+    """A `loglane api` process that serves: its URL, and the file its output goes to."""
+
+    url: str
+    output: Path
+
+
+@contextmanager
+def api_process(folder: Path, *args: str, **env: str) -> Iterator[ApiProcess]:
+    """`loglane api ARGS` in a process of its own, on an embedded log and SQLite stores in
+    `folder` unless `env` says otherwise; yields once it says where it serves, and
+    terminates it after."""
+    output = folder / "api.log"
+    embedded = {
+        "LOGLANE_LOG": f"embedded:///{folder}/log.db",
+        "LOGLANE_DB": f"sqlite:///{folder}/{{service}}.db",
+    }
+    with output.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "loglane", "api", *args],
+            cwd=ROOT,
+            env=child_environment(**{**embedded, **env}),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield ApiProcess(served_url(output, server), output)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def served_url(output: Path, server: subprocess.Popen[bytes], timeout: float = 120.0) -> str:
+    """The URL `loglane api` prints once it listens."""
+    deadline = time.monotonic() + timeout
+    while (found := re.search(r"on (http://\S+) ", output.read_text())) is None:
+        assert server.poll() is None, output.read_text()
+        assert time.monotonic() < deadline, f"no URL within {timeout}s: {output.read_text()}"
+        time.sleep(0.05)
+    return found.group(1)
 
 
 class Stores(Protocol):

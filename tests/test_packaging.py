@@ -30,8 +30,7 @@ from loglane.examples import shop
 from loglane.settings import Settings, variable
 from tests.kafka_broker import Broker, delete_landscape
 from tests.postgres import schemas, with_schema
-from tests.processes import ROOT, child_environment
-from tests.test_settings import served_url
+from tests.processes import ROOT, api_process, child_environment
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SOURCES = ROOT / "src" / "loglane"
@@ -448,20 +447,8 @@ def health_check() -> list[str]:
 def test_the_health_check_passes_while_the_api_serves_and_fails_without_it(
     tmp_path: Path,
 ) -> None:
-    output = tmp_path / "api.log"
-    with output.open("w") as sink:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "loglane", "api", "tests.apps.ledger", "--port", "0"],
-            cwd=ROOT,
-            env=child_environment(
-                LOGLANE_LOG=f"embedded:///{tmp_path}/log.db",
-                LOGLANE_DB=f"sqlite:///{tmp_path}/{{service}}.db",
-            ),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        port = served_url(output, server).rsplit(":", 1)[1]
+    with api_process(tmp_path, "tests.apps.ledger", "--port", "0") as api:
+        port = api.url.rsplit(":", 1)[1]
         python, *args = health_check()
         assert python == "python"
 
@@ -474,6 +461,3 @@ def test_the_health_check_passes_while_the_api_serves_and_fails_without_it(
         assert check(LOGLANE_PORT=port) == 0
         assert check(LOGLANE_PORT="1") != 0
         assert check(LOGLANE_PORT="1", LOGLANE_PROBE_PORT=port) == 0
-    finally:
-        server.terminate()
-        server.wait(timeout=60)

@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ from loglane.api.settings import ApiSettings
 from loglane.cli import app
 from loglane.errors import ConfigurationError
 from loglane.settings import Settings, mask_url, variable
-from tests.processes import ROOT, child_environment
+from tests.processes import ROOT, api_process, child_environment
 
 DOCS = ROOT / "docs" / "settings.md"
 # a command's parameter that is named apart from its setting
@@ -238,46 +237,23 @@ def test_a_bad_variable_is_one_red_line_from_the_command(tmp_path: Path) -> None
 
 
 def test_the_api_is_configured_from_the_environment_alone(tmp_path: Path) -> None:
-    output = tmp_path / "api.log"
-    with output.open("w") as sink:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "loglane", "api"],
-            cwd=ROOT,
-            env=child_environment(
-                LOGLANE_APP="tests.apps.ledger",
-                LOGLANE_SERVICE="ledger",
-                LOGLANE_LOG=f"embedded:///{tmp_path}/log.db",
-                LOGLANE_DB=f"sqlite:///{tmp_path}/{{service}}.db",
-                LOGLANE_HOST="127.0.0.1",
-                LOGLANE_PORT="0",
-                LOGLANE_API_TOKENS="first,second",
-                LOGLANE_API_MAX_BODY_BYTES="64",
-            ),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = served_url(output, server)
-        assert "the API of ledger on" in output.read_text()
+    with api_process(
+        tmp_path,
+        LOGLANE_APP="tests.apps.ledger",
+        LOGLANE_SERVICE="ledger",
+        LOGLANE_HOST="127.0.0.1",
+        LOGLANE_PORT="0",
+        LOGLANE_API_TOKENS="first,second",
+        LOGLANE_API_MAX_BODY_BYTES="64",
+    ) as api:
+        url = api.url
+        assert "the API of ledger on" in api.output.read_text()
         assert httpx.get(f"{url}/readyz").status_code == 401
         authorized = {"authorization": "Bearer second"}
         assert httpx.get(f"{url}/readyz", headers=authorized).status_code == 200
         big = {"account": "a" * 100, "seq": 1, "amount": 1}
         posted = httpx.post(f"{url}/ledger/commands/Deposit", json=big, headers=authorized)
         assert posted.status_code == 413
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-
-
-def served_url(output: Path, server: subprocess.Popen[bytes], timeout: float = 120.0) -> str:
-    """The URL `loglane api` prints once it listens."""
-    deadline = time.monotonic() + timeout
-    while (found := re.search(r"on (http://\S+) ", output.read_text())) is None:
-        assert server.poll() is None, output.read_text()
-        assert time.monotonic() < deadline, f"no URL within {timeout}s: {output.read_text()}"
-        time.sleep(0.05)
-    return found.group(1)
 
 
 def test_the_servers_timeouts_default_to_what_the_server_uses_alone() -> None:
@@ -287,25 +263,10 @@ def test_the_servers_timeouts_default_to_what_the_server_uses_alone() -> None:
 
 
 def test_a_read_timeout_from_the_environment_cuts_off_a_silent_client(tmp_path: Path) -> None:
-    output = tmp_path / "api.log"
-    with output.open("w") as sink:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "loglane", "api", "tests.apps.ledger", "--port", "0"],
-            cwd=ROOT,
-            env=child_environment(
-                LOGLANE_LOG=f"embedded:///{tmp_path}/log.db",
-                LOGLANE_DB=f"sqlite:///{tmp_path}/{{service}}.db",
-                LOGLANE_API_READ_TIMEOUT="1",
-            ),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        host, port = served_url(output, server).removeprefix("http://").rsplit(":", 1)
+    args = ("tests.apps.ledger", "--port", "0")
+    with api_process(tmp_path, *args, LOGLANE_API_READ_TIMEOUT="1") as api:
+        host, port = api.url.removeprefix("http://").rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=20) as client:
             client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and then nothing
             answer = client.recv(4096)  # well before the default 30 s
         assert answer.startswith(b"HTTP/1.1 408"), answer
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
