@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from loglane.envelope import COMMAND_SOURCE
 from loglane.errors import ConfigurationError, StaleBatchError
 from loglane.migrations import Migration, Migrator, pending
-from loglane.records import Message, Position, TopicPartition
+from loglane.records import Message, Position, TopicPartition, pack
 from loglane.views import Document, Key, RowImage, View
 
 Row = TypeVar("Row", bound=BaseModel)
@@ -168,7 +168,7 @@ def stale_batch(
 
 
 def encode_watermarks(watermarks: Watermarks) -> bytes:
-    return msgpack.packb(watermarks)  # type: ignore[no-any-return]
+    return pack(watermarks)
 
 
 def decode_watermarks(blob: bytes | None) -> Watermarks:

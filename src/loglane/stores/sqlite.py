@@ -48,6 +48,7 @@ from loglane.records import (
     TopicPartition,
     decode_headers,
     decode_messages,
+    pack,
 )
 from loglane.stores._batch import PruneClock, RowSink, outbox_seqs, write_batch
 from loglane.stores._placeholders import to_sqlite
@@ -657,7 +658,7 @@ class _SQLiteRows(RowSink):
             self._db.execute(to_sqlite(statement.sql), statement.params)
 
     def id_list(self, ids: list[str]) -> bytes:
-        return msgpack.packb(ids)  # type: ignore[no-any-return]
+        return pack(ids)
 
     def finish(self, batches: Sequence[Batch], outcomes: Sequence[RequestOutcome]) -> int | None:
         if not any(batch.outbox for batch in batches):
