@@ -8,8 +8,8 @@ one request outcome per row, the applied ids, and the deletion of the previous b
 published outbox rows.
 
 The plain writers are hand-written psycopg: `executemany` (which psycopg pipelines), and COPY
-into a temporary table merged with INSERT ... ON CONFLICT. The store is measured twice: as
-configured (COPY from 64 rows per table) and with COPY turned off (executemany in a pipeline).
+into a temporary table merged with INSERT ... ON CONFLICT. The store sends each table's rows
+as one `INSERT ... SELECT FROM unnest(arrays)`, all in one pipeline.
 
     scripts/postgres start
     .venv/bin/python bench/k1_store.py --rows 100000 --batch 1000 --runs 3 [--full]
@@ -96,8 +96,8 @@ def fresh_store(url: str, **options: Any) -> PostgresStore:
     return store
 
 
-def run_store(url: str, work: Work, copy_threshold: int) -> float:
-    store = fresh_store(url, copy_threshold=copy_threshold)
+def run_store(url: str, work: Work) -> float:
+    store = fresh_store(url)
     position: int | None = None
     started = time.perf_counter()
     for n, items in enumerate(work.batches):
@@ -299,8 +299,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Work(args.rows, args.batch, args.keys, args.full)
     writers: dict[str, Callable[[], float]] = {
-        "PostgresStore.commit": lambda: run_store(args.url, work, 64),
-        "PostgresStore.commit, no COPY": lambda: run_store(args.url, work, 1 << 62),
+        "PostgresStore.commit": lambda: run_store(args.url, work),
         "plain psycopg executemany": lambda: run_plain(args.url, work, copy=False),
         "plain psycopg COPY + merge": lambda: run_plain(args.url, work, copy=True),
     }

@@ -66,6 +66,8 @@ def sell(sale: Sale, tx: Transaction) -> None:
         raise RuntimeError("the till jammed")
     if sale.note == "bad sql":
         tx.execute("INSERT INTO no_such_table VALUES (1)")
+    if sale.note == "vetoed at commit":  # a deferred constraint: checked at COMMIT
+        tx.execute("INSERT INTO vetoes VALUES (1)")
     tx[totals].put(total)
 
 
@@ -106,6 +108,50 @@ def test_an_event_whose_writes_the_store_refuses_is_dead_lettered_and_the_rest_a
         more = test.send(sale(20))
         test.run_until_quiet()
         assert test.outcome(more) is not None, "the partition moved on"
+
+
+@pytest.mark.postgres
+def test_a_write_refused_only_at_commit_is_dead_lettered_when_the_loop_confirms_it(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """`Worker.run` sends each commit ahead, and confirms it in its next pass. A constraint
+    checked at COMMIT fails there; the batch runs again, halved down to the culprit."""
+    sales = [sale(n) for n in range(20)]
+    sales[7] = sale(7).model_copy(update={"note": "vetoed at commit"})
+    log_url = f"embedded:///{tmp_path}/log.db"
+    with schemas(postgres_url) as prefix:
+        db_url = with_schema(postgres_url, prefix + "{service}")
+        store = open_store(db_url, "tills")
+        store.prepare("tills", list(tills.views.values()))
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            table = f'"{prefix}tills".vetoes'
+            conn.execute(f"CREATE TABLE {table} (n INTEGER UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+            conn.execute(f"INSERT INTO {table} VALUES (1)")
+        log = open_log(log_url)
+        ensure_topics(log, [tills])
+        posted = [command_message(tills, s) for s in sales]
+        log.append([message for _, message in posted])
+        worker = Worker(tills, open_log(log_url), open_store(db_url, "tills"))
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,))
+        thread.start()
+        try:
+            wait_while_progressing(lambda: sum(store.positions("tills").values()), len(sales))
+            total = store.get(totals, "eu")
+            assert total is not None
+            # sale 17, of the same till, waits behind the dead letter (loglane.parking)
+            assert (total.sales, total.amount) == (18, sum(range(20)) - 7 - 17)
+            failed = store.request("tills", posted[7][0])
+            assert failed is not None
+            assert failed.status is RequestStatus.FAILED
+            assert "vetoes_n_key" in (failed.detail or "")
+        finally:
+            stop.set()
+            thread.join(30)
+            worker.store.close()
+            worker.log.close()
+            store.close()
+            log.close()
 
 
 @pytest.mark.postgres

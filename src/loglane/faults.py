@@ -10,7 +10,8 @@ The steps, in the order one pass of the worker meets them:
 
     after_poll          records polled, nothing handled yet
     in_commit           inside the store transaction, after the batches' writes, before COMMIT
-    after_commit        the store committed; its outbox rows not handed to the log yet
+                        (PostgreSQL: with the COMMIT sent, not confirmed)
+    after_commit        the store's commit confirmed; its outbox rows not handed to the log yet
     after_publish       the log acknowledged outbox rows; not yet deleted from the outbox
     after_log_commit    the log's consumer offsets committed
     in_assign           partitions assigned; positions read, nothing republished yet

@@ -133,11 +133,15 @@ class ServiceMeters:
             )
         return meters
 
-    def committed(self, records: int, seconds: float) -> None:
-        """A transaction of `records` input records committed; its write took `seconds`."""
-        for outcome, count in self.tally.items():
+    def committed(
+        self, records: int, seconds: float, tally: collections.Counter[str] | None = None
+    ) -> None:
+        """A transaction of `records` input records committed, with the outcomes `tally`
+        (default: `self.tally`) counted; its write took `seconds`."""
+        tally = self.tally if tally is None else tally
+        for outcome, count in tally.items():
             self._events[outcome].inc(count)
-        self._dead_letters.inc(self.tally["failed"])
+        self._dead_letters.inc(tally["failed"])
         self._records.observe(records)
         self._commit_seconds.observe(seconds)
 

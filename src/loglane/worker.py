@@ -2,7 +2,7 @@
 
 One pass of the loop (`run_once`), top to bottom:
 
-1. poll records from the partitions this worker owns;
+1. poll records from the partitions this worker owns, and read their envelopes and events;
 2. open ONE store transaction for the batches of every partition polled, fenced on the
    position each began at, and run the handlers, each partition's in offset order, against
    one unit of work whose reads come from it;
@@ -13,6 +13,11 @@ One pass of the loop (`run_once`), top to bottom:
    waiting: the next pass polls and runs its handlers while the log acknowledges them, and
    waits for that just before its own commit, which deletes them from the outbox;
 5. commit the log's consumer offsets, which trail the store, never lead it.
+
+The loop (`run`) sends each commit ahead: the store commits while the next pass polls and
+reads its records (step 1), and that pass confirms the commit before it goes on with step 2
+and then steps 4 and 5 of the one before. If that commit failed, its batches run again at
+once, committed the way `run_once` commits them.
 
 If the store refuses the transaction (a value it cannot hold, a handler's failing SQL), the
 partitions are committed one by one, and a refused batch is halved until the event at fault
@@ -28,6 +33,7 @@ duplicates (`loglane.dedupe`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import threading
@@ -63,6 +69,7 @@ from loglane.records import Message, Record, TopicPartition, decode_record, enco
 from loglane.service import Handler, Service
 from loglane.stores.base import (
     Batch,
+    PendingCommit,
     RequestOutcome,
     RequestStatus,
     Store,
@@ -128,6 +135,8 @@ class Worker:
         self._in_flight: dict[TopicPartition, int] = {}
         self._published: dict[TopicPartition, int] = {}
         self._async: asyncio.Runner | None = None
+        self._sent: _Sent | None = None  # the commit sent ahead, not yet confirmed
+        self._reads: dict[int, _Read] = {}  # by id(record): this pass's records, read as polled
         self.on_commit = on_commit
         self.meters = ServiceMeters(service.name)
         self.trouble: str | None = None
@@ -156,9 +165,10 @@ class Worker:
             while not stop.is_set():
                 try:
                     if recovering:  # the failed batch may or may not have committed
+                        self._hand_on(self._confirm())  # one sent ahead is known first
                         self._resume(sorted(self._positions))
                         recovering = False
-                    self.run_once()
+                    self._pass(None, send_ahead=True)
                     self.trouble = None
                     backoff = 0.1
                 except ConfigurationError:
@@ -187,6 +197,7 @@ class Worker:
 
     def close(self) -> None:
         try:
+            self._hand_on(self._confirm())
             self._settle()
             self._forget_published(list(self._published))
         except Exception as exc:  # published again by the partitions' next owner
@@ -202,34 +213,67 @@ class Worker:
 
     def run_once(self, timeout: float | None = None) -> int:
         """One poll, handle, commit, publish pass; returns how many records it took."""
+        return self._pass(timeout, send_ahead=False)
+
+    def _pass(self, timeout: float | None, *, send_ahead: bool) -> int:
+        """One pass; with `send_ahead`, its commit is confirmed by the next (`_confirm`)."""
         consumer = self._require_consumer()
+        if self._sent is not None:
+            timeout = 0  # a commit waits to be confirmed: take only what has arrived
         records = consumer.poll(self.poll_timeout if timeout is None else timeout, self.batch_size)
         crash_point("after_poll")
-        if not records:  # idle: let the last publish land and forget its outbox rows now
-            self._settle()
-            self._forget_published(list(self._published))
+        self._reads = {id(record): self._read(record) for record in records}
+        confirmed = self._confirm()  # the last pass's commit; it ran while the above did
+        self._hand_on(confirmed)
+        if not records:
+            if not confirmed:  # idle: let the last publish land and forget its outbox rows now
+                self._settle()
+                self._forget_published(list(self._published))
             return 0
-        committed = self._commit_poll(_by_partition(records))
+        self._hand_on(self._commit_poll(_by_partition(records), send_ahead=send_ahead))
+        return len(records)
+
+    def _hand_on(self, committed: list[Committed]) -> None:
+        """Publish what the store committed, then commit the log's offsets up to it."""
+        if not committed:
+            return
         crash_point("after_commit")
         self._publish(committed)
         if self._log_offsets:
-            consumer.commit(self._log_offsets)
+            self._require_consumer().commit(self._log_offsets)
             self._log_offsets = {}
             crash_point("after_log_commit")
-        return len(records)
 
-    def _commit_poll(self, parts: dict[TopicPartition, list[Record]]) -> list[Committed]:
+    def _commit_poll(
+        self, parts: dict[TopicPartition, list[Record]], *, send_ahead: bool = False
+    ) -> list[Committed]:
         """Commit the batches of every partition polled in one transaction; if the store
-        refuses it, or one partition moved away, commit them one partition at a time."""
-        if len(parts) > 1:
+        refuses it, or one partition moved away, commit them one partition at a time. With
+        `send_ahead`, the commit of one transaction is left to `_confirm`."""
+        if len(parts) > 1 or send_ahead:
             try:
-                return self._commit(parts, {})
+                return self._commit(parts, {}, send_ahead=send_ahead)
             except (BatchRejectedError, StaleBatchError) as exc:
                 logger.info("committing partition by partition: %s", exc)
         committed: list[Committed] = []
         for source, records in parts.items():
             committed.extend(self._commit_isolating(source, records, {}))
         return committed
+
+    def _confirm(self) -> list[Committed]:
+        """Wait for the commit sent ahead; what it committed. If the store refused it, its
+        records run again now, each partition's on its own if need be."""
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return []
+        try:
+            seqs = sent.commit.wait()
+        except (BatchConflictError, BatchRejectedError) as exc:
+            if isinstance(exc, BatchConflictError):
+                self.meters.conflict()
+            logger.info("the commit sent ahead failed, running its batches again: %s", exc)
+            return self._commit_poll(sent.polled)
+        return self._committed(sent, seqs)
 
     def _commit_isolating(
         self, source: TopicPartition, records: list[Record], poison: dict[int, str]
@@ -248,14 +292,19 @@ class Worker:
             ) + self._commit_isolating(source, records[middle:], poison)
 
     def _commit(
-        self, polled: dict[TopicPartition, list[Record]], poison: dict[int, str]
+        self,
+        polled: dict[TopicPartition, list[Record]],
+        poison: dict[int, str],
+        *,
+        send_ahead: bool = False,
     ) -> list[Committed]:
         """Handle the records of each partition in one store transaction and commit them.
 
         Records in `poison` (by offset; with one partition only) are dead-lettered with the
         reason given instead of handled. Partitions revoked meanwhile are left out; one
         found moved away is resumed from its stored position, or with several partitions
-        the `StaleBatchError` is raised.
+        (or `send_ahead`) the `StaleBatchError` is raised. With `send_ahead`, the commit is
+        sent, and left to `_confirm`.
         """
         parts = {source: self._unseen(source, records) for source, records in polled.items()}
         parts = {source: records for source, records in parts.items() if records}
@@ -286,14 +335,27 @@ class Worker:
                         if origins[source] != self._origins[source]:
                             batch.origins = origins[source]
                     self._settle()  # the rows of the last publish are forgotten with this commit
-                    writing = time.perf_counter()
-                    seqs = store_tx.write_all(list(batches.values()), self._published)
+                    published = dict(self._published)
+                    started = time.perf_counter()
+                    commit = store_tx.send_all(list(batches.values()), published)
                     crash_point("in_commit")
-                count = sum(len(records) for records in parts.values())
-                self.meters.committed(count, time.perf_counter() - writing)
-                break
+                sent = _Sent(
+                    polled,
+                    parts,
+                    batches,
+                    origins,
+                    self._parking,
+                    published,
+                    self.meters.tally.copy(),
+                    started,
+                    commit,
+                )
+                if send_ahead:
+                    self._sent = sent
+                    return []
+                return self._committed(sent, sent.commit.wait())
             except StaleBatchError as exc:
-                if len(parts) > 1:
+                if len(parts) > 1 or send_ahead:
                     raise
                 logger.warning("%s", exc, extra={"service": self.service.name})
                 self._resume(list(parts))
@@ -301,15 +363,25 @@ class Worker:
             except BatchConflictError as exc:
                 self.meters.conflict()
                 logger.info("batches of %s ran again: %s", ", ".join(map(str, parts)), exc)
-        self._published = {}
+
+    def _committed(self, sent: _Sent, seqs: dict[TopicPartition, int]) -> list[Committed]:
+        """Take in what the store committed: positions, watermarks, parked keys and applied
+        ids move on; the outbox rows published before are forgotten."""
+        count = sum(len(records) for records in sent.parts.values())
+        self.meters.committed(count, time.perf_counter() - sent.started, sent.tally)
+        self._published = {
+            source: seq
+            for source, seq in self._published.items()
+            if sent.published.get(source) != seq
+        }
         committed: list[Committed] = []
-        for source, batch in batches.items():
+        for source, batch in sent.batches.items():
             self._positions[source] = batch.position
             self._log_offsets[source] = batch.position
-            self._origins[source] = origins[source]
-            self._parked[source] = self._parking[source]
+            self._origins[source] = sent.origins[source]
+            self._parked[source] = sent.parking[source]
             self._applied[source].add(batch.position, batch.applied_ids)
-            self.handled += len(parts[source])
+            self.handled += len(sent.parts[source])
             if self.on_commit is not None:
                 self._tell_committed(self.on_commit, batch)
             committed.append(Committed(source, seqs.get(source), batch.outbox))
@@ -431,10 +503,12 @@ class Worker:
         in_batch: set[str] = set()
         input_topic = self.service.input_topic
         for record in records:
-            try:
-                envelope = read_envelope(record)
-            except EnvelopeError as exc:  # its request, if it names one, fails
-                works.append(_Refused(record, identifying_envelope(record), str(exc)))
+            read = self._reads.pop(id(record), None)  # once: a batch run again reads anew
+            if read is None or read.record is not record:
+                read = self._read(record)
+            envelope = read.envelope
+            if isinstance(envelope, EnvelopeError):  # its request, if it names one, fails
+                works.append(_Refused(record, identifying_envelope(record), str(envelope)))
                 continue
             seen = None
             if envelope.origin is not None and record.topic != input_topic:
@@ -454,13 +528,20 @@ class Worker:
                 release = record.header(UNPARK_HEADER)
             if release is not None:
                 works.append(_Release(record, key_of(record) or "", release.decode()))
-                continue
-            work = self._work(record, envelope) if reason is None else None
-            if reason is not None:
+            elif reason is not None:
                 works.append(_Refused(record, envelope, reason))
-            elif work is not None:
-                works.append(work)
+            elif read.work is not None:
+                works.append(read.work)
         return works
+
+    def _read(self, record: Record) -> _Read:
+        """The record's envelope (or why it has none) and what handling it takes: the part
+        of decoding that depends on the record alone, done as it is polled."""
+        try:
+            envelope = read_envelope(record)
+        except EnvelopeError as exc:
+            return _Read(record, exc, None)
+        return _Read(record, envelope, self._work(record, envelope))
 
     def _work(self, record: Record, envelope: Envelope) -> _Work | _Refused | None:
         """The record's handler and validated event, why it is refused, or None if this
@@ -687,6 +768,7 @@ class Worker:
         )
         crash_point("in_revoke")
         try:  # hand the partitions over with their outbox published and forgotten
+            self._publish(self._confirm())  # (the log's offsets trail; the store's lead)
             self._settle()
             self._forget_published(partitions)
         except Exception as exc:  # the new owner publishes the rows again; consumers drop copies
@@ -767,6 +849,31 @@ class _Work:
     key: bytes | None
     read_key: Key | None
     is_command: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A record read as it was polled: its envelope, or why it has none, and its work."""
+
+    record: Record
+    envelope: Envelope | EnvelopeError
+    work: _Work | _Refused | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A transaction's commit sent ahead, and what the worker takes in once it is
+    confirmed; `polled` runs again if it fails."""
+
+    polled: dict[TopicPartition, list[Record]]
+    parts: dict[TopicPartition, list[Record]]
+    batches: dict[TopicPartition, Batch]
+    origins: dict[TopicPartition, Watermarks]
+    parking: dict[TopicPartition, dict[str, str]]
+    published: dict[TopicPartition, int]
+    tally: collections.Counter[str]
+    started: float
+    commit: PendingCommit
 
 
 @dataclass(slots=True)

@@ -24,11 +24,11 @@ from loglane.service import Service
 from loglane.stores._batch import OUTBOX_COLUMNS, REQUEST_COLUMNS
 from loglane.stores._postgres_tables import migrate
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Statement, Store
-from loglane.stores.postgres import _BINARY_COPY, MIGRATIONS, CommitNotice, PostgresStore
+from loglane.stores.postgres import _TYPES, MIGRATIONS, CommitNotice, PostgresStore
 from loglane.urls import open_store
 from tests.conftest import eventually
 from tests.contracts.ledger_contract import LedgerContract
-from tests.contracts.store_contract import Account, StoreContract, declare_bank
+from tests.contracts.store_contract import SOURCE, Account, StoreContract, declare_bank
 from tests.postgres import schemas, with_schema
 
 pytestmark = pytest.mark.postgres
@@ -48,23 +48,27 @@ def store(postgres_url: str, prefix: str) -> Iterator[PostgresStore]:
 
 
 class TestPostgresStore(StoreContract):
-    """Batches of fewer than 64 rows per table: executemany in a pipeline."""
-
-    copy_threshold = 64
+    store_type: type[PostgresStore] = PostgresStore
 
     @pytest.fixture
     def store(self, postgres_url: str, prefix: str) -> Iterator[Store]:
-        store = PostgresStore(
-            postgres_url, schema=prefix + "{service}", copy_threshold=self.copy_threshold
-        )
+        store = self.store_type(postgres_url, schema=prefix + "{service}")
         yield store
         store.close()
 
 
-class TestPostgresStoreCopyingEveryRow(TestPostgresStore):
-    """Every row through COPY and a staging table, however small the batch."""
+class _SendingCommitsAhead(PostgresStore):
+    """Commits as the worker makes them: sent with the writes, confirmed after the
+    transaction's context ended."""
 
-    copy_threshold = 1
+    def commit(self, batch: Batch) -> int | None:
+        with self.transaction(batch.service, {batch.source: batch.expected_position}) as tx:
+            sent = tx.send_all([batch])
+        return sent.wait().get(batch.source)
+
+
+class TestPostgresStoreSendingCommitsAhead(TestPostgresStore):
+    store_type = _SendingCommitsAhead
 
 
 class TestPostgresLedger(LedgerContract):
@@ -269,7 +273,7 @@ def test_a_handlers_statements_commit_with_the_batch_and_not_with_a_stale_one(
 def test_a_failed_commit_leaves_nothing_and_the_next_one_succeeds(
     postgres_url: str, prefix: str
 ) -> None:
-    store = PostgresStore(postgres_url, schema=prefix + "{service}", copy_threshold=1)
+    store = PostgresStore(postgres_url, schema=prefix + "{service}")
     bank = declare_bank(store)
     row = Account(account_id="a1", owner="ada", balance=1)
     broken = [Statement("INSERT INTO no_such_table VALUES (1)")]
@@ -283,6 +287,36 @@ def test_a_failed_commit_leaves_nothing_and_the_next_one_succeeds(
         assert store.get(bank.accounts, "a1") == row
     finally:
         store.close()
+
+
+def test_a_commit_sent_ahead_lands_before_anyone_waits_for_it(store: PostgresStore) -> None:
+    bank = declare_bank(store)
+    store.commit(bank.batch(None, 1))
+    row = Account(account_id="a1", owner="ada", balance=1)
+    with store.transaction(bank.name, {SOURCE: 1}) as tx:
+        sent = tx.send_all([bank.batch(1, 2, writes={bank.accounts: {"a1": row}})])
+    eventually(lambda: store.get(bank.accounts, "a1") == row, message="the unconfirmed commit")
+    assert sent.wait() == {}
+    assert store.positions(bank.name) == {SOURCE: 2}
+
+
+def test_a_commit_sent_ahead_that_fails_raises_when_confirmed_and_leaves_nothing(
+    store: PostgresStore,
+) -> None:
+    bank = declare_bank(store)
+    store.commit(bank.batch(None, 1))
+    row = Account(account_id="a1", owner="ada", balance=1)
+    broken = [Statement("INSERT INTO no_such_table VALUES (1)")]
+    with store.transaction(bank.name, {SOURCE: 1}) as tx:
+        sent = tx.send_all(
+            [bank.batch(1, 2, writes={bank.accounts: {"a1": row}}, statements=broken)]
+        )
+    with pytest.raises(BatchRejectedError, match="no_such_table"):
+        sent.wait()
+    assert store.get(bank.accounts, "a1") is None
+    assert store.positions(bank.name) == {SOURCE: 1}
+    store.commit(bank.batch(1, 2, writes={bank.accounts: {"a1": row}}))
+    assert store.get(bank.accounts, "a1") == row
 
 
 def test_duplicate_request_ids_in_one_batch_keep_the_last_outcome(store: PostgresStore) -> None:
@@ -448,7 +482,7 @@ def test_two_batches_that_deadlock_on_rows_lose_the_race_as_a_conflict(
     assert "deadlock" in str(errors[0])
 
 
-def test_the_binary_copy_types_are_the_types_of_loglanes_tables(postgres_url: str) -> None:
+def test_rows_are_sent_as_arrays_of_the_types_of_loglanes_tables(postgres_url: str) -> None:
     with schemas(postgres_url) as prefix:
         store = PostgresStore(postgres_url, schema=prefix + "{service}")
         store.prepare("copies", [])
@@ -465,7 +499,6 @@ def test_the_binary_copy_types_are_the_types_of_loglanes_tables(postgres_url: st
                     ).fetchone()
                     for column in columns
                 ]
-                names = {"text": "text", "integer": "int4", "bytea": "bytea"}
-                names["double precision"] = "float8"
-                assert tuple(names[row[0]] for row in types if row) == _BINARY_COPY[table]
+                names = {"double precision": "float8"}
+                assert tuple(names.get(row[0], row[0]) for row in types if row) == _TYPES[table]
         store.close()

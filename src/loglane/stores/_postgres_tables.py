@@ -239,6 +239,13 @@ class ViewTable:
             *(quote(column.name) for column in view.columns),
             "doc_version",
         )
+        # each column's type, as `_PostgresRows.insert` sends it as an array
+        self.types = (
+            _TYPE_NAMES[view.key_kind],
+            "jsonb",
+            *(_TYPE_NAMES[column.kind] for column in view.columns),
+            "integer",
+        )
         self._kinds = {column.name: column.kind for column in view.columns}
         self._kinds[view.key] = view.key_kind
         self._column_names = tuple(column.name for column in view.columns)

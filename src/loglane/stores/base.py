@@ -228,6 +228,17 @@ class StoreTransaction(ABC):
         """Write one batch (see `write_all`); the seq of its last outbox entry, or None."""
         return self.write_all([batch]).get(batch.source)
 
+    def send_all(
+        self,
+        batches: Sequence[Batch],
+        published: Mapping[TopicPartition, int] | None = None,
+    ) -> PendingCommit:
+        """Write `batches` as `write_all` does and end the transaction with them: the
+        context then exits without waiting for the commit, which `PendingCommit.wait`
+        confirms once the caller has done other work. A store that cannot send a commit
+        ahead (this default) writes now and commits as the context exits."""
+        return PendingCommit(self.write_all(batches, published))
+
     @abstractmethod
     def write_all(
         self,
@@ -244,6 +255,20 @@ class StoreTransaction(ABC):
         refuses the data (the transaction is then unusable and must end),
         `BatchConflictError` on a lost lock race.
         """
+
+
+class PendingCommit:
+    """A commit sent to the store, not yet confirmed; this one was done as it was made."""
+
+    def __init__(self, seqs: dict[TopicPartition, int]) -> None:
+        self._seqs = seqs
+
+    def wait(self) -> dict[TopicPartition, int]:
+        """Block until the commit is durable; the outbox seqs, as `write_all` returns them.
+        Raises what the write and the commit would have raised in the transaction:
+        `BatchConflictError`, `BatchRejectedError` or `BackendUnavailableError`; the batches
+        were then not committed (or, for `BackendUnavailableError`, may have been)."""
+        return self._seqs
 
 
 class Store(ABC):

@@ -42,11 +42,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import threading
 import time
-import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -90,6 +90,7 @@ from loglane.stores.base import (
     AcceptedCommand,
     Batch,
     OutboxEntry,
+    PendingCommit,
     RequestOutcome,
     RequestStatus,
     Row,
@@ -127,10 +128,8 @@ class PostgresStore(Store):
     names each service's schema; `{service}` in it stands for the service name. The pool
     holds up to `pool_size` connections. An operation in flight when the server goes away
     raises `BackendUnavailableError` at once; while it is away, an operation waits up to
-    `pool_timeout` seconds for a new connection before it raises. A table's rows in a batch
-    of at least `copy_threshold` go through COPY; fewer are sent with `executemany` in the
-    commit's pipeline (below about 50 rows, that is faster). `ledger_retention` is how many
-    seconds the HTTP API's command ledger remembers a request id.
+    `pool_timeout` seconds for a new connection before it raises. `ledger_retention` is how
+    many seconds the HTTP API's command ledger remembers a request id.
     """
 
     def __init__(
@@ -140,13 +139,11 @@ class PostgresStore(Store):
         schema: str = "{service}",
         pool_size: int = 4,
         pool_timeout: float = 10.0,
-        copy_threshold: int = 64,
         ledger_retention: float = 86_400.0,
     ) -> None:
         if not schema.replace("{service}", "x"):
             raise ConfigurationError("schema must not be empty")
         self.schema_template = schema
-        self.copy_threshold = copy_threshold
         self.ledger_retention = ledger_retention
         self._ledger_writes = 0
         self._prune_clock = PruneClock()
@@ -169,8 +166,6 @@ class PostgresStore(Store):
         self._schemas: set[str] = set()
         self._tables: dict[View[Any], ViewTable] = {}  # created by prepare
         self._unprepared: dict[View[Any], ViewTable] = {}  # read before any prepare
-        self._stages: dict[tuple[str, tuple[str, ...]], str] = {}
-        self._staged: weakref.WeakKeyDictionary[Connection, set[str]] = weakref.WeakKeyDictionary()
         try:
             psycopg.connect(self._conninfo).close()
         except psycopg.OperationalError as exc:
@@ -393,51 +388,38 @@ class PostgresStore(Store):
     ) -> Iterator[StoreTransaction]:
         schema = self.schema(service)
         sources = sorted(fences)  # rows locked in one order: two workers cannot deadlock
-        with self._connection() as conn:
+        with ExitStack() as stack:
+            conn = stack.enter_context(self._connection())
+            stack.callback(_roll_back_if_open, conn)  # before it goes back to the pool
             try:
-                with conn.transaction():
-                    # The position rows stay locked until the commit: a zombie and a
-                    # partition's new owner are serialized, and the second sees it moved.
-                    stored = {
-                        TopicPartition(topic, partition): offset
-                        for topic, partition, offset in conn.execute(
-                            f'SELECT topic, partition, "offset" FROM {quote(schema)}.'
-                            "loglane_positions WHERE service = %s AND (topic, partition) IN "
-                            "(SELECT * FROM unnest(%s::text[], %s::int[])) "
-                            "ORDER BY topic, partition FOR UPDATE",
-                            (
-                                service,
-                                [source.topic for source in sources],
-                                [source.partition for source in sources],
-                            ),
-                        )
-                    }
-                    for source in sources:
-                        if stored.get(source) != fences[source]:
-                            raise stale_batch(service, source, fences[source])
-                    transaction = _PostgresTransaction(self, conn, schema)
-                    yield transaction
-                self._staged.setdefault(conn, set()).update(transaction.created)
+                conn.execute("BEGIN")
+                # The position rows stay locked until the commit: a zombie and a partition's
+                # new owner are serialized, and the second sees it moved.
+                stored = {
+                    TopicPartition(topic, partition): offset
+                    for topic, partition, offset in conn.execute(
+                        f'SELECT topic, partition, "offset" FROM {quote(schema)}.'
+                        "loglane_positions WHERE service = %s AND (topic, partition) IN "
+                        "(SELECT * FROM unnest(%s::text[], %s::int[])) "
+                        "ORDER BY topic, partition FOR UPDATE",
+                        (
+                            service,
+                            [source.topic for source in sources],
+                            [source.partition for source in sources],
+                        ),
+                    )
+                }
+                for source in sources:
+                    if stored.get(source) != fences[source]:
+                        raise stale_batch(service, source, fences[source])
+                transaction = _PostgresTransaction(self, conn, schema, stack)
+                yield transaction
+                if not transaction.sent:
+                    conn.execute("COMMIT")
             except psycopg.OperationalError as exc:
                 if _lost_a_race(exc):
                     raise BatchConflictError(_one_line(exc)) from exc
                 raise
-
-    def _stage(
-        self, conn: Connection, created: list[str], target: str, columns: tuple[str, ...]
-    ) -> str:
-        """A temporary table shaped like `columns` of `target`, emptied at every commit."""
-        with self._lock:
-            stage = self._stages.setdefault(
-                (target, columns), f"loglane_stage_{len(self._stages) + 1}"
-            )
-        if stage not in self._staged.get(conn, ()) and stage not in created:
-            conn.execute(
-                f"CREATE TEMPORARY TABLE {stage} ON COMMIT DELETE ROWS AS "
-                f"SELECT {', '.join(columns)} FROM {target} WITH NO DATA"
-            )
-            created.append(stage)
-        return f"pg_temp.{stage}"
 
     def delete_outbox(self, service: str, published: Mapping[TopicPartition, int]) -> None:
         if not published:
@@ -595,7 +577,6 @@ class PostgresStore(Store):
             schema=template + suffix,
             pool_size=2,
             pool_timeout=self._pool.timeout,
-            copy_threshold=self.copy_threshold,
         )
 
     @contextmanager
@@ -630,11 +611,14 @@ class PostgresStore(Store):
 class _PostgresTransaction(StoreTransaction):
     """A batch's transaction on one pooled connection, from the fence to the commit."""
 
-    def __init__(self, store: PostgresStore, conn: Connection, schema: str) -> None:
+    def __init__(
+        self, store: PostgresStore, conn: Connection, schema: str, ending: ExitStack
+    ) -> None:
         self._store = store
         self._conn = conn
         self._schema = schema
-        self.created: list[str] = []
+        self._ending = ending  # what gives the connection back: `send_all` takes it along
+        self.sent = False
 
     def get(self, view: View[Any], key: Key) -> Document | None:
         _check_keys(view, [key])
@@ -736,21 +720,89 @@ class _PostgresTransaction(StoreTransaction):
         batches: Sequence[Batch],
         published: Mapping[TopicPartition, int] | None = None,
     ) -> dict[TopicPartition, int]:
+        with ExitStack() as pipeline:
+            rows = self._write(batches, published, pipeline, commit=False)
+            try:
+                pipeline.close()  # the results: an error raises here
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                raise BatchRejectedError(_one_line(exc)) from exc
+        return outbox_seqs(batches, rows.last_seq())
+
+    def send_all(
+        self,
+        batches: Sequence[Batch],
+        published: Mapping[TopicPartition, int] | None = None,
+    ) -> PendingCommit:
+        with ExitStack() as pipeline:  # closed (read) here only if the write fails
+            rows = self._write(batches, published, pipeline, commit=True)
+            held = pipeline.pop_all()
+        self.sent = True
+        return _SentCommit(batches, rows, held, self._ending.pop_all())
+
+    def _write(
+        self,
+        batches: Sequence[Batch],
+        published: Mapping[TopicPartition, int] | None,
+        pipeline: ExitStack,
+        *,
+        commit: bool,
+    ) -> _PostgresRows:
+        """Send the batches' statements in one pipeline `pipeline` holds open, and the
+        COMMIT too if `commit`; their results are read as it closes."""
         store = self._store
         written = {view for batch in batches for view in batch.writes}
         unprepared = [view for view in written if view not in store._tables]
         if unprepared:
             store.prepare(batches[0].service, unprepared)
         tables = {view: store._tables[view] for view in written}
-        rows = _PostgresRows(store, self._conn, self._schema, tables, self.created)
+        rows = _PostgresRows(self._conn, self._schema, tables, pipeline, commit=commit)
         prune = store._prune_clock.due(batches, store.ledger_retention)
         try:
-            last_seq = write_batch(batches, published or {}, rows, prune_requests_before=prune)
+            write_batch(batches, published or {}, rows, prune_requests_before=prune)
         except psycopg.OperationalError:
             raise
         except (psycopg.Error, OverflowError, ValueError) as exc:
             raise BatchRejectedError(_one_line(exc)) from exc
-        return outbox_seqs(batches, last_seq)
+        return rows
+
+
+class _SentCommit(PendingCommit):
+    """A batch transaction whose statements and COMMIT went in one pipeline, unread."""
+
+    def __init__(
+        self,
+        batches: Sequence[Batch],
+        rows: _PostgresRows,
+        pipeline: ExitStack,
+        ending: ExitStack,
+    ) -> None:
+        super().__init__({})
+        self._batches = batches
+        self._rows = rows
+        self._pipeline = pipeline
+        self._ending = ending
+
+    def wait(self) -> dict[TopicPartition, int]:
+        with self._ending:  # then the connection goes back to the pool
+            try:
+                self._pipeline.close()  # Sync, then every result: the first error raises
+            except psycopg.OperationalError as exc:
+                if _lost_a_race(exc):
+                    raise BatchConflictError(_one_line(exc)) from exc
+                raise
+            except psycopg.Error as exc:
+                raise BatchRejectedError(_one_line(exc)) from exc
+            return outbox_seqs(self._batches, self._rows.last_seq())
+
+
+def _roll_back_if_open(conn: Connection) -> None:
+    """End a transaction a failure left open; a connection that cannot is discarded by the
+    pool as it comes back."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with suppress(psycopg.Error):
+            conn.rollback()
 
 
 def _check_keys(view: View[Any], keys: Sequence[Key]) -> None:
@@ -773,27 +825,29 @@ def _row_lock(table: str, key: Key) -> int:
 
 
 class _PostgresRows(RowSink):
-    """A commit's statements, sent in one pipeline when it finishes; large row sets are
-    copied at once instead (COPY cannot run in a pipeline), into staging tables where rows
-    may exist already. Only a first position runs at once, for its row count."""
+    """A commit's statements, sent in one pipeline as `finish` is called: a set of rows is
+    one statement, each column one array in binary. Only a first position runs at once,
+    for its row count."""
 
     holds_position_locks = True  # `PostgresStore.transaction` locked them FOR UPDATE
 
     def __init__(
         self,
-        store: PostgresStore,
         conn: Connection,
         schema: str,
         tables: Mapping[View[Any], ViewTable],
-        created: list[str],
+        pipeline: ExitStack,
+        *,
+        commit: bool,
     ) -> None:
         self.cursor = conn.cursor()
-        self._store = store
         self._conn = conn
         self._schema = schema
         self._tables = tables
-        self._created = created
+        self._pipeline = pipeline
+        self._commit = commit
         self._queued: list[tuple[str, Any]] = []
+        self._any_outbox = False
 
     def table(self, name: str) -> str:
         return f"{quote(self._schema)}.{name}"
@@ -815,39 +869,35 @@ class _PostgresRows(RowSink):
         rows: list[tuple[Any, ...]],
         on_conflict: str = "",
         *,
-        conflicts_rare: bool = False,
+        conflicts_rare: bool = False,  # the same statement either way
     ) -> None:
-        """Insert `rows`. Large sets are copied: straight into `table` without `on_conflict`,
-        else into a staging table and upserted from there. With `conflicts_rare`, straight
-        into `table` first, within a savepoint: a row stored already undoes that COPY, and
-        the rows go the staging way (the plain COPY takes about 2/3 of the time)."""
+        self._insert(table, columns, _TYPES[table.rsplit(".", 1)[-1]], rows, on_conflict)
+
+    def _insert(
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        types: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+        on_conflict: str = "",
+    ) -> None:
+        """One statement for all `rows`: each column one array of `types`, in binary (bytea
+        as it is, text unquoted), that `unnest` turns back into rows."""
         if not rows:
             return
-        insert = f"INSERT INTO {table} ({', '.join(columns)})"
-        if len(rows) < self._store.copy_threshold:
-            values = f"VALUES ({', '.join(['%s'] * len(columns))})"
-            self._queued.append((f"{insert} {values} {on_conflict}", rows))
-            return
-        # Loglane's own tables go in binary: their bytea columns are sent as they are
-        binary = _BINARY_COPY.get(table.rsplit(".", 1)[-1])
-        if not on_conflict:
-            _copy(self.cursor, table, columns, rows, binary)
-            return
-        if conflicts_rare:
-            try:
-                with self._conn.transaction():  # a savepoint
-                    _copy(self.cursor, table, columns, rows, binary)
-                return
-            except psycopg.errors.UniqueViolation:
-                pass  # rolled back to the savepoint
-        stage = self._store._stage(self._conn, self._created, table, columns)
-        _copy(self.cursor, stage, columns, rows, binary)
-        self.execute(f"{insert} SELECT * FROM {stage} {on_conflict}")
+        arrays = ", ".join(f"%b::{kind}[]" for kind in types)
+        self._queued.append(
+            (
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"SELECT * FROM unnest({arrays}) {on_conflict}",
+                tuple(list(column) for column in zip(*rows, strict=True)),
+            )
+        )
 
     def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
         table = self._tables[view]
         upserts = [table.values(key, image) for key, image in rows.items() if image]
-        self.insert(table.name, table.columns, upserts, table.on_conflict)
+        self._insert(table.name, table.columns, table.types, upserts, table.on_conflict)
         deletes = [table.key_param(key) for key, image in rows.items() if image is None]
         if deletes:
             self.execute(table.delete, (deletes,))
@@ -864,48 +914,48 @@ class _PostgresRows(RowSink):
         return ids
 
     def finish(self, batches: Sequence[Batch], outcomes: Sequence[RequestOutcome]) -> int | None:
+        """Send what waits (and the COMMIT) in the pipeline; the last seq is `last_seq`'s."""
         waiting = [o.request_id for o in outcomes if o.source == COMMAND_SOURCE]
         for batch in batches:
             source = batch.source
             notice = payload(self._schema, source.topic, source.partition, batch.position, waiting)
             self.execute("SELECT pg_notify(%s, %s)", (channel(batch.service), notice))
             waiting = []  # told once
-        any_outbox = any(batch.outbox for batch in batches)
-        with self._conn.pipeline():
-            for sql, params in self._queued:
-                if isinstance(params, list):
-                    self.cursor.executemany(sql, params)
-                else:
-                    self.cursor.execute(sql, params)
-            if any_outbox:
-                outbox = self.table("loglane_outbox")
-                self.cursor.execute(f"SELECT currval(pg_get_serial_sequence('{outbox}', 'seq'))")
-        if not any_outbox:
-            return None
-        row = self.cursor.fetchone()
+        self._any_outbox = any(batch.outbox for batch in batches)
+        self._pipeline.enter_context(self._conn.pipeline())
+        for sql, params in self._queued:
+            if isinstance(params, list):
+                self.cursor.executemany(sql, params)
+            else:
+                self.cursor.execute(sql, params)
+        if self._any_outbox:
+            outbox = self.table("loglane_outbox")
+            self.cursor.execute(f"SELECT currval(pg_get_serial_sequence('{outbox}', 'seq'))")
+        if self._commit:
+            self._conn.execute("COMMIT")
+            _flush(self._conn)
+        return None
+
+    def last_seq(self) -> int | None:
+        """The seq of the last outbox row written, None without any; once the pipeline
+        was read."""
+        row = self.cursor.fetchone() if self._any_outbox else None
         return None if row is None else int(row[0])
 
 
-_BINARY_COPY = {  # the column types, in OUTBOX_COLUMNS' and REQUEST_COLUMNS' order
-    "loglane_outbox": ("text", "text", "int4", "text", "bytea", "bytea", "bytea"),
+def _flush(conn: Connection) -> None:
+    """Hand all that the pipeline holds to the socket, without waiting for results."""
+    pgconn = conn.pgconn
+    while pgconn.flush():  # 1: the socket's buffer is full; wait until it drains
+        readable, _, _ = select.select([pgconn.socket], [pgconn.socket], [])
+        if readable:  # results read meanwhile, so the server never waits on its writes
+            pgconn.consume_input()
+
+
+_TYPES = {  # the column types, in OUTBOX_COLUMNS' and REQUEST_COLUMNS' order
+    "loglane_outbox": ("text", "text", "integer", "text", "bytea", "bytea", "bytea"),
     "loglane_requests": ("text", "text", "text", "text", "text", "text", "bytea", "float8"),
 }
-
-
-def _copy(
-    cursor: Cursor,
-    table: str,
-    columns: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    binary_types: Sequence[str] | None = None,
-) -> None:
-    """COPY `rows` into `table`, in binary when the columns' types are given."""
-    copy_sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-    with cursor.copy(copy_sql + (" (FORMAT BINARY)" if binary_types else "")) as copy:
-        if binary_types:
-            copy.set_types(binary_types)
-        for row in rows:
-            copy.write_row(row)
 
 
 def _one_line(exc: Exception) -> str:
