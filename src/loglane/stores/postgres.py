@@ -69,6 +69,7 @@ from loglane.records import (
     decode_headers,
     decode_messages,
 )
+from loglane.stores import _postgres_arrays as arrays
 from loglane.stores._batch import PruneClock, RowSink, outbox_seqs, write_batch
 from loglane.stores._postgres_notify import (
     ChangeMarker,
@@ -826,8 +827,8 @@ def _row_lock(table: str, key: Key) -> int:
 
 class _PostgresRows(RowSink):
     """A commit's statements, sent in one pipeline as `finish` is called: a set of rows is
-    one statement, each column one array in binary. Only a first position runs at once,
-    for its row count."""
+    one statement (`_postgres_arrays`). Only a first position runs at once, for its row
+    count."""
 
     holds_position_locks = True  # `PostgresStore.transaction` locked them FOR UPDATE
 
@@ -841,6 +842,7 @@ class _PostgresRows(RowSink):
         commit: bool,
     ) -> None:
         self.cursor = conn.cursor()
+        arrays.register(self.cursor.adapters)
         self._conn = conn
         self._schema = schema
         self._tables = tables
@@ -881,18 +883,8 @@ class _PostgresRows(RowSink):
         rows: list[tuple[Any, ...]],
         on_conflict: str = "",
     ) -> None:
-        """One statement for all `rows`: each column one array of `types`, in binary (bytea
-        as it is, text unquoted), that `unnest` turns back into rows."""
-        if not rows:
-            return
-        arrays = ", ".join(f"%b::{kind}[]" for kind in types)
-        self._queued.append(
-            (
-                f"INSERT INTO {table} ({', '.join(columns)}) "
-                f"SELECT * FROM unnest({arrays}) {on_conflict}",
-                tuple(list(column) for column in zip(*rows, strict=True)),
-            )
-        )
+        if rows:
+            self._queued.append(arrays.insert(table, columns, types, rows, on_conflict))
 
     def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
         table = self._tables[view]

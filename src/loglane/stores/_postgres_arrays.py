@@ -1,0 +1,116 @@
+"""A set of rows as one INSERT: each column one binary array, which `unnest` turns back.
+
+One statement whatever the number of rows, so a commit's rows travel in its pipeline (COPY
+cannot run in one). A column that holds one value in every row goes once, as a scalar.
+Text, jsonb (as text) and bytea columns, most of what a batch sends, are encoded here into
+PostgreSQL's binary array format in one pass (`TextArray`, `ByteaArray`); psycopg's generic
+list dumper spends several times as long per element. Other types go as psycopg dumps lists.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.adapt import AdaptersMap, Dumper
+from psycopg.postgres import types
+from psycopg.pq import Format
+
+_HEADER = struct.Struct(">iiiii")  # dimensions, has nulls, element type, length, lower bound
+_LENGTH = struct.Struct(">i")
+_NULL = _LENGTH.pack(-1)
+
+
+class TextArray(bytes):
+    """A text[] in PostgreSQL's binary format."""
+
+    element_oid = types["text"].oid
+
+
+class ByteaArray(bytes):
+    """A bytea[] in PostgreSQL's binary format."""
+
+    element_oid = types["bytea"].oid
+
+
+class _TextArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = types["text"].array_oid
+
+    def dump(self, obj: Any) -> bytes:
+        return bytes(obj)
+
+
+class _ByteaArrayDumper(_TextArrayDumper):
+    oid = types["bytea"].array_oid
+
+
+def register(adapters: AdaptersMap) -> None:
+    """Teach `adapters` (a connection's or a cursor's) to send the arrays made here."""
+    adapters.register_dumper(TextArray, _TextArrayDumper)
+    adapters.register_dumper(ByteaArray, _ByteaArrayDumper)
+
+
+def encode(
+    values: Sequence[str | bytes | None], kind: type[TextArray | ByteaArray]
+) -> TextArray | ByteaArray:
+    """`values` as a one-dimensional binary array of `kind`; str is sent as UTF-8."""
+    parts = [_HEADER.pack(1, None in values, kind.element_oid, len(values), 1)]
+    append, length = parts.append, _LENGTH.pack
+    for value in values:
+        if value is None:
+            append(_NULL)
+            continue
+        data = value.encode() if isinstance(value, str) else value
+        append(length(len(data)))
+        append(data)
+    return kind(b"".join(parts))
+
+
+# jsonb goes as text, which PostgreSQL parses as it casts
+_ENCODED: dict[str, type[TextArray | ByteaArray]] = {
+    "text": TextArray,
+    "jsonb": TextArray,
+    "bytea": ByteaArray,
+}
+
+
+def insert(
+    table: str,
+    columns: Sequence[str],
+    kinds: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    on_conflict: str = "",
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement that inserts `rows` into `columns` of `table` (of SQL types `kinds`),
+    and its parameters."""
+    scalars: list[Any] = []
+    arrays: list[Any] = []
+    selected: list[str] = []
+    unnested: list[str] = []
+    for kind, column in zip(kinds, zip(*rows, strict=True), strict=True):
+        first = column[0]
+        if column.count(first) == len(column):  # one value in every row: sent once
+            selected.append(f"%s::{kind}")
+            scalars.append(first)
+            continue
+        selected.append(f"u.c{len(unnested)}::{kind}")
+        encoded = _ENCODED.get(kind)
+        if encoded is None:
+            unnested.append(f"%b::{kind}[]")
+            arrays.append(list(column))
+        else:
+            unnested.append("%b")
+            arrays.append(encode(column, encoded))
+    if unnested:
+        names = ", ".join(f"c{i}" for i in range(len(unnested)))
+        source = f" FROM unnest({', '.join(unnested)}) AS u({names})"
+    else:  # every row the same: as many of it
+        source = " FROM generate_series(1, %s)"
+        arrays.append(len(rows))
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(selected)}{source} "
+        f"{on_conflict}"
+    )
+    return sql, (*scalars, *arrays)
