@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from loglane.errors import (
 )
 from loglane.records import TopicPartition
 from loglane.service import Service
+from loglane.stores import _postgres_arrays as arrays
 from loglane.stores._batch import OUTBOX_COLUMNS, REQUEST_COLUMNS
 from loglane.stores._postgres_tables import migrate
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Statement, Store
@@ -502,3 +504,26 @@ def test_rows_are_sent_as_arrays_of_the_types_of_loglanes_tables(postgres_url: s
                 names = {"double precision": "float8"}
                 assert tuple(names.get(row[0], row[0]) for row in types if row) == _TYPES[table]
         store.close()
+
+
+def test_rows_sent_as_arrays_come_back_as_they_were_sent(postgres_url: str) -> None:
+    """Columns of one value go once, NULLs and non-ASCII text survive, and rows all alike
+    are inserted as many times as given."""
+    rows = [
+        ("same", "ünï", b"\x00\xff", None, 1, '{"a": 1}'),
+        ("same", None, b"", 3.5, 1, '{"b": [2]}'),
+        ("same", "x", None, 4.0, 1, "{}"),
+    ]
+    kinds = ("text", "text", "bytea", "double precision", "integer", "jsonb")
+    columns = ("a", "b", "c", "d", "e", "f")
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TEMPORARY TABLE arrays (a text, b text, c bytea, d float8, e int, f jsonb)"
+        )
+        cursor = conn.cursor()
+        arrays.register(cursor.adapters)
+        for batch in (rows, [rows[0]] * 2):
+            cursor.execute(*arrays.insert("arrays", columns, kinds, batch))
+        stored = conn.execute("SELECT a, b, c, d, e, f::text FROM arrays").fetchall()
+    expected = [(a, b, c, d, e, json.dumps(json.loads(f))) for a, b, c, d, e, f in rows]
+    assert sorted(stored, key=repr) == sorted([*expected, *[expected[0]] * 2], key=repr)
