@@ -85,7 +85,8 @@ BATCH_RECORDS = Histogram(
 )
 COMMIT_SECONDS = Histogram(
     "loglane_commit_seconds",
-    "Time to write and commit one store transaction, handlers apart.",
+    "Time the worker spent writing and committing one store transaction, handlers apart "
+    "(a commit sent ahead: sending it, then waiting for it).",
     ["service"],
     buckets=_SECONDS,
     registry=REGISTRY,

@@ -267,7 +267,7 @@ class Worker:
         if sent is None:
             return []
         try:
-            seqs = sent.commit.wait()
+            seqs = self._wait(sent)
         except (BatchConflictError, BatchRejectedError) as exc:
             if isinstance(exc, BatchConflictError):
                 self.meters.conflict()
@@ -339,6 +339,7 @@ class Worker:
                     started = time.perf_counter()
                     commit = store_tx.send_all(list(batches.values()), published)
                     crash_point("in_commit")
+                sending = time.perf_counter() - started  # a store may commit as it ends
                 sent = _Sent(
                     polled,
                     parts,
@@ -347,13 +348,13 @@ class Worker:
                     self._parking,
                     published,
                     self.meters.tally.copy(),
-                    started,
+                    sending,
                     commit,
                 )
                 if send_ahead:
                     self._sent = sent
                     return []
-                return self._committed(sent, sent.commit.wait())
+                return self._committed(sent, self._wait(sent))
             except StaleBatchError as exc:
                 if len(parts) > 1 or send_ahead:
                     raise
@@ -364,11 +365,19 @@ class Worker:
                 self.meters.conflict()
                 logger.info("batches of %s ran again: %s", ", ".join(map(str, parts)), exc)
 
+    def _wait(self, sent: _Sent) -> dict[TopicPartition, int]:
+        """Wait for `sent`'s commit; meter the time the worker spent on it, waits included."""
+        started = time.perf_counter()
+        try:
+            return sent.commit.wait()
+        finally:
+            sent.spent += time.perf_counter() - started
+
     def _committed(self, sent: _Sent, seqs: dict[TopicPartition, int]) -> list[Committed]:
         """Take in what the store committed: positions, watermarks, parked keys and applied
         ids move on; the outbox rows published before are forgotten."""
         count = sum(len(records) for records in sent.parts.values())
-        self.meters.committed(count, time.perf_counter() - sent.started, sent.tally)
+        self.meters.committed(count, sent.spent, sent.tally)
         self._published = {
             source: seq
             for source, seq in self._published.items()
@@ -860,7 +869,7 @@ class _Read:
     work: _Work | _Refused | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Sent:
     """A transaction's commit sent ahead, and what the worker takes in once it is
     confirmed; `polled` runs again if it fails."""
@@ -872,7 +881,7 @@ class _Sent:
     parking: dict[TopicPartition, dict[str, str]]
     published: dict[TopicPartition, int]
     tally: collections.Counter[str]
-    started: float
+    spent: float  # seconds the worker spent sending and (then) waiting for the commit
     commit: PendingCommit
 
 
