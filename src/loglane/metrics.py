@@ -134,12 +134,9 @@ class ServiceMeters:
             )
         return meters
 
-    def committed(
-        self, records: int, seconds: float, tally: collections.Counter[str] | None = None
-    ) -> None:
-        """A transaction of `records` input records committed, with the outcomes `tally`
-        (default: `self.tally`) counted; its write took `seconds`."""
-        tally = self.tally if tally is None else tally
+    def committed(self, records: int, seconds: float, tally: collections.Counter[str]) -> None:
+        """A transaction of `records` input records committed with the outcomes `tally`
+        (`self.tally` as it ran); the worker spent `seconds` writing and committing it."""
         for outcome, count in tally.items():
             self._events[outcome].inc(count)
         self._dead_letters.inc(tally["failed"])

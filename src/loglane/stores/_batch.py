@@ -67,12 +67,9 @@ class RowSink(ABC):
         columns: tuple[str, ...],
         rows: list[tuple[Any, ...]],
         on_conflict: str = "",
-        *,
-        conflicts_rare: bool = False,
     ) -> None:
         """Insert `rows` into Loglane's `table` (a name `table()` has qualified), resolving
-        a row already stored by `on_conflict`. With `conflicts_rare` (most rows are new), a
-        store may insert them plainly first, and upsert only if that fails."""
+        a row already stored by `on_conflict`."""
 
     @abstractmethod
     def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
@@ -91,7 +88,8 @@ class RowSink(ABC):
 
     @abstractmethod
     def finish(self, batches: Sequence[Batch], outcomes: Sequence[RequestOutcome]) -> int | None:
-        """Send whatever waits; the seq of the last outbox row written (None without any)."""
+        """Send whatever waits; the seq of the last outbox row written (None without any,
+        or when the store reads it only with the commit's results, as PostgreSQL does)."""
 
 
 def write_batch(
@@ -163,7 +161,6 @@ def write_batch(
             for o in outcomes
         ],
         _REQUEST_CONFLICT,
-        conflicts_rare=True,  # a request's outcome is written again only when it runs again
     )
     if prune_requests_before is not None:
         sink.execute(f"DELETE FROM {requests} WHERE handled_at < %s", (prune_requests_before,))

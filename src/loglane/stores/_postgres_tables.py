@@ -239,7 +239,7 @@ class ViewTable:
             *(quote(column.name) for column in view.columns),
             "doc_version",
         )
-        # each column's type, as `_PostgresRows.insert` sends it as an array
+        # each column's SQL type, as rows are sent (`_postgres_arrays.insert`)
         self.types = (
             _TYPE_NAMES[view.key_kind],
             "jsonb",

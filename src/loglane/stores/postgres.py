@@ -870,8 +870,6 @@ class _PostgresRows(RowSink):
         columns: tuple[str, ...],
         rows: list[tuple[Any, ...]],
         on_conflict: str = "",
-        *,
-        conflicts_rare: bool = False,  # the same statement either way
     ) -> None:
         self._insert(table, columns, _TYPES[table.rsplit(".", 1)[-1]], rows, on_conflict)
 

@@ -631,8 +631,6 @@ class _SQLiteRows(RowSink):
         columns: tuple[str, ...],
         rows: list[tuple[Any, ...]],
         on_conflict: str = "",
-        *,
-        conflicts_rare: bool = False,  # the same statement either way
     ) -> None:
         if rows:
             marks = ", ".join("?" * len(columns))
