@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import select
+import selectors
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -936,10 +936,14 @@ class _PostgresRows(RowSink):
 def _flush(conn: Connection) -> None:
     """Hand all that the pipeline holds to the socket, without waiting for results."""
     pgconn = conn.pgconn
-    while pgconn.flush():  # 1: the socket's buffer is full; wait until it drains
-        readable, _, _ = select.select([pgconn.socket], [pgconn.socket], [])
-        if readable:  # results read meanwhile, so the server never waits on its writes
-            pgconn.consume_input()
+    if not pgconn.flush():  # 0: all sent
+        return
+    with selectors.DefaultSelector() as selector:  # the socket's buffer is full
+        selector.register(pgconn.socket, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while pgconn.flush():
+            for _, events in selector.select():
+                if events & selectors.EVENT_READ:  # so the server never waits on its writes
+                    pgconn.consume_input()
 
 
 _TYPES = {  # the column types, in OUTBOX_COLUMNS' and REQUEST_COLUMNS' order
