@@ -233,13 +233,14 @@ class Worker:
         self._hand_on(self._commit_poll(_by_partition(records), send_ahead=send_ahead))
         return len(records)
 
-    def _hand_on(self, committed: list[Committed]) -> None:
-        """Publish what the store committed, then commit the log's offsets up to it."""
+    def _hand_on(self, committed: list[Committed], *, offsets: bool = True) -> None:
+        """Publish what the store committed, then commit the log's offsets up to it (not
+        inside a rebalance callback: a commit there makes librdkafka rejoin the group)."""
         if not committed:
             return
         crash_point("after_commit")
         self._publish(committed)
-        if self._log_offsets:
+        if offsets and self._log_offsets:
             self._require_consumer().commit(self._log_offsets)
             self._log_offsets = {}
             crash_point("after_log_commit")
@@ -777,7 +778,7 @@ class Worker:
         )
         crash_point("in_revoke")
         try:  # hand the partitions over with their outbox published and forgotten
-            self._publish(self._confirm())  # (the log's offsets trail; the store's lead)
+            self._hand_on(self._confirm(), offsets=False)
             self._settle()
             self._forget_published(partitions)
         except Exception as exc:  # the new owner publishes the rows again; consumers drop copies
