@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from loglane import Event, RequestStatus, Retry, Service, Transaction
 from loglane.commands import command_message
 from loglane.dlq import ERROR_HEADER
 from loglane.envelope import read_envelope
-from loglane.errors import BackendUnavailableError, PositionAheadOfLogError
+from loglane.errors import BackendUnavailableError, BatchConflictError, PositionAheadOfLogError
 from loglane.logs.embedded import EmbeddedLog
 from loglane.records import Message, Record, TopicPartition
-from loglane.stores.base import Batch, StoreTransaction
+from loglane.stores.base import Batch, PendingCommit, StoreTransaction
 from loglane.stores.postgres import PostgresStore, _row_lock
+from loglane.stores.sqlite import SQLiteStore
 from loglane.testing import LandscapeTest
 from loglane.transaction import Emitter, UnitOfWork
 from loglane.urls import open_log, open_store
@@ -386,3 +388,91 @@ def test_a_lock_wait_that_times_out_is_an_outage_not_a_failing_handler(
         worker.close()
         store.close()
     log.close()
+
+
+counter = Service("counter", partitions=1)
+
+
+class Add(Event):
+    n: int
+
+
+class Sum(BaseModel):
+    key: str
+    count: int = 0
+    total: int = 0
+
+
+sums = counter.view("sums", Sum, key="key")
+
+
+@counter.handles(Add)
+def add(command: Add, tx: Transaction) -> None:
+    row = tx[sums].get("all") or Sum(key="all")
+    tx[sums].put(row.model_copy(update={"count": row.count + 1, "total": row.total + command.n}))
+
+
+class CommitLostOnce(SQLiteStore):
+    """A store whose next transaction's commit, sent ahead, is lost: rolled back, and
+    reported as a lost lock race when the worker confirms it."""
+
+    lose_next = False
+
+    @contextmanager
+    def transaction(
+        self, service: str, fences: Mapping[TopicPartition, int | None]
+    ) -> Iterator[StoreTransaction]:
+        if not self.lose_next:
+            with super().transaction(service, fences) as tx:
+                yield tx
+            return
+        self.lose_next = False
+        with suppress(_RolledBack), super().transaction(service, fences) as tx:
+            tx.send_all = lambda batches, published=None: _LostCommit({})  # type: ignore[method-assign]
+            yield tx
+            raise _RolledBack
+
+
+class _RolledBack(Exception):
+    pass
+
+
+class _LostCommit(PendingCommit):
+    def wait(self) -> dict[TopicPartition, int]:
+        raise BatchConflictError("lost to another transaction")
+
+
+def test_records_polled_before_a_partition_is_found_moved_are_not_applied_past_a_gap(
+    tmp_path: Path,
+) -> None:
+    """The worker polls the next records before it confirms the commit it sent ahead. If
+    that commit was lost and, run again, finds the partition moved on by another worker,
+    the partition is resumed from its stored position: the records polled ahead start
+    further on and must come again, not be applied over the gap."""
+    log_url = f"embedded:///{tmp_path}/log.db"
+    db_url = f"sqlite:///{tmp_path}/{{service}}.db"
+    log = open_log(log_url)
+    ensure_topics(log, [counter])
+    log.append([command_message(counter, Add(n=n))[1] for n in range(10)])
+    store = CommitLostOnce(str(tmp_path / "counter.db"))
+    worker = Worker(counter, open_log(log_url), store, batch_size=5)
+    worker.start()
+    other = Worker(counter, open_log(log_url), open_store(db_url, "counter"), group="other")
+    other.batch_size = 3
+    other.start()
+    try:
+        store.lose_next = True
+        wait_while_progressing(lambda: worker.run_once(0.05, send_ahead=True), 5)  # 0-4, lost
+        while sum(other.store.positions("counter").values()) < 3:
+            other.run_once(0.05)  # the other worker applies 0-2 meanwhile
+        worker.run_once(0.05, send_ahead=True)  # polls 5-9; the lost commit runs again, stale
+        wait_while_progressing(lambda: drained(worker), 10)
+        total = store.get(sums, "all")
+        assert total is not None
+        assert (total.count, total.total) == (10, sum(range(10)))
+    finally:
+        worker.close()
+        other.close()
+        store.close()
+        other.store.close()
+        log.close()

@@ -137,6 +137,7 @@ class Worker:
         self._async: asyncio.Runner | None = None
         self._sent: _Sent | None = None  # the commit sent ahead, not yet confirmed
         self._reads: dict[int, _Read] = {}  # by id(record): this pass's records, read as polled
+        self._sought: set[TopicPartition] = set()  # seeked back by `_resume` since the poll
         self.on_commit = on_commit
         self.meters = ServiceMeters(service.name)
         self.trouble: str | None = None
@@ -168,7 +169,7 @@ class Worker:
                         self._hand_on(self._confirm())  # one sent ahead is known first
                         self._resume(sorted(self._positions))
                         recovering = False
-                    self._pass(None, send_ahead=True)
+                    self.run_once(send_ahead=True)
                     self.trouble = None
                     backoff = 0.1
                 except ConfigurationError:
@@ -211,20 +212,21 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def run_once(self, timeout: float | None = None) -> int:
-        """One poll, handle, commit, publish pass; returns how many records it took."""
-        return self._pass(timeout, send_ahead=False)
-
-    def _pass(self, timeout: float | None, *, send_ahead: bool) -> int:
-        """One pass; with `send_ahead`, its commit is confirmed by the next (`_confirm`)."""
+    def run_once(self, timeout: float | None = None, *, send_ahead: bool = False) -> int:
+        """One poll, handle, commit, publish pass; returns how many records it took. With
+        `send_ahead`, as `run` makes them, the commit is confirmed and handed on by the next
+        pass (or `close`), after that one's poll."""
         consumer = self._require_consumer()
         if self._sent is not None:
             timeout = 0  # a commit waits to be confirmed: take only what has arrived
         records = consumer.poll(self.poll_timeout if timeout is None else timeout, self.batch_size)
         crash_point("after_poll")
         self._reads = {id(record): self._read(record) for record in records}
+        self._sought.clear()
         confirmed = self._confirm()  # the last pass's commit; it ran while the above did
         self._hand_on(confirmed)
+        if self._sought:  # running it again found a partition moved: its records come again
+            records = [record for record in records if record.topic_partition not in self._sought]
         if not records:
             if not confirmed:  # idle: let the last publish land and forget its outbox rows now
                 self._settle()
@@ -809,6 +811,7 @@ class Worker:
             self._applied[tp] = AppliedWindow(self.dedupe_window, recent)
             self._origins[tp] = self.store.watermarks(self.service.name, tp)
             self._parked[tp] = self.store.parked(self.service.name, tp)
+        self._sought.update(partitions)
         crash_point("in_assign")
         self._flush_outbox(partitions)
 
