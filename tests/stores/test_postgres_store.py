@@ -303,17 +303,22 @@ def test_a_commit_sent_ahead_lands_before_anyone_waits_for_it(store: PostgresSto
 
 
 def test_a_commit_sent_ahead_that_fails_raises_when_confirmed_and_leaves_nothing(
-    store: PostgresStore,
+    store: PostgresStore, postgres_url: str, prefix: str
 ) -> None:
+    """A constraint checked at COMMIT fails the commit after it was sent: the error is the
+    confirmation's (one found earlier raises from `send_all`, as `write_all`'s would)."""
     bank = declare_bank(store)
     store.commit(bank.batch(None, 1))
+    table = f'"{prefix}{bank.name}".vetoes'
+    sql(postgres_url, f"CREATE TABLE {table} (n INTEGER UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    sql(postgres_url, f"INSERT INTO {table} VALUES (1)")
     row = Account(account_id="a1", owner="ada", balance=1)
-    broken = [Statement("INSERT INTO no_such_table VALUES (1)")]
+    vetoed = [Statement("INSERT INTO vetoes VALUES (1)")]
     with store.transaction(bank.name, {SOURCE: 1}) as tx:
         sent = tx.send_all(
-            [bank.batch(1, 2, writes={bank.accounts: {"a1": row}}, statements=broken)]
+            [bank.batch(1, 2, writes={bank.accounts: {"a1": row}}, statements=vetoed)]
         )
-    with pytest.raises(BatchRejectedError, match="no_such_table"):
+    with pytest.raises(BatchRejectedError, match="vetoes_n_key"):
         sent.wait()
     assert store.get(bank.accounts, "a1") is None
     assert store.positions(bank.name) == {SOURCE: 1}
