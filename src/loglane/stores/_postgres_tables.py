@@ -12,6 +12,7 @@ from pydantic_core import to_jsonable_python
 
 from loglane import migrations
 from loglane.errors import ConfigurationError, UnreadableRowError
+from loglane.stores import _postgres_arrays as arrays
 from loglane.stores.base import run_pending_migrations
 from loglane.views import RESERVED_COLUMNS, Key, RowImage, View
 
@@ -252,7 +253,7 @@ class ViewTable:
         self._text_columns = tuple(i for i, column in enumerate(view.columns) if column.kind is str)
         updates = ", ".join(f"{name} = excluded.{name}" for name in self.columns[1:])
         self.on_conflict = f"ON CONFLICT ({quote(view.key)}) DO UPDATE SET {updates}"
-        # an array of text keys goes in binary: no quoting to work out key by key
+        # an array of text keys goes in binary (`keys_param`)
         keys = "%b" if view.key_kind is str else "%s"
         self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY({keys})"
         version = "coalesce(doc_version, 1)" if versioned else "1"
@@ -271,6 +272,12 @@ class ViewTable:
 
     def key_param(self, key: Any) -> Any:
         return as_text(key) if self.view.key_kind is str else key
+
+    def keys_param(self, keys: Sequence[Any]) -> Any:
+        """`keys` as one array parameter of `select_many` or `delete`."""
+        if self.view.key_kind is str:
+            return arrays.encode([as_text(key) for key in keys], arrays.TextArray)
+        return list(keys)
 
     def param(self, name: str, value: Any) -> Any:
         """`value` as the column `name` holds it: fields that are not plain str, int, float

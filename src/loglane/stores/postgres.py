@@ -180,6 +180,7 @@ class PostgresStore(Store):
             max_size=pool_size,
             timeout=pool_timeout,
             kwargs={"autocommit": True},
+            configure=lambda conn: arrays.register(conn.adapters),
             name=f"loglane {self._where}",
             open=False,
         )
@@ -418,7 +419,7 @@ class PostgresStore(Store):
                 if not transaction.sent:
                     conn.execute("COMMIT")
             except psycopg.OperationalError as exc:
-                if _lost_a_race(exc):
+                if _lost_a_race(exc):  # raised in the transaction's reads or its write
                     raise BatchConflictError(_one_line(exc)) from exc
                 raise
 
@@ -670,7 +671,7 @@ class _PostgresTransaction(StoreTransaction):
                     "SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k ORDER BY k",
                     (locks,),
                 )
-                cursor.execute(table.select_many, ([table.key_param(key) for key in keys],))
+                cursor.execute(table.select_many, (table.keys_param(keys),))
             rows = cursor.fetchall()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
@@ -723,12 +724,8 @@ class _PostgresTransaction(StoreTransaction):
     ) -> dict[TopicPartition, int]:
         with ExitStack() as pipeline:
             rows = self._write(batches, published, pipeline, commit=False)
-            try:
+            with _write_errors():
                 pipeline.close()  # the results: an error raises here
-            except psycopg.OperationalError:
-                raise
-            except psycopg.Error as exc:
-                raise BatchRejectedError(_one_line(exc)) from exc
         return outbox_seqs(batches, rows.last_seq())
 
     def send_all(
@@ -760,12 +757,8 @@ class _PostgresTransaction(StoreTransaction):
         tables = {view: store._tables[view] for view in written}
         rows = _PostgresRows(self._conn, self._schema, tables, pipeline, commit=commit)
         prune = store._prune_clock.due(batches, store.ledger_retention)
-        try:
+        with _write_errors():
             write_batch(batches, published or {}, rows, prune_requests_before=prune)
-        except psycopg.OperationalError:
-            raise
-        except (psycopg.Error, OverflowError, ValueError) as exc:
-            raise BatchRejectedError(_one_line(exc)) from exc
         return rows
 
 
@@ -786,16 +779,24 @@ class _SentCommit(PendingCommit):
         self._ending = ending
 
     def wait(self) -> dict[TopicPartition, int]:
-        with self._ending:  # then the connection goes back to the pool
-            try:
-                self._pipeline.close()  # Sync, then every result: the first error raises
-            except psycopg.OperationalError as exc:
-                if _lost_a_race(exc):
-                    raise BatchConflictError(_one_line(exc)) from exc
-                raise
-            except psycopg.Error as exc:
-                raise BatchRejectedError(_one_line(exc)) from exc
+        with self._ending, _write_errors():  # then the connection goes back to the pool
+            self._pipeline.close()  # Sync, then every result: the first error raises
             return outbox_seqs(self._batches, self._rows.last_seq())
+
+
+@contextmanager
+def _write_errors() -> Iterator[None]:
+    """A batch write's errors as the worker takes them: a lost lock race is a conflict (the
+    batch runs again), data or SQL the server refuses a rejection (the batch is halved), and
+    a lost server stays an `OperationalError`, for `_connection` to report."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        if _lost_a_race(exc):
+            raise BatchConflictError(_one_line(exc)) from exc
+        raise
+    except (psycopg.Error, OverflowError, ValueError) as exc:
+        raise BatchRejectedError(_one_line(exc)) from exc
 
 
 def _roll_back_if_open(conn: Connection) -> None:
@@ -842,7 +843,6 @@ class _PostgresRows(RowSink):
         commit: bool,
     ) -> None:
         self.cursor = conn.cursor()
-        arrays.register(self.cursor.adapters)
         self._conn = conn
         self._schema = schema
         self._tables = tables
@@ -888,9 +888,9 @@ class _PostgresRows(RowSink):
         table = self._tables[view]
         upserts = [table.values(key, image) for key, image in rows.items() if image]
         self._insert(table.name, table.columns, table.types, upserts, table.on_conflict)
-        deletes = [table.key_param(key) for key, image in rows.items() if image is None]
+        deletes = [key for key, image in rows.items() if image is None]
         if deletes:
-            self.execute(table.delete, (deletes,))
+            self.execute(table.delete, (table.keys_param(deletes),))
 
     def run_statements(self, statements: Sequence[Statement]) -> None:
         # the service's schema first, so a handler's SQL names its tables unqualified
@@ -898,10 +898,10 @@ class _PostgresRows(RowSink):
         for statement in statements:
             self.execute(statement.sql, statement.params)
 
-    id_list_mark = "%b"  # a text[] in binary: no quoting to work out id by id
+    id_list_mark = "%b"  # a text[] in binary (`_postgres_arrays`)
 
-    def id_list(self, ids: list[str]) -> list[str]:
-        return ids
+    def id_list(self, ids: list[str]) -> bytes:
+        return arrays.encode(ids, arrays.TextArray)
 
     def finish(self, batches: Sequence[Batch], outcomes: Sequence[RequestOutcome]) -> int | None:
         """Send what waits (and the COMMIT) in the pipeline; the last seq is `last_seq`'s."""
