@@ -344,8 +344,8 @@ class _HeldBackConsumer(Consumer):
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._consumer.seek(partition, offset)
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self._consumer.commit(offsets)
+    def commit(self, offsets: Mapping[TopicPartition, int], *, wait: bool = True) -> None:
+        self._consumer.commit(offsets, wait=wait)
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._consumer.assignment()

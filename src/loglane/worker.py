@@ -201,6 +201,7 @@ class Worker:
             self._hand_on(self._confirm())
             self._settle()
             self._forget_published(list(self._published))
+            self._commit_offsets()
         except Exception as exc:  # published again by the partitions' next owner
             logger.warning("closing with publishes unconfirmed: %s", exc)
         if self._consumer is not None:
@@ -224,28 +225,45 @@ class Worker:
         self._reads = {id(record): self._read(record) for record in records}
         self._sought.clear()
         confirmed = self._confirm()  # the last pass's commit; it ran while the above did
-        self._hand_on(confirmed)
+        self._hand_on(confirmed, wait=not send_ahead)
         if self._sought:  # running it again found a partition moved: its records come again
             records = [record for record in records if record.topic_partition not in self._sought]
         if not records:
             if not confirmed:  # idle: let the last publish land and forget its outbox rows now
                 self._settle()
                 self._forget_published(list(self._published))
+                self._commit_offsets()
             return 0
-        self._hand_on(self._commit_poll(_by_partition(records), send_ahead=send_ahead))
+        committed = self._commit_poll(_by_partition(records), send_ahead=send_ahead)
+        self._hand_on(committed, wait=not send_ahead)
         return len(records)
 
-    def _hand_on(self, committed: list[Committed], *, offsets: bool = True) -> None:
+    def _hand_on(
+        self, committed: list[Committed], *, offsets: bool = True, wait: bool = True
+    ) -> None:
         """Publish what the store committed, then commit the log's offsets up to it (not
-        inside a rebalance callback: a commit there makes librdkafka rejoin the group)."""
+        inside a rebalance callback: a commit there makes librdkafka rejoin the group).
+
+        Passes that send their commits ahead (`run`) commit the log's offsets without
+        `wait`ing: they only tell the group's lag, and the store holds the positions. Such
+        offsets stay in `_log_offsets` until a commit that waits has them: when the worker
+        goes idle, or closes."""
         if not committed:
             return
         crash_point("after_commit")
         self._publish(committed)
         if offsets and self._log_offsets:
-            self._require_consumer().commit(self._log_offsets)
-            self._log_offsets = {}
+            if wait:
+                self._commit_offsets()
+            else:
+                self._require_consumer().commit(self._log_offsets, wait=False)
             crash_point("after_log_commit")
+
+    def _commit_offsets(self) -> None:
+        """Commit the log's offsets, and wait: also those committed before without waiting."""
+        if self._log_offsets and self._consumer is not None:
+            self._consumer.commit(self._log_offsets)
+            self._log_offsets = {}
 
     def _commit_poll(
         self, parts: dict[TopicPartition, list[Record]], *, send_ahead: bool = False

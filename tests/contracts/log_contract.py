@@ -216,6 +216,19 @@ class LogContract:
         finally:
             consumer.close()
 
+    def test_offsets_committed_without_waiting_are_reported_once_they_land(
+        self, log: Log, topic: str
+    ) -> None:
+        group = unique("group")
+        owner = Owner()
+        consumer = log.consumer(group, [topic], owner)
+        try:
+            poll_until([consumer], lambda: len(owner.owned) == 3)
+            consumer.commit({TopicPartition(topic, 2): 5}, wait=False)
+            poll_until([consumer], lambda: log.committed(group, topic) == {2: 5})
+        finally:
+            consumer.close()
+
     def test_a_new_member_resumes_from_the_committed_offset(self, log: Log, topic: str) -> None:
         log.append([Message(topic, b"k", str(i).encode()) for i in range(6)])
         tp = TopicPartition(topic, partition_for(b"k", 3))

@@ -3,9 +3,11 @@ and status figures taken from Kafka's own watermarks and committed offsets."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,9 @@ from loglane.status import service_status
 from loglane.stores.base import StoreTransaction
 from loglane.stores.sqlite import SQLiteStore
 from loglane.testing import LandscapeTest
-from loglane.worker import Worker
+from loglane.worker import Worker, ensure_topics
 from tests.apps.ledger import accounts, audit, deposits, ledger
+from tests.conftest import eventually
 from tests.kafka_broker import Broker, delete_landscape
 
 pytestmark = pytest.mark.kafka
@@ -115,3 +118,32 @@ def test_status_reports_lag_from_kafkas_watermarks_and_committed_offsets(
         assert lagging.partition.topic == "ledger.in"
         ends = landscape.log.offsets("ledger.in")
         assert lagging.log_end == ends[lagging.partition.partition].end
+
+
+def test_a_running_worker_commits_the_groups_offsets_without_waiting_and_all_once_idle(
+    broker: Broker, tmp_path: Path
+) -> None:
+    log = KafkaLog.from_url(broker.url())
+    worker = Worker(ledger, log, SQLiteStore(tmp_path / "ledger.db"))
+    ensure_topics(log, [ledger])
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        log.append(
+            [message for _, message in map(partial(command_message, ledger), deposits(4, 5))]
+        )
+
+        def stored() -> dict[int, int]:
+            positions = worker.store.positions("ledger")
+            return {tp.partition: o for tp, o in positions.items() if tp.topic == "ledger.in"}
+
+        eventually(lambda: sum(stored().values()) == 20, message="the 20 commands handled")
+        # the worker goes idle now; its last offsets reach the group without a stop
+        eventually(lambda: log.committed("ledger", "ledger.in") == stored())
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        worker.store.close()
+        log.close()
+    assert not thread.is_alive()

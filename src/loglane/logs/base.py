@@ -59,8 +59,11 @@ class Consumer(ABC):
         """Read `partition` from `offset` on; below the retained start, from the start."""
 
     @abstractmethod
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Record the next offsets to read, for lag monitoring. Ignored for unowned partitions."""
+    def commit(self, offsets: Mapping[TopicPartition, int], *, wait: bool = True) -> None:
+        """Record the next offsets to read, for lag monitoring. Ignored for unowned partitions.
+
+        With `wait=False` the commit may still be on its way when this returns, and a failure
+        is logged rather than raised: a later commit carries the offsets again."""
 
     @abstractmethod
     def assignment(self) -> frozenset[TopicPartition]:

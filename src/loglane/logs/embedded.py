@@ -366,7 +366,7 @@ class EmbeddedConsumer(Consumer):
             for topic_id, partition, end in rows
         }
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int], *, wait: bool = True) -> None:
         rows = [
             (self._group, self._topic_id(tp), tp.partition, offset, self.member_id)
             for tp, offset in offsets.items()

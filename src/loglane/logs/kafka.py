@@ -481,6 +481,7 @@ class KafkaLog(Log):
                 "auto.offset.reset": "earliest",
                 "partition.assignment.strategy": "cooperative-sticky",
                 "queued.max.messages.kbytes": 16384,
+                "on_commit": _on_commit,
             },
             self.settings.consumer,
         )
@@ -680,13 +681,16 @@ class KafkaConsumer(Consumer):
         for tp, offset in first.items():
             self.seek(tp, offset)
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int], *, wait: bool = True) -> None:
         mine = [
             _at(tp, offset)
             for tp, offset in offsets.items()
             if tp in self._owned and tp not in self._unannounced
         ]
         if not mine:
+            return
+        if not wait:  # its result reaches `_on_commit` in a later poll
+            self._consumer.commit(offsets=mine, asynchronous=True)
             return
         try:
             results = self._consumer.commit(offsets=mine, asynchronous=False)
@@ -709,6 +713,20 @@ class KafkaConsumer(Consumer):
             return
         self._closed = True
         self._consumer.close()
+
+
+def _on_commit(error: ck.KafkaError | None, partitions: list[ck.TopicPartition]) -> None:
+    """The result of an offset commit made without waiting: a failure is worth a line, as
+    the group's lag reads stale until a later commit lands; the store holds the positions."""
+    failed = [
+        f"{p.topic}[{p.partition}]: {p.error.str()}"
+        for p in partitions
+        if p.error is not None and p.error.code() not in _MOVING
+    ]
+    if error is not None and error.code() not in _MOVING:
+        logger.warning("Kafka did not take an offset commit: %s", error.str())
+    elif failed:
+        logger.warning("Kafka did not take the offset commit of %s", ", ".join(failed))
 
 
 def _at(partition: TopicPartition, offset: int) -> ck.TopicPartition:
