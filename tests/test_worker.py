@@ -185,6 +185,38 @@ def test_published_rows_leave_the_outbox_with_the_next_commit_or_when_idle(tmp_p
     worker.close()
 
 
+def test_rows_published_by_passes_sending_ahead_leave_the_outbox_with_a_later_commit(
+    tmp_path: Path,
+) -> None:
+    log = EmbeddedLog(tmp_path / "log.db")
+    store = SQLiteStore(tmp_path / "ledger.db")
+    worker = Worker(ledger, log, store, batch_size=3)
+    worker.start()
+
+    def published() -> int:
+        return sum(o.end for o in log.offsets("ledger.out").values())
+
+    def outbox() -> int:
+        return sum(store.outbox_backlog("ledger").values())
+
+    log.append([command_message(ledger, d)[1] for d in deposits(accounts_count=1, per_account=15)])
+    # A pass sends its commit, then publishes what the last pass committed; a commit forgets
+    # the rows whose publish had landed by the time it was sent.
+    after_each_pass = [
+        (3, 0, 3),
+        (3, 3, 6),
+        (3, 6, 9),
+        (3, 9, 9),  # the commit sent forgot the first three
+        (3, 12, 9),
+        (0, 15, 9),  # nothing polled: the last commit is published
+        (0, 15, 0),  # idle: all that landed is forgotten
+    ]
+    for taken, out, kept in after_each_pass:
+        assert worker.run_once(timeout=0.5, send_ahead=True) == taken
+        assert (published(), outbox()) == (out, kept)
+    worker.close()
+
+
 def test_a_replaying_worker_rebuilds_views_and_nothing_else(tmp_path: Path) -> None:
     log = EmbeddedLog(tmp_path / "log.db")
     live = Worker(ledger, log, SQLiteStore(tmp_path / "ledger.db"))

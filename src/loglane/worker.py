@@ -223,20 +223,23 @@ class Worker:
         records = consumer.poll(self.poll_timeout if timeout is None else timeout, self.batch_size)
         crash_point("after_poll")
         self._reads = {id(record): self._read(record) for record in records}
+        parts = _by_partition(records)
         self._sought.clear()
         confirmed = self._confirm()  # the last pass's commit; it ran while the above did
-        self._hand_on(confirmed, wait=not send_ahead)
-        if self._sought:  # running it again found a partition moved: its records come again
-            records = [record for record in records if record.topic_partition not in self._sought]
-        if not records:
+        for source in self._sought:  # running it again found it moved: its records come again
+            parts.pop(source, None)
+        if not parts:
+            self._hand_on(confirmed, wait=not send_ahead)
             if not confirmed:  # idle: let the last publish land and forget its outbox rows now
                 self._settle()
                 self._forget_published(list(self._published))
                 self._commit_offsets()
             return 0
-        committed = self._commit_poll(_by_partition(records), send_ahead=send_ahead)
-        self._hand_on(committed, wait=not send_ahead)
-        return len(records)
+        # What the last commit holds goes out once this pass's commit is sent: with commits
+        # sent ahead, the database commits while the worker publishes.
+        committed = self._commit_poll(parts, send_ahead=send_ahead)
+        self._hand_on(confirmed + committed, wait=not send_ahead)
+        return sum(len(part) for part in parts.values())
 
     def _hand_on(
         self, committed: list[Committed], *, offsets: bool = True, wait: bool = True
@@ -355,7 +358,8 @@ class Worker:
                     for source, batch in batches.items():
                         if origins[source] != self._origins[source]:
                             batch.origins = origins[source]
-                    self._settle()  # the rows of the last publish are forgotten with this commit
+                    if not send_ahead:  # the rows of the last publish go with this commit
+                        self._settle()  # (sent ahead, it forgets those that have landed)
                     published = dict(self._published)
                     started = time.perf_counter()
                     commit = store_tx.send_all(list(batches.values()), published)
@@ -755,13 +759,13 @@ class Worker:
 
     def _publish(self, committed: Sequence[Committed]) -> None:
         """Hand what the batches committed to the log without waiting for its
-        acknowledgement: the next pass polls and runs its handlers meanwhile, and waits
-        (`_settle`) just before its commit, which forgets the published rows. A crash can
-        only re-publish what the last two passes published."""
+        acknowledgement: the worker goes on meanwhile, and waits (`_settle`) before it
+        publishes again; the next commit sent forgets the published rows. A crash can only
+        re-publish what the last three passes published."""
+        self._settle()
         messages = [message for batch in committed for message in batch.messages]
         if not messages:
             return
-        self._settle()
         self._publishing = self.log.publish(messages)
         self._in_flight = {c.source: c.last_seq for c in committed if c.last_seq is not None}
 
