@@ -189,6 +189,31 @@ def test_loglanes_tables_are_versioned_and_a_newer_version_is_refused(
         newer.close()
 
 
+def test_loglanes_own_names_and_ids_compare_bytewise_and_outcomes_age_out_by_block_range(
+    store: PostgresStore, postgres_url: str, prefix: str
+) -> None:
+    bank = declare_bank(store)
+    schema = prefix + bank.name
+    keyed_by_text_in_the_databases_collation = sql(
+        postgres_url,
+        "SELECT c.relname, a.attname FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indrelid "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey) "
+        "JOIN pg_collation co ON co.oid = a.attcollation "
+        "WHERE c.relnamespace = %s::regnamespace AND i.indisprimary "
+        "AND c.relname LIKE 'loglane%%' AND co.collname <> 'C'",
+        (schema,),
+    )
+    assert keyed_by_text_in_the_databases_collation == []
+    access_method = sql(
+        postgres_url,
+        "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+        "WHERE c.relnamespace = %s::regnamespace AND c.relname = 'loglane_requests_by_time'",
+        (schema,),
+    )
+    assert access_method == [("brin",)]
+
+
 def test_workers_starting_at_once_create_a_schema_once(postgres_url: str, prefix: str) -> None:
     service = Service("crowd")
     service.view("accounts", Account, key="account_id", indexes=["owner"])

@@ -22,7 +22,9 @@ with their own SQL, named as in the SQLite store:
                             (see loglane.migrations), created with the first
 
 Loglane creates and migrates its own tables when it first touches a schema, under an advisory
-lock, so any number of workers may start at once and an upgrade needs no SQL by hand.
+lock, so any number of workers may start at once and an upgrade needs no SQL by hand. Their
+names and ids (services, topics, request ids, keys) are `TEXT COLLATE "C"`: looked up by
+equality only, they compare bytewise whatever the database's collation.
 
 A batch's handlers run inside its transaction. A view read takes a transaction-scoped
 advisory lock on the row's key first, so two batches (of different partitions, or workers)
