@@ -450,32 +450,35 @@ class Worker:
         A command of a parked key waits (`loglane.parking`) unless it is the key's dead
         letter, re-driven; if that one passes, the commands that waited run after it.
         """
-        works: list[_Work | _Refused | _Release] = []
-        for source, records in parts.items():
-            batch, applied = batches[source], self._applied[source]
-            works.extend(self._decode(records, batch, poison, applied, origins[source]))
-        self._prefetch(works, unit)
+        decoded = {
+            source: self._decode(
+                records, batches[source], poison, self._applied[source], origins[source]
+            )
+            for source, records in parts.items()
+        }
+        self._prefetch([work for works in decoded.values() for work in works], unit)
         emitter = Emitter.of(self.service.name, self.service.output_topic, now_rfc3339())
-        for work in works:
-            record = work.record
-            batch = batches[record.topic_partition]
-            if isinstance(work, _Release):  # the head of its key was dropped
-                self._release(work.key, work.head, record.topic_partition, batch, store_tx, unit)
-                continue
-            parked = self._parked_head(record)
-            if parked is not None and record.header(REDRIVEN_HEADER) != parked[1].encode():
-                batch.parked_records.append((parked[0], record.offset, encode_record(record)))
-                continue  # it waits behind the head of its key
-            if isinstance(work, _Refused):
-                self._fail(record, work.envelope, batch, work.reason)
-            else:
-                self._handle(work, unit, batch, emitter)
-            if parked is not None:  # the head, re-driven: its key is free if it passed
-                self._release(*parked, record.topic_partition, batch, store_tx, unit)
+        for source, works in decoded.items():
+            batch, parking = batches[source], self._parking[source]
+            for work in works:
+                record = work.record
+                if isinstance(work, _Release):  # the head of its key was dropped
+                    self._release(work.key, work.head, source, batch, store_tx, unit)
+                    continue
+                parked = self._parked_head(record, parking)
+                if parked is not None and record.header(REDRIVEN_HEADER) != parked[1].encode():
+                    batch.parked_records.append((parked[0], record.offset, encode_record(record)))
+                    continue  # it waits behind the head of its key
+                if isinstance(work, _Refused):
+                    self._fail(record, work.envelope, batch, work.reason)
+                else:
+                    self._handle(work, unit, batch, emitter)
+                if parked is not None:  # the head, re-driven: its key is free if it passed
+                    self._release(*parked, source, batch, store_tx, unit)
 
-    def _parked_head(self, record: Record) -> tuple[str, str] | None:
-        """(key, place of its head) if `record` is a command of a parked key."""
-        parking = self._parking[record.topic_partition]
+    def _parked_head(self, record: Record, parking: dict[str, str]) -> tuple[str, str] | None:
+        """(key, place of its head) if `record`, whose partition parks `parking`, is a
+        command of a parked key."""
         if not parking or record.topic != self.service.input_topic:
             return None  # the common case: no key waits, no key to decode
         key = key_of(record)

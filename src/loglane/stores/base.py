@@ -51,7 +51,7 @@ class RequestStatus(StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)  # not frozen: built per command; never changed
 class RequestOutcome:
     """What became of a command: its status, the events it emitted, and why if not done.
 
