@@ -20,7 +20,7 @@ from loglane.examples.shop import (
     orders_view,
 )
 from loglane.testing import LandscapeTest
-from tests.apps.ledger import accounts, audit, deposits, ledger, tallies
+from tests.apps.ledger import Deposit, accounts, audit, deposits, ledger, tallies
 from tests.postgres import schemas, with_schema
 
 pytestmark = pytest.mark.postgres
@@ -99,6 +99,23 @@ def test_many_deposits_fold_into_the_views_in_order_and_once(
             tally = test.view(tallies).get(f"acct-{a}")
             assert tally is not None
             assert (tally.events, tally.out_of_order) == (20, 0)
+
+
+def test_a_key_postgresql_cannot_hold_is_dead_lettered_once_its_handler_reads_in_batches(
+    postgres_url: str, prefix: str
+) -> None:
+    db_url = with_schema(postgres_url, prefix + "{service}")
+    with LandscapeTest(ledger, db_url=db_url, batch_size=100) as test:
+        test.send(Deposit(account="acct-0", seq=1, amount=1))
+        test.run_until_quiet()  # the handler showed that it reads at its key: batches prefetch
+        test.send(Deposit(account="acct-0", seq=2, amount=2))
+        test.send(Deposit(account="nul\x00key", seq=1, amount=5))
+        test.send(Deposit(account="acct-1", seq=1, amount=3))
+        test.run_until_quiet(timeout=30)
+        (letter,) = test.dead_letters("ledger")
+        assert letter.key == b"nul\x00key"
+        balances = {a: test.view(accounts).get(a) for a in ("acct-0", "acct-1")}
+        assert {a: row.balance for a, row in balances.items() if row} == {"acct-0": 3, "acct-1": 3}
 
 
 tally = Service("tally", partitions=2)

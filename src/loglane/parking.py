@@ -38,8 +38,11 @@ def place(record: Record) -> str:
 
 
 def key_of(record: Record) -> str | None:
-    """The key `record` is parked under, None for a record without a key."""
-    return None if record.key is None else record.key.decode(errors="replace")
+    """The key `record` is parked under, None for a record without a key: its key as text,
+    with a NUL written `\\x00`, which a store's text column can hold."""
+    if record.key is None:
+        return None
+    return record.key.decode(errors="replace").replace("\x00", "\\x00")
 
 
 def unpark_message(service: str, input_topic: str, key: bytes, head: str) -> Message:

@@ -540,20 +540,23 @@ def test_rows_sent_as_arrays_come_back_as_they_were_sent(postgres_url: str) -> N
     """Columns of one value go once, NULLs and non-ASCII text survive, and rows all alike
     are inserted as many times as given."""
     rows = [
-        ("same", "ünï", b"\x00\xff", None, 1, '{"a": 1}'),
-        ("same", None, b"", 3.5, 1, '{"b": [2]}'),
-        ("same", "x", None, 4.0, 1, "{}"),
+        ("same", "ünï", b"\x00\xff", None, 1, '{"a": 1}', -(2**63)),
+        ("same", None, b"", 3.5, -7, '{"b": [2]}', None),
+        ("same", "x", None, 4.0, 2**31 - 1, "{}", 2**63 - 1),
     ]
-    kinds = ("text", "text", "bytea", "double precision", "integer", "jsonb")
-    columns = ("a", "b", "c", "d", "e", "f")
+    kinds = ("text", "text", "bytea", "double precision", "integer", "jsonb", "bigint")
+    columns = ("a", "b", "c", "d", "e", "f", "g")
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(
-            "CREATE TEMPORARY TABLE arrays (a text, b text, c bytea, d float8, e int, f jsonb)"
+            "CREATE TEMPORARY TABLE arrays "
+            "(a text, b text, c bytea, d float8, e int, f jsonb, g bigint)"
         )
         cursor = conn.cursor()
         arrays.register(cursor.adapters)
         for batch in (rows, [rows[0]] * 2):
             cursor.execute(*arrays.insert("arrays", columns, kinds, batch))
-        stored = conn.execute("SELECT a, b, c, d, e, f::text FROM arrays").fetchall()
-    expected = [(a, b, c, d, e, json.dumps(json.loads(f))) for a, b, c, d, e, f in rows]
+        stored = conn.execute("SELECT a, b, c, d, e, f::text, g FROM arrays").fetchall()
+        with pytest.raises(OverflowError):  # the store's write refuses the batch for it
+            arrays.insert("arrays", ("e",), ("integer",), [(2**31,), (1,)])
+    expected = [(a, b, c, d, e, json.dumps(json.loads(f)), g) for a, b, c, d, e, f, g in rows]
     assert sorted(stored, key=repr) == sorted([*expected, *[expected[0]] * 2], key=repr)

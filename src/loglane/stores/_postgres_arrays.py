@@ -2,9 +2,10 @@
 
 One statement whatever the number of rows, so a commit's rows travel in its pipeline (COPY
 cannot run in one). A column that holds one value in every row goes once, as a scalar.
-Text, jsonb (as text) and bytea columns, most of what a batch sends, are encoded here into
-PostgreSQL's binary array format in one pass (`TextArray`, `ByteaArray`); psycopg's generic
-list dumper spends several times as long per element. Other types go as psycopg dumps lists.
+Text, jsonb (as text), bytea, integer and bigint columns, most of what a batch sends, are
+encoded here into PostgreSQL's binary array format in one pass (`TextArray`, `ByteaArray`,
+`IntegerArray`, `BigintArray`); psycopg's generic list dumper spends several times as long
+per element. Other types go as psycopg dumps lists.
 """
 
 from __future__ import annotations
@@ -34,6 +35,21 @@ class ByteaArray(bytes):
     element_oid = types["bytea"].oid
 
 
+class IntegerArray(bytes):
+    """An integer[] (int4) in PostgreSQL's binary format."""
+
+    element_oid = types["int4"].oid
+
+
+class BigintArray(bytes):
+    """A bigint[] (int8) in PostgreSQL's binary format."""
+
+    element_oid = types["int8"].oid
+
+
+_FIXED = {IntegerArray: ("i", 4), BigintArray: ("q", 8)}  # struct code, size in bytes
+
+
 class _TextArrayDumper(Dumper):
     format = Format.BINARY
     oid = types["text"].array_oid
@@ -46,33 +62,64 @@ class _ByteaArrayDumper(_TextArrayDumper):
     oid = types["bytea"].array_oid
 
 
+class _IntegerArrayDumper(_TextArrayDumper):
+    oid = types["int4"].array_oid
+
+
+class _BigintArrayDumper(_TextArrayDumper):
+    oid = types["int8"].array_oid
+
+
 def register(adapters: AdaptersMap) -> None:
     """Teach `adapters` (a connection's or a cursor's) to send the arrays made here."""
     adapters.register_dumper(TextArray, _TextArrayDumper)
     adapters.register_dumper(ByteaArray, _ByteaArrayDumper)
+    adapters.register_dumper(IntegerArray, _IntegerArrayDumper)
+    adapters.register_dumper(BigintArray, _BigintArrayDumper)
 
 
-def encode(
-    values: Sequence[str | bytes | None], kind: type[TextArray | ByteaArray]
-) -> TextArray | ByteaArray:
-    """`values` as a one-dimensional binary array of `kind`; str is sent as UTF-8."""
-    parts = [_HEADER.pack(1, None in values, kind.element_oid, len(values), 1)]
+Kind = type[TextArray | ByteaArray | IntegerArray | BigintArray]
+
+
+def encode(values: Sequence[Any], kind: Kind) -> bytes:
+    """`values` as a one-dimensional binary array of `kind`: str is sent as UTF-8, and an
+    integer out of the type's range raises `OverflowError`."""
+    header = _HEADER.pack(1, None in values, kind.element_oid, len(values), 1)
+    fixed = _FIXED.get(kind)
+    if fixed is not None and None not in values:  # every element its length, then its value
+        code, size = fixed
+        try:
+            body = struct.pack(">" + ("i" + code) * len(values), *_lengths_and(values, size))
+        except struct.error as exc:
+            raise OverflowError(f"{kind.__name__}: {exc}") from None
+        return kind(header + body)
+    parts = [header]
     append, length = parts.append, _LENGTH.pack
     for value in values:
         if value is None:
             append(_NULL)
-            continue
-        data = value.encode() if isinstance(value, str) else value
-        append(length(len(data)))
-        append(data)
+        elif fixed is not None:
+            append(encode([value], kind)[_HEADER.size :])
+        else:
+            data = value.encode() if isinstance(value, str) else value
+            append(length(len(data)))
+            append(data)
     return kind(b"".join(parts))
 
 
+def _lengths_and(values: Sequence[int], size: int) -> list[int]:
+    interleaved = [size] * (2 * len(values))
+    interleaved[1::2] = values
+    return interleaved
+
+
 # jsonb goes as text, which PostgreSQL parses as it casts
-_ENCODED: dict[str, type[TextArray | ByteaArray]] = {
+_ENCODED: dict[str, Kind] = {
     "text": TextArray,
     "jsonb": TextArray,
     "bytea": ByteaArray,
+    "integer": IntegerArray,
+    "bigint": BigintArray,
 }
 
 

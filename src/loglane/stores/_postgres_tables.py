@@ -279,8 +279,7 @@ class ViewTable:
         self._text_columns = tuple(i for i, column in enumerate(view.columns) if column.kind is str)
         updates = ", ".join(f"{name} = excluded.{name}" for name in self.columns[1:])
         self.on_conflict = f"ON CONFLICT ({quote(view.key)}) DO UPDATE SET {updates}"
-        # an array of text keys goes in binary (`keys_param`)
-        keys = "%b" if view.key_kind is str else "%s"
+        keys = "%b"  # the keys as one binary array (`keys_param`)
         self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY({keys})"
         version = "coalesce(doc_version, 1)" if versioned else "1"
         self.select_rows = f"SELECT {quote(view.key)}, doc::text, {version} FROM {self.name}"
@@ -303,7 +302,7 @@ class ViewTable:
         """`keys` as one array parameter of `select_many` or `delete`."""
         if self.view.key_kind is str:
             return arrays.encode([as_text(key) for key in keys], arrays.TextArray)
-        return list(keys)
+        return arrays.encode(keys, arrays.BigintArray)
 
     def param(self, name: str, value: Any) -> Any:
         """`value` as the column `name` holds it: fields that are not plain str, int, float

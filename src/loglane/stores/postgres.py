@@ -663,15 +663,19 @@ class _PostgresTransaction(StoreTransaction):
         return [bytes(record) for (record,) in rows]
 
     def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, Document]:
-        _check_keys(view, keys)
+        # A key no row can have is not found, rather than failing the batch: one command's
+        # key must not stop its partition (its handler's write is refused, and dead-lettered).
+        keys = [key for key in keys if _storable(key)]
+        if not keys:
+            return {}
         table = self._store._view_table(view)
         locks = sorted({_row_lock(table.name, key) for key in keys})  # one order: no deadlock
         cursor = self._conn.cursor()
         try:
             with self._conn.pipeline():
                 cursor.execute(
-                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k ORDER BY k",
-                    (locks,),
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%b) AS k ORDER BY k",
+                    (arrays.encode(locks, arrays.BigintArray),),
                 )
                 cursor.execute(table.select_many, (table.keys_param(keys),))
             rows = cursor.fetchall()
@@ -708,8 +712,8 @@ class _PostgresTransaction(StoreTransaction):
             also = f"{condition} AND" if condition else "WHERE"
             with self._conn.pipeline():
                 cursor.execute(
-                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k ORDER BY k",
-                    (locks,),
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(%b) AS k ORDER BY k",
+                    (arrays.encode(locks, arrays.BigintArray),),
                 )
                 cursor.execute(
                     f"{table.select_rows} {also} {key} = ANY(%s) ORDER BY {key}", (*params, keys)
@@ -814,6 +818,13 @@ def _check_keys(view: View[Any], keys: Sequence[Key]) -> None:
     abort the batch's transaction; refused here it is only the handler's own error."""
     if any(isinstance(key, str) and "\x00" in key for key in keys):
         raise ValueError(f"view {view.name!r}: PostgreSQL keys cannot hold NUL characters")
+
+
+def _storable(key: Key) -> bool:
+    """Whether a view's key column (TEXT or BIGINT) can hold `key`."""
+    if isinstance(key, str):
+        return "\x00" not in key
+    return -(2**63) <= key < 2**63
 
 
 def _lost_a_race(exc: psycopg.Error) -> bool:
