@@ -48,7 +48,7 @@ def run_loglane(folder: Path, events: int) -> float:
     freeze_startup_objects()  # as `loglane run` and `loglane worker` do
     started = time.perf_counter()
     while worker.handled < events:
-        worker.run_once(timeout=0.1)
+        worker.run_once(timeout=0.1, send_ahead=True)  # as `Worker.run` makes its passes
     elapsed = time.perf_counter() - started
     worker.close()
     store.close()

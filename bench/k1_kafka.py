@@ -155,10 +155,10 @@ def run_loglane(bootstrap: str, service: Service, database: Database, events: in
     worker.start()
     freeze_startup_objects()  # as `loglane run` and `loglane worker` do
     while worker.handled == 0:
-        worker.run_once(timeout=0.1)
+        worker.run_once(timeout=0.1, send_ahead=True)  # as `Worker.run` makes its passes
     first, started = worker.handled, time.perf_counter()
     while worker.handled < events:
-        worker.run_once(timeout=0.1)
+        worker.run_once(timeout=0.1, send_ahead=True)  # as `Worker.run` makes its passes
     elapsed = time.perf_counter() - started
     worker.close()
     store.close()

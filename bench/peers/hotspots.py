@@ -61,14 +61,14 @@ def main() -> None:
     worker.start()
     freeze_startup_objects()  # as `loglane run` and `loglane worker` do
     while worker.handled == 0:
-        worker.run_once(timeout=0.1)
+        worker.run_once(timeout=0.1, send_ahead=True)  # as `Worker.run` makes its passes
     output = folder / "profile.txt"
     spy = _py_spy(output, args.rate)
     others = {name: pids_where(match) for name, match in _OTHERS.items()}
     before = {name: sum(map(cpu_seconds, pids)) for name, pids in others.items()}
     first, started, cpu = worker.handled, time.perf_counter(), time.process_time()
     while worker.handled < args.events:
-        worker.run_once(timeout=0.1)
+        worker.run_once(timeout=0.1, send_ahead=True)  # as `Worker.run` makes its passes
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     after = {name: sum(map(cpu_seconds, pids)) for name, pids in others.items()}
     spy.send_signal(signal.SIGINT)
