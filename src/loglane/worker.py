@@ -236,7 +236,8 @@ class Worker:
                 self._commit_offsets()
             return 0
         # What the last commit holds goes out once this pass's commit is sent: with commits
-        # sent ahead, the database commits while the worker publishes.
+        # sent ahead, the database commits while the worker publishes. (Should this pass
+        # fail first, the outbox still holds it, for `_resume` to publish.)
         committed = self._commit_poll(parts, send_ahead=send_ahead)
         self._hand_on(confirmed + committed, wait=not send_ahead)
         return sum(len(part) for part in parts.values())

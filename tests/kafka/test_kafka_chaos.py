@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -316,6 +318,24 @@ def test_workers_ride_out_a_broker_restart_and_lose_nothing(
     assert_exactly_once(stack, feeder.request_ids)
 
 
+def pause_outside_a_write(worker: WorkerProcess, database: Path) -> None:
+    """SIGSTOP `worker` at a moment it holds no write lock on the SQLite `database`. SQLite
+    has one writer at a time: a worker paused inside its commit would block every other
+    writer of the file until it resumed, a stall this test is not about."""
+    while True:
+        worker.process.send_signal(signal.SIGSTOP)
+        probe = sqlite3.connect(database, timeout=0.5)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # paused mid-commit: let it finish, then again
+            worker.process.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            probe.close()
+
+
 def test_a_paused_worker_whose_session_expired_commits_nothing_stale_when_it_resumes(
     stack: KafkaStack,
 ) -> None:
@@ -329,7 +349,7 @@ def test_a_paused_worker_whose_session_expired_commits_nothing_stale_when_it_res
         watch.start()
         feeder = Feeder(stack).start()
         wait_for_progress(stack, zombie, heir)
-        zombie.process.send_signal(signal.SIGSTOP)
+        pause_outside_a_write(zombie, stack.folder / "ledger.db")
         wait_for_members(
             stack,
             "ledger",
