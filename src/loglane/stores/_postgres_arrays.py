@@ -108,6 +108,7 @@ def encode(values: Sequence[Any], kind: Kind) -> bytes:
 
 
 def _lengths_and(values: Sequence[int], size: int) -> list[int]:
+    """`size`, values[0], `size`, values[1], ...: what `struct.pack` lays out as elements."""
     interleaved = [size] * (2 * len(values))
     interleaved[1::2] = values
     return interleaved
