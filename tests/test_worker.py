@@ -161,27 +161,26 @@ def test_one_poll_of_several_partitions_commits_in_one_store_transaction(tmp_pat
     worker.close()
 
 
+def published_and_in_outbox(log: EmbeddedLog, store: SQLiteStore) -> tuple[int, int]:
+    """How many events the ledger has published, and how many rows its outbox holds."""
+    published = sum(o.end for o in log.offsets("ledger.out").values())
+    return published, sum(store.outbox_backlog("ledger").values())
+
+
 def test_published_rows_leave_the_outbox_with_the_next_commit_or_when_idle(tmp_path: Path) -> None:
     log = EmbeddedLog(tmp_path / "log.db")
     store = SQLiteStore(tmp_path / "ledger.db")
     worker = Worker(ledger, log, store)
     worker.start()
-
-    def published() -> int:
-        return sum(o.end for o in log.offsets("ledger.out").values())
-
-    def outbox() -> int:
-        return sum(store.outbox_backlog("ledger").values())
-
     log.append([command_message(ledger, d)[1] for d in deposits(accounts_count=1, per_account=5)])
     assert worker.run_once(timeout=5) == 5
-    assert (published(), outbox()) == (5, 5), "kept until the log's acknowledgement is seen"
+    assert published_and_in_outbox(log, store) == (5, 5), "kept until the log acknowledges"
     more = [Deposit(account="acct-0", seq=seq, amount=1) for seq in range(6, 9)]
     log.append([command_message(ledger, d)[1] for d in more])
     assert worker.run_once(timeout=5) == 3
-    assert (published(), outbox()) == (8, 3), "the commit forgot the five acknowledged"
+    assert published_and_in_outbox(log, store) == (8, 3), "the commit forgot the five landed"
     assert worker.run_once(timeout=0.05) == 0
-    assert (published(), outbox()) == (8, 0), "an idle pass forgets the last three"
+    assert published_and_in_outbox(log, store) == (8, 0), "an idle pass forgets the last three"
     worker.close()
 
 
@@ -192,13 +191,6 @@ def test_rows_published_by_passes_sending_ahead_leave_the_outbox_with_a_later_co
     store = SQLiteStore(tmp_path / "ledger.db")
     worker = Worker(ledger, log, store, batch_size=3)
     worker.start()
-
-    def published() -> int:
-        return sum(o.end for o in log.offsets("ledger.out").values())
-
-    def outbox() -> int:
-        return sum(store.outbox_backlog("ledger").values())
-
     log.append([command_message(ledger, d)[1] for d in deposits(accounts_count=1, per_account=15)])
     # A pass sends its commit, then publishes what the last pass committed; a commit forgets
     # the rows whose publish had landed by the time it was sent.
@@ -213,7 +205,7 @@ def test_rows_published_by_passes_sending_ahead_leave_the_outbox_with_a_later_co
     ]
     for taken, out, kept in after_each_pass:
         assert worker.run_once(timeout=0.5, send_ahead=True) == taken
-        assert (published(), outbox()) == (out, kept)
+        assert published_and_in_outbox(log, store) == (out, kept)
     worker.close()
 
 
