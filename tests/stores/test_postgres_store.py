@@ -214,6 +214,26 @@ def test_loglanes_own_names_and_ids_compare_bytewise_and_outcomes_age_out_by_blo
     assert access_method == [("brin",)]
 
 
+def test_the_outbox_is_indexed_once_by_source_and_applied_ids_are_not_compressed(
+    store: PostgresStore, postgres_url: str, prefix: str
+) -> None:
+    bank = declare_bank(store)
+    schema = prefix + bank.name
+    indexes = sql(
+        postgres_url,
+        "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'loglane_outbox'",
+        (schema,),
+    )
+    assert indexes == [("loglane_outbox_by_source",)]
+    storage = sql(
+        postgres_url,
+        "SELECT attstorage FROM pg_attribute WHERE attrelid = %s::regclass "
+        "AND attname = 'event_ids'",
+        (f'"{schema}".loglane_applied',),
+    )
+    assert storage == [("e",)]
+
+
 def test_workers_starting_at_once_create_a_schema_once(postgres_url: str, prefix: str) -> None:
     service = Service("crowd")
     service.view("accounts", Account, key="account_id", indexes=["owner"])

@@ -151,6 +151,19 @@ MIGRATIONS = (
             "CREATE INDEX loglane_requests_by_time ON loglane_requests USING brin (handled_at)",
         ),
     ),
+    Migration(
+        6,
+        "the outbox is indexed by source alone; applied ids are stored uncompressed",
+        (
+            # Every read and delete of the outbox goes by source (`loglane_outbox_by_source`,
+            # which ends in seq); the primary key on seq was one more index for every row
+            # written and deleted, and the identity column keeps seqs unique without it.
+            "ALTER TABLE loglane_outbox DROP CONSTRAINT loglane_outbox_pkey",
+            # A batch's ids (some 9 KB for 250 UUIDs) went through pglz on every commit, for
+            # rows that live only as long as the dedupe window.
+            "ALTER TABLE loglane_applied ALTER COLUMN event_ids SET STORAGE EXTERNAL",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
