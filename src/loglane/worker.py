@@ -15,9 +15,11 @@ One pass of the loop (`run_once`), top to bottom:
 5. commit the log's consumer offsets, which trail the store, never lead it.
 
 The loop (`run`) sends each commit ahead: the store commits while the next pass polls and
-reads its records (step 1); that pass then confirms the commit, hands on what it committed
-(steps 4 and 5), and goes on with its own step 2. If the commit failed, its batches run
-again at once, committed the way `run_once` commits them.
+reads its records (step 1); that pass then confirms the commit and goes on with its own
+steps 2 and 3, and once its own commit is sent, hands on what the last one committed (step
+4, and step 5 without waiting for Kafka's answer), so the log is fed while the store
+commits. If the commit failed, its batches run again at once, committed the way `run_once`
+commits them.
 
 If the store refuses the transaction (a value it cannot hold, a handler's failing SQL), the
 partitions are committed one by one, and a refused batch is halved until the event at fault

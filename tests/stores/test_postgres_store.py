@@ -189,7 +189,7 @@ def test_loglanes_tables_are_versioned_and_a_newer_version_is_refused(
         newer.close()
 
 
-def test_loglanes_own_names_and_ids_compare_bytewise_and_outcomes_age_out_by_block_range(
+def test_loglanes_own_tables_are_keyed_bytewise_and_indexed_only_as_their_reads_need(
     store: PostgresStore, postgres_url: str, prefix: str
 ) -> None:
     bank = declare_bank(store)
@@ -212,13 +212,7 @@ def test_loglanes_own_names_and_ids_compare_bytewise_and_outcomes_age_out_by_blo
         (schema,),
     )
     assert access_method == [("brin",)]
-
-
-def test_the_outbox_is_indexed_once_by_source_and_applied_ids_are_not_compressed(
-    store: PostgresStore, postgres_url: str, prefix: str
-) -> None:
-    bank = declare_bank(store)
-    schema = prefix + bank.name
+    # the outbox is indexed once, by source; applied ids are not compressed
     indexes = sql(
         postgres_url,
         "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'loglane_outbox'",

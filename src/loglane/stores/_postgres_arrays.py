@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, cast
 
+from psycopg.abc import AdaptContext
 from psycopg.adapt import AdaptersMap, Dumper
 from psycopg.postgres import types
 from psycopg.pq import Format
@@ -23,62 +24,55 @@ _LENGTH = struct.Struct(">i")
 _NULL = _LENGTH.pack(-1)
 
 
-class TextArray(bytes):
+class _Array(bytes):
+    """An array in PostgreSQL's binary format, of the element type its class names."""
+
+    element_oid: ClassVar[int]
+    array_oid: ClassVar[int]
+
+    def __init_subclass__(cls, *, element: str) -> None:
+        cls.element_oid, cls.array_oid = types[element].oid, types[element].array_oid
+
+
+class TextArray(_Array, element="text"):
     """A text[] in PostgreSQL's binary format."""
 
-    element_oid = types["text"].oid
 
-
-class ByteaArray(bytes):
+class ByteaArray(_Array, element="bytea"):
     """A bytea[] in PostgreSQL's binary format."""
 
-    element_oid = types["bytea"].oid
 
-
-class IntegerArray(bytes):
+class IntegerArray(_Array, element="int4"):
     """An integer[] (int4) in PostgreSQL's binary format."""
 
-    element_oid = types["int4"].oid
 
-
-class BigintArray(bytes):
+class BigintArray(_Array, element="int8"):
     """A bigint[] (int8) in PostgreSQL's binary format."""
-
-    element_oid = types["int8"].oid
 
 
 _FIXED = {IntegerArray: ("i", 4), BigintArray: ("q", 8)}  # struct code, size in bytes
 
 
-class _TextArrayDumper(Dumper):
+class _ArrayDumper(Dumper):
+    """Sends an `_Array` as it is, typed by its class."""
+
     format = Format.BINARY
-    oid = types["text"].array_oid
+
+    def __init__(self, cls: type, context: AdaptContext | None = None) -> None:
+        super().__init__(cls, context)
+        self.oid = cast(type[_Array], cls).array_oid
 
     def dump(self, obj: Any) -> bytes:
         return bytes(obj)
 
 
-class _ByteaArrayDumper(_TextArrayDumper):
-    oid = types["bytea"].array_oid
-
-
-class _IntegerArrayDumper(_TextArrayDumper):
-    oid = types["int4"].array_oid
-
-
-class _BigintArrayDumper(_TextArrayDumper):
-    oid = types["int8"].array_oid
-
-
 def register(adapters: AdaptersMap) -> None:
     """Teach `adapters` (a connection's or a cursor's) to send the arrays made here."""
-    adapters.register_dumper(TextArray, _TextArrayDumper)
-    adapters.register_dumper(ByteaArray, _ByteaArrayDumper)
-    adapters.register_dumper(IntegerArray, _IntegerArrayDumper)
-    adapters.register_dumper(BigintArray, _BigintArrayDumper)
+    for kind in (TextArray, ByteaArray, IntegerArray, BigintArray):
+        adapters.register_dumper(kind, _ArrayDumper)
 
 
-Kind = type[TextArray | ByteaArray | IntegerArray | BigintArray]
+Kind = type[_Array]
 
 
 def encode(values: Sequence[Any], kind: Kind) -> bytes:

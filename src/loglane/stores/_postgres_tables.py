@@ -292,14 +292,14 @@ class ViewTable:
         self._text_columns = tuple(i for i, column in enumerate(view.columns) if column.kind is str)
         updates = ", ".join(f"{name} = excluded.{name}" for name in self.columns[1:])
         self.on_conflict = f"ON CONFLICT ({quote(view.key)}) DO UPDATE SET {updates}"
-        keys = "%b"  # the keys as one binary array (`keys_param`)
-        self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY({keys})"
+        # the keys go as one binary array (`keys_param`)
+        self.delete = f"DELETE FROM {self.name} WHERE {quote(view.key)} = ANY(%b)"
         version = "coalesce(doc_version, 1)" if versioned else "1"
         self.select_rows = f"SELECT {quote(view.key)}, doc::text, {version} FROM {self.name}"
         self.select_one = (
             f"SELECT doc::text, {version} FROM {self.name} WHERE {quote(view.key)} = %s"
         )
-        self.select_many = f"{self.select_rows} WHERE {quote(view.key)} = ANY({keys})"
+        self.select_many = f"{self.select_rows} WHERE {quote(view.key)} = ANY(%b)"
 
     def condition(self, where: Mapping[str, Any]) -> tuple[str, list[Any]]:
         """`WHERE` the columns equal `where` (empty without filters), and its parameters."""
@@ -311,11 +311,10 @@ class ViewTable:
     def key_param(self, key: Any) -> Any:
         return as_text(key) if self.view.key_kind is str else key
 
-    def keys_param(self, keys: Sequence[Any]) -> Any:
-        """`keys` as one array parameter of `select_many` or `delete`."""
-        if self.view.key_kind is str:
-            return arrays.encode([as_text(key) for key in keys], arrays.TextArray)
-        return arrays.encode(keys, arrays.BigintArray)
+    def keys_param(self, keys: Sequence[Any]) -> bytes:
+        """`keys` as one binary array parameter of `select_many` or `delete`."""
+        kind = arrays.TextArray if self.view.key_kind is str else arrays.BigintArray
+        return arrays.encode([self.key_param(key) for key in keys], kind)
 
     def param(self, name: str, value: Any) -> Any:
         """`value` as the column `name` holds it: fields that are not plain str, int, float

@@ -816,7 +816,7 @@ def _roll_back_if_open(conn: Connection) -> None:
 def _check_keys(view: View[Any], keys: Sequence[Key]) -> None:
     """Refuse, before anything is sent, a key PostgreSQL text cannot hold: a NUL sent would
     abort the batch's transaction; refused here it is only the handler's own error."""
-    if any(isinstance(key, str) and "\x00" in key for key in keys):
+    if any(isinstance(key, str) and not _storable(key) for key in keys):
         raise ValueError(f"view {view.name!r}: PostgreSQL keys cannot hold NUL characters")
 
 
