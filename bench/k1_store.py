@@ -3,9 +3,9 @@
 Every writer starts from the same batches of view rows (pydantic models) and writes each batch
 in one transaction, with the fenced position update, into tables of the same shape (the
 store's own, created by `prepare`): `items (key, doc JSONB, grp)` with a btree index on `grp`.
-With `--full` each batch also carries what a worker commits with it: one outbox message and
-one request outcome per row, the applied ids, and the deletion of the previous batch's
-published outbox rows.
+With `--full` each batch also carries what a worker commits with it: one command's outcome
+row (with the event it emitted) per view row, the applied ids, and the published watermark
+moved past the previous batch's rows.
 
 The plain writers are hand-written psycopg: `executemany` (which psycopg pipelines), and COPY
 into a temporary table merged with INSERT ... ON CONFLICT. The store sends each table's rows
@@ -160,38 +160,28 @@ def run_plain(url: str, work: Work, copy: bool) -> float:
 Writer = Callable[[psycopg.Connection[Any], psycopg.Cursor[Any], Work, int, list[Any], Any], Any]
 
 _UPSERT = "ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, grp = excluded.grp"
-_REQUEST_UPSERT = (
-    "ON CONFLICT (service, request_id) DO UPDATE SET status = excluded.status, "
-    "event_ids = excluded.event_ids, detail = excluded.detail, events = excluded.events"
+_OUTCOMES = (
+    "service, source_topic, source_partition, request_source, request_id, status, "
+    "event_ids, messages, handled_at"
 )
-_OUTBOX = "service, source_topic, source_partition, topic, key, value, headers"
+_OUTCOME_MARKS = ", ".join(["%s"] * 9)
 
 
-def _extra_rows(work: Work, n: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    outbox = [
+def _outcome_rows(work: Work, n: int) -> list[tuple[Any, ...]]:
+    """One row per command: its outcome, with the event it emitted."""
+    now = time.time()
+    return [
         (
-            service.name,
-            SOURCE.topic,
-            SOURCE.partition,
-            m.topic,
-            m.key,
-            m.value,
-            encode_headers(m.headers),
-        )
-        for m in work.outboxes[n]
-    ]
-    requests = [
-        (
-            service.name,
+            *SOURCE_ROW,
+            o.source,
             o.request_id,
             o.status.value,
             json.dumps(o.event_ids),
-            o.detail,
-            msgpack.packb([(m.topic, m.key, m.value, m.headers) for m in o.events]),
+            msgpack.packb([(m.topic, m.key, m.value, encode_headers(m.headers)) for m in o.events]),
+            now,
         )
         for o in work.outcomes[n]
     ]
-    return outbox, requests
 
 
 def _executemany_writer(s: str) -> Writer:
@@ -203,18 +193,15 @@ def _executemany_writer(s: str) -> Writer:
         rows: list[Any],
         last_seq: Any,
     ) -> Any:
-        cursor.executemany(f"INSERT INTO {s}.items VALUES (%s, %s, %s) {_UPSERT}", rows)
+        cursor.executemany(
+            f"INSERT INTO {s}.items (key, doc, grp) VALUES (%s, %s, %s) {_UPSERT}", rows
+        )
         if not work.full:
             return None
-        outbox, requests = _extra_rows(work, n)
-        cursor.executemany(
-            f"INSERT INTO {s}.loglane_outbox ({_OUTBOX}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            outbox,
-        )
         _rest(cursor, s, work, n, last_seq)
         cursor.executemany(
-            f"INSERT INTO {s}.loglane_requests VALUES (%s, %s, %s, %s, %s, %s) {_REQUEST_UPSERT}",
-            requests,
+            f"INSERT INTO {s}.loglane_outcomes ({_OUTCOMES}) VALUES ({_OUTCOME_MARKS})",
+            _outcome_rows(work, n),
         )
         return _last_seq(cursor, s)
 
@@ -235,27 +222,18 @@ def _copy_writer(s: str) -> Writer:
             f"SELECT key, doc, grp FROM {s}.items WITH NO DATA"
         )
         _copy(cursor, "stage_items (key, doc, grp)", rows)
-        cursor.execute(f"INSERT INTO {s}.items SELECT * FROM stage_items {_UPSERT}")
+        cursor.execute(f"INSERT INTO {s}.items (key, doc, grp) SELECT * FROM stage_items {_UPSERT}")
         if not work.full:
             return None
-        outbox, requests = _extra_rows(work, n)
-        _copy(cursor, f"{s}.loglane_outbox ({_OUTBOX})", outbox)
         _rest(cursor, s, work, n, last_seq)
-        cursor.execute(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS stage_requests ON COMMIT DELETE ROWS AS "
-            f"SELECT * FROM {s}.loglane_requests WITH NO DATA"
-        )
-        _copy(cursor, "stage_requests", requests)
-        cursor.execute(
-            f"INSERT INTO {s}.loglane_requests SELECT * FROM stage_requests {_REQUEST_UPSERT}"
-        )
+        _copy(cursor, f"{s}.loglane_outcomes ({_OUTCOMES})", _outcome_rows(work, n))
         return _last_seq(cursor, s)
 
     return write
 
 
 def _rest(cursor: psycopg.Cursor[Any], s: str, work: Work, n: int, last_seq: Any) -> None:
-    """Applied ids and the previous batch's published outbox rows, as the store writes them."""
+    """Applied ids and the previous batch's outcome rows published, as the store writes them."""
     ids = [o.request_id for o in work.outcomes[n]]
     cursor.execute(
         f"INSERT INTO {s}.loglane_applied VALUES (%s, %s, %s, %s, %s)",
@@ -263,14 +241,14 @@ def _rest(cursor: psycopg.Cursor[Any], s: str, work: Work, n: int, last_seq: Any
     )
     if last_seq is not None:
         cursor.execute(
-            f"DELETE FROM {s}.loglane_outbox WHERE service = %s AND source_topic = %s "
-            "AND source_partition = %s AND seq <= %s",
-            (*SOURCE_ROW, last_seq),
+            f"UPDATE {s}.loglane_positions SET published = %s WHERE service = %s "
+            "AND topic = %s AND partition = %s",
+            (last_seq, *SOURCE_ROW),
         )
 
 
 def _last_seq(cursor: psycopg.Cursor[Any], s: str) -> Any:
-    cursor.execute(f"SELECT currval(pg_get_serial_sequence('{s}.loglane_outbox', 'seq'))")
+    cursor.execute(f"SELECT currval(pg_get_serial_sequence('{s}.loglane_outcomes', 'seq'))")
     row = cursor.fetchone()
     return None if row is None else row[0]
 
@@ -309,7 +287,7 @@ def main() -> None:
         for name, writer in writers.items():
             results[name].append(writer())
         print_run(console, run, results)
-    what = "view rows + outbox + requests + applied ids" if args.full else "view rows"
+    what = "view rows + outcomes + applied ids" if args.full else "view rows"
     print_medians(
         console,
         f"K1 store: {work.rows:,} rows in batches of {args.batch}, {what}, median of {args.runs}",

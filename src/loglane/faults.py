@@ -12,7 +12,7 @@ The steps, in the order one pass of the worker meets them:
     in_commit           inside the store transaction, after the batches' writes, before COMMIT
                         (PostgreSQL: with the COMMIT sent, not confirmed)
     after_commit        the store's commit confirmed; its outbox rows not handed to the log yet
-    after_publish       the log acknowledged outbox rows; not yet deleted from the outbox
+    after_publish       the log acknowledged outbox rows; not yet marked published
     after_log_commit    the log's consumer offsets committed
     in_assign           partitions assigned; positions read, nothing republished yet
     in_revoke           partitions being revoked, before their state is dropped

@@ -7,7 +7,7 @@ One pass of the loop (`run_once`), top to bottom:
    position each began at, and run the handlers, each partition's in offset order, against
    one unit of work whose reads come from it;
 3. write the view changes, the new input positions, the outbox rows, request outcomes and
-   the ids of applied events in that transaction, forget the outbox rows the log has
+   the ids of applied events in that transaction, mark published the outbox rows the log has
    acknowledged since the last commit, and commit;
 4. hand the committed outbox rows to the log (`<service>.out`, `<service>.dlq`) without
    waiting: the next pass polls and runs its handlers while the log acknowledges them, and
@@ -27,9 +27,9 @@ stands alone; that event goes to the DLQ and the rest commit.
 
 Positions live in the store: on start, or when a partition is assigned, the worker reads
 them there and seeks the log to them. A crash anywhere replays at most the uncommitted
-batches, whose effects were never written; outbox rows committed but not yet deleted are
-published again (same ids) when the partition is next assigned, and consumers drop the
-duplicates (`loglane.dedupe`).
+batches, whose effects were never written; outbox rows committed but not yet marked
+published are published again (same ids) when the partition is next assigned, and consumers
+drop the duplicates (`loglane.dedupe`).
 """
 
 from __future__ import annotations
@@ -789,7 +789,7 @@ class Worker:
             self._published[source] = max(seq, self._published.get(source, seq))
 
     def _forget_published(self, partitions: Sequence[TopicPartition]) -> None:
-        """Delete the published outbox rows of `partitions` now, not with a later commit."""
+        """Mark the published outbox rows of `partitions` so now, not with a later commit."""
         forget = {tp: self._published.pop(tp) for tp in partitions if tp in self._published}
         if forget:
             self.store.delete_outbox(self.service.name, forget)
@@ -861,7 +861,7 @@ class Worker:
                     )
 
     def _flush_outbox(self, partitions: Sequence[TopicPartition]) -> None:
-        """Publish outbox rows a crash left behind (same ids as before), then delete them."""
+        """Publish outbox rows a crash left behind (same ids as before), then mark them so."""
         while entries := self.store.outbox(self.service.name, partitions, _OUTBOX_CHUNK):
             self.log.append([entry.message for entry in entries])
             last: dict[TopicPartition, int] = {}

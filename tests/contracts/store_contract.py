@@ -100,26 +100,27 @@ class StoreContract:
         self, store: Store, bank: Declared
     ) -> None:
         ada = Account(account_id="a1", owner="ada", balance=10)
+        emitted = (message("e1"), message("e2"))
+        outcome = RequestOutcome(
+            request_id="r1", status=RequestStatus.DONE, event_ids=("e1", "e2"), events=emitted
+        )
         batch = bank.batch(
             None,
             5,
             writes={bank.accounts: {"a1": ada}},
-            outbox=[message("e1"), message("e2")],
-            requests=[
-                RequestOutcome(request_id="r1", status=RequestStatus.DONE, event_ids=("e1", "e2"))
-            ],
+            outbox=[*emitted, message("dead")],  # a command's events, then a dead letter
+            requests=[outcome],
             applied_ids=["in-1"],
         )
         last_seq = store.commit(batch)
         assert store.positions(bank.name) == {SOURCE: 5}
         assert store.get(bank.accounts, "a1") == ada
         entries = store.outbox(bank.name, [SOURCE], 10)
-        assert [e.message for e in entries] == [message("e1"), message("e2")]
+        assert [e.message for e in entries] == [*emitted, message("dead")]
         assert entries[-1].seq == last_seq
+        assert entries[0].seq == entries[1].seq < last_seq  # a command's events: one row
         assert all(e.source == SOURCE for e in entries)
-        assert store.request(bank.name, "r1") == RequestOutcome(
-            request_id="r1", status=RequestStatus.DONE, event_ids=("e1", "e2")
-        )
+        assert store.request(bank.name, "r1") == outcome
         assert store.applied(bank.name, SOURCE, 0) == [(5, ["in-1"])]
 
     def test_a_batch_from_a_stale_position_changes_nothing(
@@ -402,6 +403,50 @@ class StoreContract:
             store.commit(bank.batch(n, n + 1, requests=[outcome]))
         assert store.request(bank.name, "old") is None
         assert store.request(bank.name, "r1099") is not None
+
+    def test_an_outcome_whose_events_wait_to_be_published_outlives_the_retention(
+        self, store: Store, bank: Declared
+    ) -> None:
+        store.ledger_retention = 0.0  # type: ignore[attr-defined]
+        emitted = (message("kept"),)
+        waiting = RequestOutcome(
+            request_id="waiting", status=RequestStatus.DONE, event_ids=("kept",), events=emitted
+        )
+        seq = store.commit(bank.batch(None, 1, outbox=[*emitted], requests=[waiting]))
+        assert seq is not None
+
+        def commit_until_pruned(start: int) -> int:
+            for n in range(start, start + 1100):  # pruning runs every so many commits
+                outcome = RequestOutcome(request_id=f"r{n}", status=RequestStatus.DONE)
+                store.commit(bank.batch(n, n + 1, requests=[outcome]))
+            assert store.request(bank.name, f"r{start}") is None  # a prune ran
+            return start + 1100
+
+        position = commit_until_pruned(1)
+        assert store.request(bank.name, "waiting") == waiting
+        assert [e.message for e in store.outbox(bank.name, [SOURCE], 10)] == [*emitted]
+        store.delete_outbox(bank.name, {SOURCE: seq})
+        assert store.outbox_backlog(bank.name) == {}
+        commit_until_pruned(position)
+        assert store.request(bank.name, "waiting") is None
+
+    def test_a_request_id_used_again_answers_with_its_latest_outcome(
+        self, store: Store, bank: Declared
+    ) -> None:
+        first = RequestOutcome(request_id="r", status=RequestStatus.FAILED, detail="bad")
+        again = RequestOutcome(
+            request_id="r",
+            status=RequestStatus.DONE,
+            event_ids=("e",),
+            events=(message("e"),),
+        )
+        store.commit(bank.batch(None, 1, outbox=[message("dead")], requests=[first]))
+        store.commit(bank.batch(1, 2, outbox=[*again.events], requests=[again]))
+        assert store.request(bank.name, "r") == again
+        assert store.requests(bank.name, ["r"]) == {"r": again}
+        # what each command sent out is still to publish, in the order it was committed
+        outbox = store.outbox(bank.name, [SOURCE], 10)
+        assert [e.message for e in outbox] == [message("dead"), message("e")]
 
     def test_a_transaction_reads_many_rows_at_once(self, store: Store, bank: Declared) -> None:
         rows = {n: Counter(number=n, hits=n * 10) for n in range(1, 700)}

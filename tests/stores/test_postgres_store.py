@@ -20,10 +20,10 @@ from loglane.errors import (
     BatchRejectedError,
     ConfigurationError,
 )
-from loglane.records import TopicPartition
+from loglane.records import Message, TopicPartition, encode_headers, encode_messages
 from loglane.service import Service
 from loglane.stores import _postgres_arrays as arrays
-from loglane.stores._batch import OUTBOX_COLUMNS, REQUEST_COLUMNS
+from loglane.stores._batch import OUTCOME_COLUMNS
 from loglane.stores._postgres_tables import migrate
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Statement, Store
 from loglane.stores.postgres import _TYPES, MIGRATIONS, CommitNotice, PostgresStore
@@ -122,6 +122,42 @@ def test_a_schema_made_by_an_older_loglane_is_migrated_on_first_use(
     assert versions == [(m.version,) for m in MIGRATIONS]
 
 
+def test_a_schema_of_migration_6_keeps_its_outcomes_and_what_waited_in_its_outbox(
+    postgres_url: str, prefix: str
+) -> None:
+    schema = prefix + "six"
+    published = Message("six.out", b"k", b"published", (("ce_id", b"e1"),))
+    waiting = Message("six.out", None, b"waiting", (("ce_id", b"e2"),))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        migrate(conn, schema, MIGRATIONS[:6])
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("INSERT INTO loglane_positions VALUES ('six', 'six.in', 0, 7, NULL)")
+        conn.execute(
+            "INSERT INTO loglane_outbox (service, source_topic, source_partition, topic, key, "
+            "value, headers) VALUES ('six', 'six.in', 0, 'six.out', %s, %s, %s)",
+            (waiting.key, waiting.value, encode_headers(waiting.headers)),
+        )
+        conn.execute(
+            "INSERT INTO loglane_requests VALUES "
+            "('six', 'r1', 'done', '[\"e1\"]', NULL, %s, 'loglane', 0)",
+            (encode_messages([published]),),
+        )
+    store = PostgresStore(postgres_url, schema=prefix + "{service}")
+    source = TopicPartition("six.in", 0)
+    try:
+        assert store.positions("six") == {source: 7}
+        assert store.request("six", "r1") == RequestOutcome(
+            request_id="r1", status=RequestStatus.DONE, event_ids=("e1",), events=(published,)
+        )
+        entries = store.outbox("six", [source], 10)
+        assert [entry.message for entry in entries] == [waiting]  # the published one not again
+        assert store.outbox_backlog("six") == {source: 1}
+        store.delete_outbox("six", {source: entries[-1].seq})
+        assert store.outbox("six", [source], 10) == []
+    finally:
+        store.close()
+
+
 def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
         cursor = conn.execute(statement, params)  # type: ignore[arg-type]
@@ -200,7 +236,7 @@ def test_loglanes_own_tables_are_keyed_bytewise_and_indexed_only_as_their_reads_
         "JOIN pg_class c ON c.oid = i.indrelid "
         "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey) "
         "JOIN pg_collation co ON co.oid = a.attcollation "
-        "WHERE c.relnamespace = %s::regnamespace AND i.indisprimary "
+        "WHERE c.relnamespace = %s::regnamespace "
         "AND c.relname LIKE 'loglane%%' AND co.collname <> 'C'",
         (schema,),
     )
@@ -208,17 +244,23 @@ def test_loglanes_own_tables_are_keyed_bytewise_and_indexed_only_as_their_reads_
     access_method = sql(
         postgres_url,
         "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
-        "WHERE c.relnamespace = %s::regnamespace AND c.relname = 'loglane_requests_by_time'",
+        "WHERE c.relnamespace = %s::regnamespace AND c.relname = 'loglane_outcomes_by_time'",
         (schema,),
     )
     assert access_method == [("brin",)]
-    # the outbox is indexed once, by source; applied ids are not compressed
+    # outcomes are indexed for the reads they have (no primary key); applied ids are not
+    # compressed
     indexes = sql(
         postgres_url,
-        "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'loglane_outbox'",
+        "SELECT indexname FROM pg_indexes WHERE schemaname = %s "
+        "AND tablename = 'loglane_outcomes' ORDER BY indexname",
         (schema,),
     )
-    assert indexes == [("loglane_outbox_by_source",)]
+    assert indexes == [
+        ("loglane_outcomes_by_request",),
+        ("loglane_outcomes_by_time",),
+        ("loglane_outcomes_to_publish",),
+    ]
     storage = sql(
         postgres_url,
         "SELECT attstorage FROM pg_attribute WHERE attrelid = %s::regclass "
@@ -533,10 +575,7 @@ def test_rows_are_sent_as_arrays_of_the_types_of_loglanes_tables(postgres_url: s
         store = PostgresStore(postgres_url, schema=prefix + "{service}")
         store.prepare("copies", [])
         with psycopg.connect(postgres_url) as conn:
-            for table, columns in (
-                ("loglane_outbox", OUTBOX_COLUMNS),
-                ("loglane_requests", REQUEST_COLUMNS),
-            ):
+            for table, columns in (("loglane_outcomes", OUTCOME_COLUMNS),):
                 types = [
                     conn.execute(
                         "SELECT format_type(atttypid, NULL) FROM pg_attribute "

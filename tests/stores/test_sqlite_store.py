@@ -1,13 +1,15 @@
-"""The SQLite store passes the store contract."""
+"""The SQLite store passes the store contract, and migrates a file of an older version."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from loglane.stores.base import Store
+from loglane.records import Message, TopicPartition, encode_headers, encode_messages
+from loglane.stores.base import RequestOutcome, RequestStatus, Store
 from loglane.stores.sqlite import SQLiteStore
 from tests.contracts.store_contract import StoreContract
 
@@ -18,3 +20,53 @@ class TestSQLiteStore(StoreContract):
         store = SQLiteStore(tmp_path / "views.db")
         yield store
         store.close()
+
+
+VERSION_2 = """
+CREATE TABLE loglane_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO loglane_meta VALUES ('schema_version', '2');
+CREATE TABLE loglane_positions (service TEXT NOT NULL, topic TEXT NOT NULL,
+    partition INTEGER NOT NULL, offset INTEGER NOT NULL, origins BLOB,
+    PRIMARY KEY (service, topic, partition)) WITHOUT ROWID;
+CREATE TABLE loglane_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, service TEXT NOT NULL,
+    source_topic TEXT NOT NULL, source_partition INTEGER NOT NULL, topic TEXT NOT NULL,
+    key BLOB, value BLOB NOT NULL, headers BLOB NOT NULL);
+CREATE TABLE loglane_requests (service TEXT NOT NULL, source TEXT NOT NULL,
+    request_id TEXT NOT NULL, status TEXT NOT NULL, event_ids TEXT NOT NULL, detail TEXT,
+    events BLOB, handled_at REAL NOT NULL, PRIMARY KEY (service, source, request_id))
+    WITHOUT ROWID
+"""
+
+
+def test_a_store_of_version_2_keeps_its_outcomes_and_what_waited_in_its_outbox(
+    tmp_path: Path,
+) -> None:
+    published = Message("s.out", b"k", b"published", (("ce_id", b"e1"),))
+    waiting = Message("s.out", b"k", b"waiting", (("ce_id", b"e2"),))
+    with sqlite3.connect(tmp_path / "views.db") as db:
+        for statement in VERSION_2.split(";"):
+            db.execute(statement)
+        db.execute("INSERT INTO loglane_positions VALUES ('s', 's.in', 0, 7, NULL)")
+        db.execute(
+            "INSERT INTO loglane_outbox (service, source_topic, source_partition, topic, key, "
+            "value, headers) VALUES ('s', 's.in', 0, 's.out', ?, ?, ?)",
+            (waiting.key, waiting.value, encode_headers(waiting.headers)),
+        )
+        db.execute(
+            "INSERT INTO loglane_requests VALUES ('s', 'loglane', 'r1', 'done', '[\"e1\"]', "
+            "NULL, ?, 0)",
+            (encode_messages([published]),),
+        )
+    db.close()
+    store = SQLiteStore(tmp_path / "views.db")
+    source = TopicPartition("s.in", 0)
+    assert store.positions("s") == {source: 7}
+    assert store.request("s", "r1") == RequestOutcome(
+        request_id="r1", status=RequestStatus.DONE, event_ids=("e1",), events=(published,)
+    )
+    entries = store.outbox("s", [source], 10)
+    assert [entry.message for entry in entries] == [waiting]  # the published one not again
+    assert store.outbox_backlog("s") == {source: 1}
+    store.delete_outbox("s", {source: entries[-1].seq})
+    assert store.outbox("s", [source], 10) == []
+    store.close()

@@ -11,31 +11,29 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic_core import to_json
 
-from loglane.records import TopicPartition, encode_headers, encode_messages
+from loglane.records import TopicPartition, encode_messages
 from loglane.stores.base import Batch, RequestOutcome, Statement, encode_watermarks, stale_batch
 from loglane.views import Key, RowImage, View
 
-OUTBOX_COLUMNS = ("service", "source_topic", "source_partition", "topic", "key", "value", "headers")
-REQUEST_COLUMNS = (
+OUTCOME_COLUMNS = (
     "service",
-    "source",
+    "source_topic",
+    "source_partition",
+    "request_source",
     "request_id",
     "status",
-    "event_ids",
     "detail",
-    "events",
+    "event_ids",
+    "messages",
     "handled_at",
 )
-_REQUEST_CONFLICT = (
-    "ON CONFLICT (service, source, request_id) DO UPDATE SET status = excluded.status, "
-    "event_ids = excluded.event_ids, detail = excluded.detail, events = excluded.events, "
-    "handled_at = excluded.handled_at"
-)
+"""The columns of `loglane_outcomes` a commit writes: one row per command handled, with the
+messages it emitted, and one per other message to publish (seq numbers them all)."""
 
 
 class RowSink(ABC):
@@ -87,9 +85,10 @@ class RowSink(ABC):
         """Applied event ids as the store keeps them in one column."""
 
     @abstractmethod
-    def finish(self, batches: Sequence[Batch], outcomes: Sequence[RequestOutcome]) -> int | None:
-        """Send whatever waits; the seq of the last outbox row written (None without any,
-        or when the store reads it only with the commit's results, as PostgreSQL does)."""
+    def finish(self, batches: Sequence[Batch]) -> int | None:
+        """Send whatever waits; the seq of the last outcome row written (None without any
+        message, or when the store reads it only with the commit's results, as PostgreSQL
+        does)."""
 
 
 def write_batch(
@@ -101,8 +100,9 @@ def write_batch(
 ) -> int | None:
     """Write `batches` through `sink`, in this order: the fenced positions (with the origin
     watermarks), the view rows and the handlers' statements (batch by batch), the published
-    outbox entries forgotten, the new outbox entries, the applied ids, the request outcomes.
-    Returns the seq of the last outbox entry written, None without any."""
+    watermarks moved up to `published`, the outcome rows (each command's outcome with the
+    events it emitted, and every other message to publish), the applied ids, the parked keys.
+    Returns the seq of the last outcome row written, None without any message to publish."""
     for batch in batches:
         _advance_position(batch, sink)
     for batch in batches:
@@ -110,22 +110,17 @@ def write_batch(
             sink.write_view(view, rows)
         if batch.statements:
             sink.run_statements(batch.statements)
-    outbox = sink.table("loglane_outbox")
-    applied = sink.table("loglane_applied")
     service = batches[0].service
-    if published:
+    positions, outcomes = sink.table("loglane_positions"), sink.table("loglane_outcomes")
+    applied = sink.table("loglane_applied")
+    if published:  # rows up to these seqs were published: the worker need not again
         sink.execute_many(
-            f"DELETE FROM {outbox} WHERE service = %s AND source_topic = %s "
-            "AND source_partition = %s AND seq <= %s",
-            [(service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
+            f"UPDATE {positions} SET published = %s WHERE service = %s AND topic = %s "
+            "AND partition = %s AND published < %s",
+            [(seq, service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
         )
-    # a command's events go in its outcome too: their headers are packed once, for both
-    headers = {id(m): encode_headers(m.headers) for b in batches for m in b.outbox}
-    sink.insert(
-        outbox,
-        OUTBOX_COLUMNS,
-        [(*_source(b), m.topic, m.key, m.value, headers[id(m)]) for b in batches for m in b.outbox],
-    )
+    now = time.time()
+    sink.insert(outcomes, OUTCOME_COLUMNS, [row for b in batches for row in _outcome_rows(b, now)])
     for batch in batches:
         source = _source(batch)
         if batch.applied_ids:
@@ -140,31 +135,53 @@ def write_batch(
                 (*source, batch.forget_applied_before),
             )
     _write_parking(batches, sink)
-    # Commands sharing a request id: the last outcome wins, as row by row.
-    outcomes = list({(o.source, o.request_id): o for b in batches for o in b.requests}.values())
-    requests = sink.table("loglane_requests")
-    now = time.time()
-    sink.insert(
-        requests,
-        REQUEST_COLUMNS,
-        [
-            (
-                service,
-                o.source,
-                o.request_id,
-                o.status.value,
-                to_json(o.event_ids).decode(),
-                o.detail,
-                encode_messages(o.events, headers),
-                now,
-            )
-            for o in outcomes
-        ],
-        _REQUEST_CONFLICT,
-    )
     if prune_requests_before is not None:
-        sink.execute(f"DELETE FROM {requests} WHERE handled_at < %s", (prune_requests_before,))
-    return sink.finish(batches, outcomes)
+        sink.execute(
+            # never a row still to publish: those stay until published, however old
+            f"DELETE FROM {outcomes} WHERE handled_at < %s AND (messages IS NULL OR "
+            f"source_topic IS NULL OR seq <= (SELECT published FROM {positions} p WHERE "
+            f"p.service = {outcomes}.service AND p.topic = {outcomes}.source_topic AND "
+            f"p.partition = {outcomes}.source_partition))",
+            (prune_requests_before,),
+        )
+    return sink.finish(batches)
+
+
+def _outcome_rows(batch: Batch, now: float) -> Iterator[tuple[Any, ...]]:
+    """The batch's rows of `loglane_outcomes`, in the order its events were handled: a
+    command's row carries the events it emitted (its outcome's `events`), and a message no
+    outcome holds (an event's output, a dead letter) goes in a row of its own."""
+    service, topic, partition = _source(batch)
+    outcomes = batch.requests
+    emitted_by = {id(message): n for n, o in enumerate(outcomes) for message in o.events}
+    written = 0  # the outcomes written so far
+    for message in batch.outbox:
+        n = emitted_by.get(id(message))
+        if n is None:
+            lone = encode_messages([message])
+            yield (service, topic, partition, None, None, None, None, None, lone, now)
+        while n is not None and written <= n:  # up to the outcome that emitted it, in order
+            yield _outcome_row(service, topic, partition, outcomes[written], now)
+            written += 1
+    for outcome in outcomes[written:]:
+        yield _outcome_row(service, topic, partition, outcome, now)
+
+
+def _outcome_row(
+    service: str, topic: str, partition: int, outcome: RequestOutcome, now: float
+) -> tuple[Any, ...]:
+    return (
+        service,
+        topic,
+        partition,
+        outcome.source,
+        outcome.request_id,
+        outcome.status.value,
+        outcome.detail,
+        to_json(outcome.event_ids).decode(),
+        encode_messages(outcome.events),
+        now,
+    )
 
 
 def _write_parking(batches: Sequence[Batch], sink: RowSink) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ from pydantic_core import to_jsonable_python
 
 from loglane import migrations
 from loglane.errors import ConfigurationError, UnreadableRowError
+from loglane.records import pack
 from loglane.stores import _postgres_arrays as arrays
 from loglane.stores.base import run_pending_migrations
 from loglane.views import RESERVED_COLUMNS, Key, RowImage, View
@@ -21,11 +22,32 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One step of Loglane's own tables; statements run with the schema on the search path."""
+    """One step of Loglane's own tables; statements run with the schema on the search path,
+    then `then`, for rows that SQL alone cannot move."""
 
     version: int
     description: str
     statements: tuple[str, ...]
+    then: Callable[[Connection], None] | None = None
+
+
+def _outbox_rows_into_outcomes(conn: Connection) -> None:
+    """Migration 7: each message still in the outbox becomes an outcome row of its own
+    (`messages` is MessagePack, which SQL cannot write), in seq order, then the outbox goes."""
+    rows = conn.execute(
+        "SELECT service, source_topic, source_partition, topic, key, value, headers "
+        "FROM loglane_outbox ORDER BY seq"
+    ).fetchall()
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO loglane_outcomes (service, source_topic, source_partition, messages, "
+            "handled_at) VALUES (%s, %s, %s, %s, extract(epoch FROM now()))",
+            [
+                (service, topic, partition, pack([message]))
+                for service, topic, partition, *message in rows
+            ],
+        )
+    conn.execute("DROP TABLE loglane_outbox")
 
 
 # Append only: a released migration never changes, a new one gets the next version.
@@ -164,6 +186,43 @@ MIGRATIONS = (
             "ALTER TABLE loglane_applied ALTER COLUMN event_ids SET STORAGE EXTERNAL",
         ),
     ),
+    Migration(
+        7,
+        "one outcome row per command, with its events: outcomes and outbox in one table",
+        (
+            # A commit wrote each event twice (an outbox row, and its command's outcome) and
+            # deleted the outbox row once published; now it writes one row, and publishing
+            # moves a watermark.
+            "ALTER TABLE loglane_positions ADD COLUMN published BIGINT NOT NULL DEFAULT 0",
+            """CREATE TABLE loglane_outcomes (
+                seq BIGINT GENERATED ALWAYS AS IDENTITY,
+                service TEXT COLLATE "C" NOT NULL,
+                source_topic TEXT COLLATE "C",
+                source_partition INTEGER,
+                request_source TEXT COLLATE "C",
+                request_id TEXT COLLATE "C",
+                status TEXT,
+                detail TEXT,
+                event_ids TEXT,
+                messages BYTEA,
+                handled_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE INDEX loglane_outcomes_to_publish
+                ON loglane_outcomes (service, source_topic, source_partition, seq)
+                WHERE messages IS NOT NULL""",
+            """CREATE INDEX loglane_outcomes_by_request
+                ON loglane_outcomes (service, request_source, request_id)
+                WHERE request_id IS NOT NULL""",
+            "CREATE INDEX loglane_outcomes_by_time ON loglane_outcomes USING brin (handled_at)",
+            # outcomes so far: their events were published, or wait in the outbox (moved next)
+            """INSERT INTO loglane_outcomes (service, request_source, request_id, status,
+                detail, event_ids, messages, handled_at)
+                SELECT service, source, request_id, status, detail, event_ids, events,
+                handled_at FROM loglane_requests ORDER BY handled_at""",
+            "DROP TABLE loglane_requests",
+        ),
+        then=_outbox_rows_into_outcomes,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -210,6 +269,8 @@ def migrate(conn: Connection, schema: str, migrations: tuple[Migration, ...] = M
         for migration in migrations[current:]:
             for statement in migration.statements:
                 conn.execute(statement)
+            if migration.then is not None:
+                migration.then(conn)
             conn.execute(
                 "INSERT INTO loglane_schema_version (version, description) VALUES (%s, %s)",
                 (migration.version, migration.description),

@@ -111,7 +111,10 @@ class Batch:
     `writes` maps each view's keys to the row image to upsert, or None to delete; batches
     written together are applied in order, so when their handlers shared one unit of work
     its writes may all sit on the last. `origins`, when given, replaces the stored
-    watermarks of `source`.
+    watermarks of `source`. `outbox` holds every message to publish, in order; a request
+    outcome's `events` are those of them its command emitted, which the store keeps once,
+    with the outcome (and publishes with it: events of an outcome missing from `outbox` are
+    published too).
     """
 
     service: str

@@ -8,13 +8,16 @@ with their own SQL, named as in the SQLite store:
                             column per indexed field, each named after its field, each with
                             a btree index `<view>_by_<field>`
     loglane_positions       service, topic, partition, "offset" (next offset to read),
-                            origins (MessagePack: the origin watermarks, see loglane.dedupe)
-    loglane_outbox          seq, service, source_topic, source_partition, topic, key, value, headers
+                            origins (MessagePack: the origin watermarks, see loglane.dedupe),
+                            published (the seq of the last outcome row published from it)
+    loglane_outcomes        seq, service, source_topic, source_partition, then for a
+                            command: request_source, request_id, status, detail, event_ids
+                            (JSON text); messages (MessagePack: [topic, key, value, headers]
+                            per message to publish: a command's events, or one other
+                            message), handled_at. Rows past their source's `published` are
+                            the outbox; published rows are pruned after `ledger_retention`
     loglane_applied         service, topic, partition, position, event_ids (TEXT[]: the ids a
                             batch applied, kept a while to drop duplicates)
-    loglane_requests        service, source, request_id, status, event_ids (JSON text),
-                            detail, events (MessagePack: [topic, key, value, headers] per
-                            message), handled_at (pruned after `ledger_retention` seconds)
     loglane_accepted        service, request_id, fingerprint, topic, partition, "offset",
                             accepted_at: the HTTP API's command ledger
     loglane_schema_version  version, description, applied_at: the migrations applied
@@ -66,9 +69,7 @@ from loglane.errors import (
 )
 from loglane.migrations import Migration
 from loglane.records import (
-    Message,
     TopicPartition,
-    decode_headers,
     decode_messages,
 )
 from loglane.stores import _postgres_arrays as arrays
@@ -334,18 +335,14 @@ class PostgresStore(Store):
         with self._connection() as conn:
             for source in sorted(sources):
                 rows = conn.execute(
-                    f"SELECT seq, topic, key, value, headers FROM {schema}.loglane_outbox "
-                    "WHERE service = %s AND source_topic = %s AND source_partition = %s "
-                    "ORDER BY seq LIMIT %s",
+                    f"SELECT seq, messages FROM {schema}.loglane_outcomes o "
+                    f"{_to_publish(schema)} ORDER BY seq LIMIT %s",
                     (service, source.topic, source.partition, limit - len(entries)),
                 ).fetchall()
                 entries.extend(
-                    OutboxEntry(
-                        seq=seq,
-                        source=source,
-                        message=Message(topic, key, value, decode_headers(headers)),
-                    )
-                    for seq, topic, key, value, headers in rows
+                    OutboxEntry(seq=seq, source=source, message=message)
+                    for seq, messages in rows
+                    for message in decode_messages(messages)
                 )
                 if len(entries) >= limit:
                     break
@@ -355,21 +352,23 @@ class PostgresStore(Store):
         schema = quote(self.schema(service))
         with self._connection() as conn:
             rows = conn.execute(
-                f"SELECT source_topic, source_partition, count(*) FROM {schema}.loglane_outbox "
-                "WHERE service = %s GROUP BY source_topic, source_partition",
+                f"SELECT p.topic, p.partition, (SELECT count(*) FROM {schema}.loglane_outcomes o "
+                "WHERE o.service = p.service AND o.source_topic = p.topic AND o.source_partition "
+                "= p.partition AND o.messages IS NOT NULL AND o.seq > p.published) "
+                f"FROM {schema}.loglane_positions p WHERE p.service = %s",
                 (service,),
             ).fetchall()
-        return {TopicPartition(topic, partition): n for topic, partition, n in rows}
+        return {TopicPartition(topic, partition): n for topic, partition, n in rows if n}
 
     def requests(
         self, service: str, request_ids: Collection[str], *, source: str = COMMAND_SOURCE
     ) -> dict[str, RequestOutcome]:
         schema = quote(self.schema(service))
         with self._connection() as conn:
-            rows = conn.execute(
-                f"SELECT request_id, status, event_ids, detail, events "
-                f"FROM {schema}.loglane_requests WHERE service = %s AND source = %s "
-                "AND request_id = ANY(%s)",
+            rows = conn.execute(  # the latest outcome of a request id reused wins
+                "SELECT request_id, status, event_ids, detail, messages "
+                f"FROM {schema}.loglane_outcomes WHERE service = %s AND request_source = %s "
+                "AND request_id = ANY(%s) ORDER BY seq",
                 (service, source, list(request_ids)),
             ).fetchall()
         return {
@@ -431,9 +430,9 @@ class PostgresStore(Store):
         schema = quote(self.schema(service))
         with self._connection() as conn, conn.transaction():
             conn.cursor().executemany(
-                f"DELETE FROM {schema}.loglane_outbox WHERE service = %s AND source_topic = %s "
-                "AND source_partition = %s AND seq <= %s",
-                [(service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
+                f"UPDATE {schema}.loglane_positions SET published = %s WHERE service = %s "
+                "AND topic = %s AND partition = %s AND published < %s",
+                [(seq, service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
             )
 
     # -- the command ledger (used by the HTTP API) ---------------------------------------------
@@ -916,9 +915,9 @@ class _PostgresRows(RowSink):
     def id_list(self, ids: list[str]) -> bytes:
         return arrays.encode(ids, arrays.TextArray)
 
-    def finish(self, batches: Sequence[Batch], outcomes: Sequence[RequestOutcome]) -> int | None:
+    def finish(self, batches: Sequence[Batch]) -> int | None:
         """Send what waits (and the COMMIT) in the pipeline; the last seq is `last_seq`'s."""
-        waiting = [o.request_id for o in outcomes if o.source == COMMAND_SOURCE]
+        waiting = [o.request_id for b in batches for o in b.requests if o.source == COMMAND_SOURCE]
         for batch in batches:
             source = batch.source
             notice = payload(self._schema, source.topic, source.partition, batch.position, waiting)
@@ -932,8 +931,8 @@ class _PostgresRows(RowSink):
             else:
                 self.cursor.execute(sql, params)
         if self._any_outbox:
-            outbox = self.table("loglane_outbox")
-            self.cursor.execute(f"SELECT currval(pg_get_serial_sequence('{outbox}', 'seq'))")
+            outcomes = self.table("loglane_outcomes")
+            self.cursor.execute(f"SELECT currval(pg_get_serial_sequence('{outcomes}', 'seq'))")
         if self._commit:
             self._conn.execute("COMMIT")
             _flush(self._conn)
@@ -959,10 +958,31 @@ def _flush(conn: Connection) -> None:
                     pgconn.consume_input()
 
 
-_TYPES = {  # the column types, in OUTBOX_COLUMNS' and REQUEST_COLUMNS' order
-    "loglane_outbox": ("text", "text", "integer", "text", "bytea", "bytea", "bytea"),
-    "loglane_requests": ("text", "text", "text", "text", "text", "text", "bytea", "float8"),
+_TYPES = {  # the column types, in OUTCOME_COLUMNS' order
+    "loglane_outcomes": (
+        "text",
+        "text",
+        "integer",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "bytea",
+        "float8",
+    ),
 }
+
+
+def _to_publish(schema: str) -> str:
+    """Where the outcome rows `o` of one source (service, topic, partition) are still to
+    publish: past its published watermark, with messages."""
+    return (
+        "WHERE o.service = %s AND o.source_topic = %s AND o.source_partition = %s "
+        "AND o.messages IS NOT NULL AND o.seq > coalesce((SELECT published FROM "
+        f"{schema}.loglane_positions WHERE service = o.service AND topic = o.source_topic "
+        "AND partition = o.source_partition), 0)"
+    )
 
 
 def _one_line(exc: Exception) -> str:

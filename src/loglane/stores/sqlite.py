@@ -6,14 +6,16 @@ Tables users may query with their own SQL:
                             `doc_version` (the view's version it was written at; NULL
                             for 1) and one column per indexed field, named after it
     loglane_positions       service, topic, partition, offset (next offset to read),
-                            origins (MessagePack: the origin watermarks, see loglane.dedupe)
-    loglane_outbox          seq, service, source_topic, source_partition, topic, key, value, headers
+                            origins (MessagePack: the origin watermarks, see loglane.dedupe),
+                            published (the seq of the last outcome row published from it)
+    loglane_outcomes        seq, service, source_topic, source_partition, then for a
+                            command: request_source, request_id, status, detail, event_ids
+                            (JSON); messages (MessagePack: [topic, key, value, headers] per
+                            message to publish: a command's events, or one other message),
+                            handled_at. Rows past their source's `published` are the outbox;
+                            published rows are pruned after `ledger_retention` seconds
     loglane_applied         service, topic, partition, position, event_ids (MessagePack list:
                             the ids a batch applied, kept a while to drop duplicates)
-    loglane_requests        service, source, request_id, status, event_ids (JSON), detail,
-                            events (MessagePack: [topic, key, value, headers] per
-                            emitted message, so the HTTP API can answer with them),
-                            handled_at (pruned after `ledger_retention` seconds)
     loglane_accepted        service, request_id, fingerprint, topic, partition, offset,
                             accepted_at: the HTTP API's command ledger (pruned after
                             `ledger_retention` seconds)
@@ -44,9 +46,7 @@ from loglane.errors import (
 )
 from loglane.migrations import Migration, Migrator
 from loglane.records import (
-    Message,
     TopicPartition,
-    decode_headers,
     decode_messages,
     pack,
 )
@@ -71,7 +71,7 @@ from loglane.stores.base import (
 )
 from loglane.views import RESERVED_COLUMNS, Document, Key, OutdatedDocument, RowImage, View
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS loglane_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,20 +81,28 @@ CREATE TABLE IF NOT EXISTS loglane_positions (
     partition INTEGER NOT NULL,
     offset INTEGER NOT NULL,
     origins BLOB,
+    published INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (service, topic, partition)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS loglane_outbox (
+CREATE TABLE IF NOT EXISTS loglane_outcomes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     service TEXT NOT NULL,
-    source_topic TEXT NOT NULL,
-    source_partition INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    key BLOB,
-    value BLOB NOT NULL,
-    headers BLOB NOT NULL
+    source_topic TEXT,
+    source_partition INTEGER,
+    request_source TEXT,
+    request_id TEXT,
+    status TEXT,
+    detail TEXT,
+    event_ids TEXT,
+    messages BLOB,
+    handled_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS loglane_outbox_by_source
-    ON loglane_outbox (service, source_topic, source_partition, seq);
+CREATE INDEX IF NOT EXISTS loglane_outcomes_to_publish
+    ON loglane_outcomes (service, source_topic, source_partition, seq)
+    WHERE messages IS NOT NULL;
+CREATE INDEX IF NOT EXISTS loglane_outcomes_by_request
+    ON loglane_outcomes (service, request_source, request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS loglane_outcomes_by_time ON loglane_outcomes (handled_at);
 CREATE TABLE IF NOT EXISTS loglane_applied (
     service TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -103,18 +111,6 @@ CREATE TABLE IF NOT EXISTS loglane_applied (
     event_ids BLOB NOT NULL,
     PRIMARY KEY (service, topic, partition, position)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS loglane_requests (
-    service TEXT NOT NULL,
-    source TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    event_ids TEXT NOT NULL,
-    detail TEXT,
-    events BLOB,
-    handled_at REAL NOT NULL,
-    PRIMARY KEY (service, source, request_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS loglane_requests_by_time ON loglane_requests (handled_at);
 CREATE TABLE IF NOT EXISTS loglane_accepted (
     service TEXT NOT NULL,
     request_id TEXT NOT NULL,
@@ -146,15 +142,20 @@ CREATE TABLE IF NOT EXISTS loglane_parked_records (
 """
 
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
-_PRUNE_LEDGER_EVERY = 256
-# Version 1 kept request outcomes by id alone, without their source or a time to prune by.
-_REQUESTS_FROM_1 = (
-    "ALTER TABLE loglane_requests RENAME TO loglane_requests_1",
-    *_SCHEMA.split(";"),
-    "INSERT INTO loglane_requests SELECT service, 'loglane', request_id, status, event_ids, "
-    "detail, events, CAST(strftime('%s', 'now') AS REAL) FROM loglane_requests_1",
-    "DROP TABLE loglane_requests_1",
+# The outcome rows of one source (service, topic, partition) still to publish: past its
+# published watermark, with messages.
+_TO_PUBLISH = (
+    "WHERE o.service = ? AND o.source_topic = ? AND o.source_partition = ? "
+    "AND o.messages IS NOT NULL AND o.seq > coalesce((SELECT published FROM loglane_positions "
+    "WHERE service = o.service AND topic = o.source_topic AND partition = o.source_partition), 0)"
 )
+# How many rows wait to be published from the source of the position row `p`.
+_BACKLOG = (
+    "(SELECT count(*) FROM loglane_outcomes o WHERE o.service = p.service "
+    "AND o.source_topic = p.topic AND o.source_partition = p.partition "
+    "AND o.messages IS NOT NULL AND o.seq > p.published)"
+)
+_PRUNE_LEDGER_EVERY = 256
 
 
 class SQLiteStore(Store):
@@ -280,17 +281,13 @@ class SQLiteStore(Store):
         entries: list[OutboxEntry] = []
         for source in sorted(sources):
             rows = db.execute(
-                "SELECT seq, topic, key, value, headers FROM loglane_outbox WHERE service = ? "
-                "AND source_topic = ? AND source_partition = ? ORDER BY seq LIMIT ?",
+                f"SELECT seq, messages FROM loglane_outcomes o {_TO_PUBLISH} ORDER BY seq LIMIT ?",
                 (service, source.topic, source.partition, limit - len(entries)),
             )
             entries.extend(
-                OutboxEntry(
-                    seq=seq,
-                    source=source,
-                    message=Message(topic, key, value, decode_headers(headers)),
-                )
-                for seq, topic, key, value, headers in rows
+                OutboxEntry(seq=seq, source=source, message=message)
+                for seq, messages in rows
+                for message in decode_messages(messages)
             )
             if len(entries) >= limit:
                 break
@@ -298,25 +295,18 @@ class SQLiteStore(Store):
 
     def delete_outbox(self, service: str, published: Mapping[TopicPartition, int]) -> None:
         with self._file.transaction() as db:
-            self._delete_outbox(db, service, published)
-
-    @staticmethod
-    def _delete_outbox(
-        db: sqlite3.Connection, service: str, published: Mapping[TopicPartition, int]
-    ) -> None:
-        db.executemany(
-            "DELETE FROM loglane_outbox WHERE service = ? AND source_topic = ? "
-            "AND source_partition = ? AND seq <= ?",
-            [(service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
-        )
+            db.executemany(
+                "UPDATE loglane_positions SET published = ? WHERE service = ? AND topic = ? "
+                "AND partition = ? AND published < ?",
+                [(seq, service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
+            )
 
     def outbox_backlog(self, service: str) -> dict[TopicPartition, int]:
         rows = self._file.connection().execute(
-            "SELECT source_topic, source_partition, count(*) FROM loglane_outbox "
-            "WHERE service = ? GROUP BY source_topic, source_partition",
+            f"SELECT p.topic, p.partition, {_BACKLOG} FROM loglane_positions p WHERE p.service = ?",
             (service,),
         )
-        return {TopicPartition(topic, partition): n for topic, partition, n in rows}
+        return {TopicPartition(topic, partition): n for topic, partition, n in rows if n}
 
     def requests(
         self, service: str, request_ids: Collection[str], *, source: str = COMMAND_SOURCE
@@ -326,10 +316,10 @@ class SQLiteStore(Store):
         found: dict[str, RequestOutcome] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            rows = db.execute(
-                "SELECT request_id, status, event_ids, detail, events FROM loglane_requests "
-                "WHERE service = ? AND source = ? "
-                f"AND request_id IN ({','.join('?' * len(chunk))})",
+            rows = db.execute(  # the latest outcome of a request id reused wins
+                "SELECT request_id, status, event_ids, detail, messages FROM loglane_outcomes "
+                "WHERE service = ? AND request_source = ? "
+                f"AND request_id IN ({','.join('?' * len(chunk))}) ORDER BY seq",
                 (service, source, *chunk),
             )
             for request_id, status, event_ids, detail, events in rows:
@@ -658,7 +648,7 @@ class _SQLiteRows(RowSink):
     def id_list(self, ids: list[str]) -> bytes:
         return pack(ids)
 
-    def finish(self, batches: Sequence[Batch], outcomes: Sequence[RequestOutcome]) -> int | None:
+    def finish(self, batches: Sequence[Batch]) -> int | None:
         if not any(batch.outbox for batch in batches):
             return None
         (last_seq,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
@@ -715,20 +705,51 @@ def _migrate(db: sqlite3.Connection) -> None:
     positions = _columns(db, "loglane_positions")
     if positions and "origins" not in positions:
         db.execute("ALTER TABLE loglane_positions ADD COLUMN origins BLOB")
-    requests = _columns(db, "loglane_requests")
-    statements: Sequence[str] = _SCHEMA.split(";")
-    if requests and "source" not in requests:
-        if "events" not in requests:
-            db.execute("ALTER TABLE loglane_requests ADD COLUMN events BLOB")
-        statements = _REQUESTS_FROM_1
-    for statement in statements:
+    if positions and "published" not in positions:
+        db.execute("ALTER TABLE loglane_positions ADD COLUMN published INTEGER NOT NULL DEFAULT 0")
+    for statement in _SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+    _move_outcomes_of_version_2(db)
     db.execute(
         "INSERT INTO loglane_meta VALUES ('schema_version', ?) "
         "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         (str(SCHEMA_VERSION),),
     )
+
+
+def _move_outcomes_of_version_2(db: sqlite3.Connection) -> None:
+    """Before version 3, outcomes (`loglane_requests`) and the messages to publish
+    (`loglane_outbox`, one per row) had tables of their own. The outcomes move first, with
+    no source partition: their events were published, or still wait in the outbox, whose
+    rows follow, each to be published from its source."""
+    requests = _columns(db, "loglane_requests")
+    if requests:
+        source = "source" if "source" in requests else f"'{COMMAND_SOURCE}'"  # version 1
+        events = "events" if "events" in requests else "NULL"
+        handled_at = (
+            "handled_at" if "handled_at" in requests else "CAST(strftime('%s', 'now') AS REAL)"
+        )
+        db.execute(
+            "INSERT INTO loglane_outcomes (service, request_source, request_id, status, "
+            f"detail, event_ids, messages, handled_at) SELECT service, {source}, request_id, "
+            f"status, detail, event_ids, {events}, {handled_at} FROM loglane_requests"
+        )
+        db.execute("DROP TABLE loglane_requests")
+    if _columns(db, "loglane_outbox"):
+        now = time.time()
+        db.executemany(
+            "INSERT INTO loglane_outcomes (service, source_topic, source_partition, messages, "
+            "handled_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                (service, topic, partition, pack([message]), now)
+                for service, topic, partition, *message in db.execute(
+                    "SELECT service, source_topic, source_partition, topic, key, value, "
+                    "headers FROM loglane_outbox ORDER BY seq"
+                ).fetchall()
+            ),
+        )
+        db.execute("DROP TABLE loglane_outbox")
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:
