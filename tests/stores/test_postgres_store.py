@@ -158,6 +158,25 @@ def test_a_schema_of_migration_6_keeps_its_outcomes_and_what_waited_in_its_outbo
         store.close()
 
 
+def test_published_messages_of_no_command_are_deleted_and_outcomes_kept(
+    store: PostgresStore, postgres_url: str, prefix: str
+) -> None:
+    bank = declare_bank(store)
+    emitted = Message("bank.out", b"k", b"emitted", ())
+    outcome = RequestOutcome(request_id="r", status=RequestStatus.DONE, events=(emitted,))
+    lone = [Message("bank.out", b"k", f"event {n}".encode(), ()) for n in range(3)]
+    seq = store.commit(
+        bank.batch(None, 4, outbox=[lone[0], emitted, *lone[1:]], requests=[outcome])
+    )
+    store.delete_outbox(bank.name, {SOURCE: seq or 0})
+    rows = sql(
+        postgres_url,
+        f'SELECT request_id, messages IS NOT NULL FROM "{prefix}{bank.name}".loglane_outcomes',
+    )
+    assert rows == [("r", True)]
+    assert store.request(bank.name, "r") == outcome
+
+
 def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
         cursor = conn.execute(statement, params)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loglane.records import Message, TopicPartition, encode_headers, encode_messages
-from loglane.stores.base import RequestOutcome, RequestStatus, Store
+from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store
 from loglane.stores.sqlite import SQLiteStore
 from tests.contracts.store_contract import StoreContract
 
@@ -69,4 +69,27 @@ def test_a_store_of_version_2_keeps_its_outcomes_and_what_waited_in_its_outbox(
     assert store.outbox_backlog("s") == {source: 1}
     store.delete_outbox("s", {source: entries[-1].seq})
     assert store.outbox("s", [source], 10) == []
+    store.close()
+
+
+def test_published_messages_of_no_command_are_deleted_and_outcomes_kept(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "views.db")
+    source = TopicPartition("s.in", 0)
+    emitted = Message("s.out", b"k", b"emitted", ())
+    outcome = RequestOutcome(request_id="r", status=RequestStatus.DONE, events=(emitted,))
+    lone = [Message("s.out", b"k", f"event {n}".encode(), ()) for n in range(3)]
+    batch = Batch(
+        service="s",
+        source=source,
+        expected_position=None,
+        position=4,
+        outbox=[lone[0], emitted, *lone[1:]],
+        requests=[outcome],
+    )
+    store.delete_outbox("s", {source: store.commit(batch) or 0})
+    rows = sqlite3.connect(tmp_path / "views.db").execute(
+        "SELECT request_id, messages IS NOT NULL FROM loglane_outcomes"
+    )
+    assert rows.fetchall() == [("r", True)]
+    assert store.request("s", "r") == outcome
     store.close()

@@ -59,15 +59,8 @@ class RowSink(ABC):
         """Run one of Loglane's statements once per row of parameters, with the others."""
 
     @abstractmethod
-    def insert(
-        self,
-        table: str,
-        columns: tuple[str, ...],
-        rows: list[tuple[Any, ...]],
-        on_conflict: str = "",
-    ) -> None:
-        """Insert `rows` into Loglane's `table` (a name `table()` has qualified), resolving
-        a row already stored by `on_conflict`."""
+    def insert(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Insert `rows` into Loglane's `table` (a name `table()` has qualified)."""
 
     @abstractmethod
     def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
@@ -113,12 +106,8 @@ def write_batch(
     service = batches[0].service
     positions, outcomes = sink.table("loglane_positions"), sink.table("loglane_outcomes")
     applied = sink.table("loglane_applied")
-    if published:  # rows up to these seqs were published: the worker need not again
-        sink.execute_many(
-            f"UPDATE {positions} SET published = %s WHERE service = %s AND topic = %s "
-            "AND partition = %s AND published < %s",
-            [(seq, service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
-        )
+    for sql, params in forget_published(positions, outcomes, service, published):
+        sink.execute_many(sql, params)
     now = time.time()
     sink.insert(outcomes, OUTCOME_COLUMNS, [row for b in batches for row in _outcome_rows(b, now)])
     for batch in batches:
@@ -145,6 +134,32 @@ def write_batch(
             (prune_requests_before,),
         )
     return sink.finish(batches)
+
+
+def forget_published(
+    positions: str, outcomes: str, service: str, published: Mapping[TopicPartition, int]
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements (each with its rows of parameters) that mark the outcome rows of each
+    source published up to its seq in `published`: a row that is no command's outcome (an
+    event's output, a dead letter) is deleted, as no one will ask for it; then the source's
+    watermark moves up. Rows below the old watermark are not looked at again."""
+    if not published:
+        return []
+    sources = [(service, tp.topic, tp.partition, seq) for tp, seq in published.items()]
+    return [
+        (
+            f"DELETE FROM {outcomes} WHERE service = %s AND source_topic = %s "
+            "AND source_partition = %s AND messages IS NOT NULL AND seq <= %s "
+            f"AND seq > (SELECT published FROM {positions} WHERE service = %s AND topic = %s "
+            "AND partition = %s) AND request_id IS NULL",
+            [(*source, *source[:3]) for source in sources],
+        ),
+        (
+            f"UPDATE {positions} SET published = %s WHERE service = %s AND topic = %s "
+            "AND partition = %s AND published < %s",
+            [(seq, service, topic, partition, seq) for service, topic, partition, seq in sources],
+        ),
+    ]
 
 
 def _outcome_rows(batch: Batch, now: float) -> Iterator[tuple[Any, ...]]:

@@ -73,7 +73,13 @@ from loglane.records import (
     decode_messages,
 )
 from loglane.stores import _postgres_arrays as arrays
-from loglane.stores._batch import PruneClock, RowSink, outbox_seqs, write_batch
+from loglane.stores._batch import (
+    PruneClock,
+    RowSink,
+    forget_published,
+    outbox_seqs,
+    write_batch,
+)
 from loglane.stores._postgres_notify import (
     ChangeMarker,
     CommitListener,
@@ -428,12 +434,12 @@ class PostgresStore(Store):
         if not published:
             return
         schema = quote(self.schema(service))
+        statements = forget_published(
+            f"{schema}.loglane_positions", f"{schema}.loglane_outcomes", service, published
+        )
         with self._connection() as conn, conn.transaction():
-            conn.cursor().executemany(
-                f"UPDATE {schema}.loglane_positions SET published = %s WHERE service = %s "
-                "AND topic = %s AND partition = %s AND published < %s",
-                [(seq, service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
-            )
+            for sql, rows in statements:
+                conn.cursor().executemany(sql, rows)
 
     # -- the command ledger (used by the HTTP API) ---------------------------------------------
 
@@ -876,14 +882,8 @@ class _PostgresRows(RowSink):
     def execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self._queued.append((sql, rows))
 
-    def insert(
-        self,
-        table: str,
-        columns: tuple[str, ...],
-        rows: list[tuple[Any, ...]],
-        on_conflict: str = "",
-    ) -> None:
-        self._insert(table, columns, _TYPES[table.rsplit(".", 1)[-1]], rows, on_conflict)
+    def insert(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        self._insert(table, columns, _TYPES[table.rsplit(".", 1)[-1]], rows)
 
     def _insert(
         self,

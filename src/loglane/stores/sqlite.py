@@ -50,7 +50,13 @@ from loglane.records import (
     decode_messages,
     pack,
 )
-from loglane.stores._batch import PruneClock, RowSink, outbox_seqs, write_batch
+from loglane.stores._batch import (
+    PruneClock,
+    RowSink,
+    forget_published,
+    outbox_seqs,
+    write_batch,
+)
 from loglane.stores._placeholders import to_sqlite
 from loglane.stores.base import (
     AcceptedCommand,
@@ -294,12 +300,12 @@ class SQLiteStore(Store):
         return entries
 
     def delete_outbox(self, service: str, published: Mapping[TopicPartition, int]) -> None:
+        statements = forget_published("loglane_positions", "loglane_outcomes", service, published)
+        if not statements:
+            return
         with self._file.transaction() as db:
-            db.executemany(
-                "UPDATE loglane_positions SET published = ? WHERE service = ? AND topic = ? "
-                "AND partition = ? AND published < ?",
-                [(seq, service, tp.topic, tp.partition, seq) for tp, seq in published.items()],
-            )
+            for sql, rows in statements:
+                db.executemany(sql.replace("%s", "?"), rows)
 
     def outbox_backlog(self, service: str) -> dict[TopicPartition, int]:
         rows = self._file.connection().execute(
@@ -615,18 +621,10 @@ class _SQLiteRows(RowSink):
     def execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self._db.executemany(sql.replace("%s", "?"), rows)
 
-    def insert(
-        self,
-        table: str,
-        columns: tuple[str, ...],
-        rows: list[tuple[Any, ...]],
-        on_conflict: str = "",
-    ) -> None:
+    def insert(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
         if rows:
-            marks = ", ".join("?" * len(columns))
-            self._db.executemany(
-                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {on_conflict}", rows
-            )
+            names, marks = ", ".join(columns), ", ".join("?" * len(columns))
+            self._db.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
 
     def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
         sql = self._store._view(view)
