@@ -278,6 +278,7 @@ def test_loglanes_own_tables_are_keyed_bytewise_and_indexed_only_as_their_reads_
     assert indexes == [
         ("loglane_outcomes_by_request",),
         ("loglane_outcomes_by_time",),
+        ("loglane_outcomes_of_no_request",),
         ("loglane_outcomes_to_publish",),
     ]
     storage = sql(

@@ -148,10 +148,10 @@ def forget_published(
     sources = [(service, tp.topic, tp.partition, seq) for tp, seq in published.items()]
     return [
         (
-            f"DELETE FROM {outcomes} WHERE service = %s AND source_topic = %s "
-            "AND source_partition = %s AND messages IS NOT NULL AND seq <= %s "
+            f"DELETE FROM {outcomes} WHERE request_id IS NULL AND service = %s "
+            "AND source_topic = %s AND source_partition = %s AND seq <= %s "
             f"AND seq > (SELECT published FROM {positions} WHERE service = %s AND topic = %s "
-            "AND partition = %s) AND request_id IS NULL",
+            "AND partition = %s)",
             [(*source, *source[:3]) for source in sources],
         ),
         (

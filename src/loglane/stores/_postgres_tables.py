@@ -213,6 +213,10 @@ MIGRATIONS = (
             """CREATE INDEX loglane_outcomes_by_request
                 ON loglane_outcomes (service, request_source, request_id)
                 WHERE request_id IS NOT NULL""",
+            # the rows of no command, deleted once published (outcomes stay to be asked for)
+            """CREATE INDEX loglane_outcomes_of_no_request
+                ON loglane_outcomes (service, source_topic, source_partition, seq)
+                WHERE request_id IS NULL""",
             "CREATE INDEX loglane_outcomes_by_time ON loglane_outcomes USING brin (handled_at)",
             # outcomes so far: their events were published, or wait in the outbox (moved next)
             """INSERT INTO loglane_outcomes (service, request_source, request_id, status,

@@ -108,6 +108,8 @@ CREATE INDEX IF NOT EXISTS loglane_outcomes_to_publish
     WHERE messages IS NOT NULL;
 CREATE INDEX IF NOT EXISTS loglane_outcomes_by_request
     ON loglane_outcomes (service, request_source, request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS loglane_outcomes_of_no_request
+    ON loglane_outcomes (service, source_topic, source_partition, seq) WHERE request_id IS NULL;
 CREATE INDEX IF NOT EXISTS loglane_outcomes_by_time ON loglane_outcomes (handled_at);
 CREATE TABLE IF NOT EXISTS loglane_applied (
     service TEXT NOT NULL,
