@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from loglane.records import Message, TopicPartition, encode_headers, encode_messages
+from loglane.stores._batch import forget_published
+from loglane.stores._placeholders import to_sqlite
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store
-from loglane.stores.sqlite import SQLiteStore
+from loglane.stores.sqlite import _BACKLOG, _UNPUBLISHED, SQLiteStore
 from tests.contracts.store_contract import StoreContract
 
 
@@ -93,3 +95,22 @@ def test_published_messages_of_no_command_are_deleted_and_outcomes_kept(tmp_path
     assert rows.fetchall() == [("r", True)]
     assert store.request("s", "r") == outcome
     store.close()
+
+
+def test_reading_and_forgetting_the_outbox_start_at_the_published_watermark(
+    tmp_path: Path,
+) -> None:
+    """Published outcomes stay for the retention (a day by default): the outbox's reads must
+    seek past them in the index, not walk them."""
+    SQLiteStore(tmp_path / "views.db").close()
+    source = TopicPartition("s.in", 0)
+    ((forget, _), _) = forget_published("loglane_positions", "loglane_outcomes", "s", {source: 9})
+    db = sqlite3.connect(tmp_path / "views.db")
+    for sql, index in (
+        (_UNPUBLISHED, "loglane_outcomes_to_publish"),
+        (_BACKLOG, "loglane_outcomes_to_publish"),
+        (to_sqlite(forget), "loglane_outcomes_of_no_request"),
+    ):
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", (1,) * sql.count("?"))]
+        assert any(index in step and "seq>?" in step for step in plan), plan
+    db.close()

@@ -162,6 +162,28 @@ def forget_published(
     ]
 
 
+def unpublished_sql(positions: str, outcomes: str) -> str:
+    """The outbox of one source, the outcome rows it has still to publish, oldest first: with
+    messages, past its published watermark (read once, so the index range starts there).
+    Parameters: service, topic, partition, the same again, and a limit."""
+    return (
+        f"SELECT seq, messages FROM {outcomes} WHERE service = %s AND source_topic = %s "
+        "AND source_partition = %s AND messages IS NOT NULL AND seq > coalesce((SELECT "
+        f"published FROM {positions} WHERE service = %s AND topic = %s AND partition = %s), 0) "
+        "ORDER BY seq LIMIT %s"
+    )
+
+
+def backlog_sql(positions: str, outcomes: str) -> str:
+    """Per position of a service (its one parameter): how many rows wait in its outbox."""
+    return (
+        f"SELECT p.topic, p.partition, (SELECT count(*) FROM {outcomes} o "
+        "WHERE o.service = p.service AND o.source_topic = p.topic AND o.source_partition = "
+        f"p.partition AND o.messages IS NOT NULL AND o.seq > p.published) FROM {positions} p "
+        "WHERE p.service = %s"
+    )
+
+
 def _outcome_rows(batch: Batch, now: float) -> Iterator[tuple[Any, ...]]:
     """The batch's rows of `loglane_outcomes`, in the order its events were handled: a
     command's row carries the events it emitted (its outcome's `events`), and a message no

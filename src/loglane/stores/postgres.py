@@ -76,8 +76,10 @@ from loglane.stores import _postgres_arrays as arrays
 from loglane.stores._batch import (
     PruneClock,
     RowSink,
+    backlog_sql,
     forget_published,
     outbox_seqs,
+    unpublished_sql,
     write_batch,
 )
 from loglane.stores._postgres_notify import (
@@ -341,9 +343,8 @@ class PostgresStore(Store):
         with self._connection() as conn:
             for source in sorted(sources):
                 rows = conn.execute(
-                    f"SELECT seq, messages FROM {schema}.loglane_outcomes o "
-                    f"{_to_publish(schema)} ORDER BY seq LIMIT %s",
-                    (service, source.topic, source.partition, limit - len(entries)),
+                    unpublished_sql(f"{schema}.loglane_positions", f"{schema}.loglane_outcomes"),
+                    (*(service, source.topic, source.partition) * 2, limit - len(entries)),
                 ).fetchall()
                 entries.extend(
                     OutboxEntry(seq=seq, source=source, message=message)
@@ -358,10 +359,7 @@ class PostgresStore(Store):
         schema = quote(self.schema(service))
         with self._connection() as conn:
             rows = conn.execute(
-                f"SELECT p.topic, p.partition, (SELECT count(*) FROM {schema}.loglane_outcomes o "
-                "WHERE o.service = p.service AND o.source_topic = p.topic AND o.source_partition "
-                "= p.partition AND o.messages IS NOT NULL AND o.seq > p.published) "
-                f"FROM {schema}.loglane_positions p WHERE p.service = %s",
+                backlog_sql(f"{schema}.loglane_positions", f"{schema}.loglane_outcomes"),
                 (service,),
             ).fetchall()
         return {TopicPartition(topic, partition): n for topic, partition, n in rows if n}
@@ -972,17 +970,6 @@ _TYPES = {  # the column types, in OUTCOME_COLUMNS' order
         "float8",
     ),
 }
-
-
-def _to_publish(schema: str) -> str:
-    """Where the outcome rows `o` of one source (service, topic, partition) are still to
-    publish: past its published watermark, with messages."""
-    return (
-        "WHERE o.service = %s AND o.source_topic = %s AND o.source_partition = %s "
-        "AND o.messages IS NOT NULL AND o.seq > coalesce((SELECT published FROM "
-        f"{schema}.loglane_positions WHERE service = o.service AND topic = o.source_topic "
-        "AND partition = o.source_partition), 0)"
-    )
 
 
 def _one_line(exc: Exception) -> str:

@@ -53,8 +53,10 @@ from loglane.records import (
 from loglane.stores._batch import (
     PruneClock,
     RowSink,
+    backlog_sql,
     forget_published,
     outbox_seqs,
+    unpublished_sql,
     write_batch,
 )
 from loglane.stores._placeholders import to_sqlite
@@ -150,20 +152,9 @@ CREATE TABLE IF NOT EXISTS loglane_parked_records (
 """
 
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
-# The outcome rows of one source (service, topic, partition) still to publish: past its
-# published watermark, with messages.
-_TO_PUBLISH = (
-    "WHERE o.service = ? AND o.source_topic = ? AND o.source_partition = ? "
-    "AND o.messages IS NOT NULL AND o.seq > coalesce((SELECT published FROM loglane_positions "
-    "WHERE service = o.service AND topic = o.source_topic AND partition = o.source_partition), 0)"
-)
-# How many rows wait to be published from the source of the position row `p`.
-_BACKLOG = (
-    "(SELECT count(*) FROM loglane_outcomes o WHERE o.service = p.service "
-    "AND o.source_topic = p.topic AND o.source_partition = p.partition "
-    "AND o.messages IS NOT NULL AND o.seq > p.published)"
-)
 _PRUNE_LEDGER_EVERY = 256
+_UNPUBLISHED = to_sqlite(unpublished_sql("loglane_positions", "loglane_outcomes"))
+_BACKLOG = to_sqlite(backlog_sql("loglane_positions", "loglane_outcomes"))
 
 
 class SQLiteStore(Store):
@@ -289,8 +280,8 @@ class SQLiteStore(Store):
         entries: list[OutboxEntry] = []
         for source in sorted(sources):
             rows = db.execute(
-                f"SELECT seq, messages FROM loglane_outcomes o {_TO_PUBLISH} ORDER BY seq LIMIT ?",
-                (service, source.topic, source.partition, limit - len(entries)),
+                _UNPUBLISHED,
+                (*(service, source.topic, source.partition) * 2, limit - len(entries)),
             )
             entries.extend(
                 OutboxEntry(seq=seq, source=source, message=message)
@@ -307,13 +298,10 @@ class SQLiteStore(Store):
             return
         with self._file.transaction() as db:
             for sql, rows in statements:
-                db.executemany(sql.replace("%s", "?"), rows)
+                db.executemany(to_sqlite(sql), rows)
 
     def outbox_backlog(self, service: str) -> dict[TopicPartition, int]:
-        rows = self._file.connection().execute(
-            f"SELECT p.topic, p.partition, {_BACKLOG} FROM loglane_positions p WHERE p.service = ?",
-            (service,),
-        )
+        rows = self._file.connection().execute(_BACKLOG, (service,))
         return {TopicPartition(topic, partition): n for topic, partition, n in rows if n}
 
     def requests(
