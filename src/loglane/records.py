@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -74,21 +74,12 @@ def decode_headers(blob: bytes) -> Headers:
     return msgpack.unpackb(blob, use_list=False)  # type: ignore[no-any-return]
 
 
-def encode_messages(
-    messages: Sequence[Message], packed_headers: Mapping[int, bytes] | None = None
-) -> bytes | None:
+def encode_messages(messages: Sequence[Message]) -> bytes | None:
     """Messages as bytes for a database column (MessagePack), None for none; each one's
-    headers packed on their own (`encode_headers`), or taken as packed already from
-    `packed_headers` (by the message's `id()`)."""
+    headers inline, as a list of pairs (one packing for all)."""
     if not messages:
         return None
-    packed = packed_headers or {}
-    return pack(
-        [
-            (m.topic, m.key, m.value, packed.get(id(m)) or encode_headers(m.headers))
-            for m in messages
-        ]
-    )
+    return pack([(m.topic, m.key, m.value, m.headers) for m in messages])
 
 
 def decode_messages(blob: bytes | None) -> tuple[Message, ...]:
@@ -101,7 +92,7 @@ def decode_messages(blob: bytes | None) -> tuple[Message, ...]:
 
 
 def _headers_of(packed: bytes | list[list[Any]]) -> Headers:
-    # rows that earlier builds wrote hold a message's headers inline, as a list of pairs
+    # headers are inline, as a list of pairs; some builds wrote them packed on their own
     if isinstance(packed, bytes):
         return decode_headers(packed)
     return tuple((name, value) for name, value in packed)
