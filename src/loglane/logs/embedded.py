@@ -87,11 +87,18 @@ _RETENTION_CHECK_SECONDS = 60.0
 _IDLE_CHECK_SECONDS = 0.005
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Topic:
     id: int
     name: str
     partitions: int
+
+    # the topic's id says which it is: an append hashes it a few times per message
+    def __hash__(self) -> int:
+        return self.id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Topic) and other.id == self.id
 
 
 _APPEND_SIGNALS: dict[Path, threading.Condition] = {}
