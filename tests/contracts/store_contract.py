@@ -80,6 +80,23 @@ def declare_bank(store: Store) -> Declared:
     return declared
 
 
+def check_moved_into_outcome_rows(
+    store: Store, service: str, source: TopicPartition, published: Message, waiting: Message
+) -> None:
+    """What a store migrated from the two tables of before (outcomes, and the outbox) must
+    still hold: request `r1`'s outcome with the event it `published`, and the message still
+    `waiting` in the outbox of `source` (stored at position 7), to publish once."""
+    assert store.positions(service) == {source: 7}
+    assert store.request(service, "r1") == RequestOutcome(
+        request_id="r1", status=RequestStatus.DONE, event_ids=("e1",), events=(published,)
+    )
+    entries = store.outbox(service, [source], 10)
+    assert [entry.message for entry in entries] == [waiting]  # the published one not again
+    assert store.outbox_backlog(service) == {source: 1}
+    store.delete_outbox(service, {source: entries[-1].seq})
+    assert store.outbox(service, [source], 10) == []
+
+
 def message(value: str) -> Message:
     return Message("bank.out", b"k", value.encode(), (("ce_id", value.encode()),))
 

@@ -30,7 +30,13 @@ from loglane.stores.postgres import _TYPES, MIGRATIONS, CommitNotice, PostgresSt
 from loglane.urls import open_store
 from tests.conftest import eventually
 from tests.contracts.ledger_contract import LedgerContract
-from tests.contracts.store_contract import SOURCE, Account, StoreContract, declare_bank
+from tests.contracts.store_contract import (
+    SOURCE,
+    Account,
+    StoreContract,
+    check_moved_into_outcome_rows,
+    declare_bank,
+)
 from tests.postgres import schemas, with_schema
 
 pytestmark = pytest.mark.postgres
@@ -143,17 +149,9 @@ def test_a_schema_of_migration_6_keeps_its_outcomes_and_what_waited_in_its_outbo
             (encode_messages([published]),),
         )
     store = PostgresStore(postgres_url, schema=prefix + "{service}")
-    source = TopicPartition("six.in", 0)
     try:
-        assert store.positions("six") == {source: 7}
-        assert store.request("six", "r1") == RequestOutcome(
-            request_id="r1", status=RequestStatus.DONE, event_ids=("e1",), events=(published,)
-        )
-        entries = store.outbox("six", [source], 10)
-        assert [entry.message for entry in entries] == [waiting]  # the published one not again
-        assert store.outbox_backlog("six") == {source: 1}
-        store.delete_outbox("six", {source: entries[-1].seq})
-        assert store.outbox("six", [source], 10) == []
+        source = TopicPartition("six.in", 0)
+        check_moved_into_outcome_rows(store, "six", source, published, waiting)
     finally:
         store.close()
 

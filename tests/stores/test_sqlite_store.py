@@ -13,7 +13,7 @@ from loglane.stores._batch import forget_published
 from loglane.stores._placeholders import to_sqlite
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store
 from loglane.stores.sqlite import _BACKLOG, _UNPUBLISHED, SQLiteStore
-from tests.contracts.store_contract import StoreContract
+from tests.contracts.store_contract import StoreContract, check_moved_into_outcome_rows
 
 
 class TestSQLiteStore(StoreContract):
@@ -61,16 +61,7 @@ def test_a_store_of_version_2_keeps_its_outcomes_and_what_waited_in_its_outbox(
         )
     db.close()
     store = SQLiteStore(tmp_path / "views.db")
-    source = TopicPartition("s.in", 0)
-    assert store.positions("s") == {source: 7}
-    assert store.request("s", "r1") == RequestOutcome(
-        request_id="r1", status=RequestStatus.DONE, event_ids=("e1",), events=(published,)
-    )
-    entries = store.outbox("s", [source], 10)
-    assert [entry.message for entry in entries] == [waiting]  # the published one not again
-    assert store.outbox_backlog("s") == {source: 1}
-    store.delete_outbox("s", {source: entries[-1].seq})
-    assert store.outbox("s", [source], 10) == []
+    check_moved_into_outcome_rows(store, "s", TopicPartition("s.in", 0), published, waiting)
     store.close()
 
 
