@@ -318,12 +318,29 @@ def test_workers_ride_out_a_broker_restart_and_lose_nothing(
     assert_exactly_once(stack, feeder.request_ids)
 
 
+def wait_until_stopped(pid: int) -> None:
+    """Wait until every thread of process `pid` is stopped (state T in /proc)."""
+
+    def stopped() -> bool:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except FileNotFoundError:  # a thread that ended meanwhile
+                continue
+            if stat.rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                return False
+        return True
+
+    eventually(stopped, message=f"process {pid} stopped")
+
+
 def pause_outside_a_write(worker: WorkerProcess, database: Path) -> None:
     """SIGSTOP `worker` at a moment it holds no write lock on the SQLite `database`. SQLite
     has one writer at a time: a worker paused inside its commit would block every other
     writer of the file until it resumed, a stall this test is not about."""
     while True:
         worker.process.send_signal(signal.SIGSTOP)
+        wait_until_stopped(worker.process.pid)  # the signal lands a moment after it is sent
         probe = sqlite3.connect(database, timeout=0.5)
         try:
             probe.execute("BEGIN IMMEDIATE")
