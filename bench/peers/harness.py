@@ -182,7 +182,7 @@ def watch_drain(
                 if written > 0:
                     started, done_at_start = now, min(written, events)
                     at_start()
-            committed = sum(max(tp.offset, 0) for tp in watcher.committed(inputs, timeout=5))
+            committed = group_committed(watcher, inputs)
             if started is not None and committed >= events:
                 at_end()
                 if done_at_start >= events:  # drained between two polls: no window to time
@@ -191,6 +191,27 @@ def watch_drain(
             time.sleep(0.05)
     finally:
         watcher.close()
+
+
+def group_committed(watcher: ck.Consumer, inputs: list[ck.TopicPartition]) -> int:
+    """The group's committed offsets over `inputs`; 0 while its coordinator is not ready (a
+    fresh broker loads the offsets topic for a few seconds after it starts)."""
+    try:
+        return sum(max(tp.offset, 0) for tp in watcher.committed(inputs, timeout=5))
+    except ck.KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, ck.KafkaError) and (
+            error.retriable() or error.code() in _COORDINATOR_NOT_READY
+        ):
+            return 0
+        raise
+
+
+_COORDINATOR_NOT_READY = (
+    ck.KafkaError.NOT_COORDINATOR,
+    ck.KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    ck.KafkaError.COORDINATOR_NOT_AVAILABLE,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,7 @@ def kafka_stack(
     inputs = [ck.TopicPartition(f"{name}.in", p) for p in range(PARTITIONS)]
 
     def handled() -> int:
-        return sum(max(tp.offset, 0) for tp in watcher.committed(inputs, timeout=5))
+        return harness.group_committed(watcher, inputs)
 
     return f"kafka://{bootstrap}", f"{postgres}?schema={name}", handled
 
