@@ -77,10 +77,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedCluster
 
 
 def replica_counts(broker: Broker, topic: str) -> list[int]:
+    """The number of replicas of each partition of `topic`, once the broker asked knows the
+    topic: its metadata may trail the controller's for a moment after the topic is made."""
     client = admin(broker)
-    metadata = client.list_topics(topic=topic, timeout=30)
-    partitions = metadata.topics[topic].partitions
-    return [len(partitions[p].replicas) for p in sorted(partitions)]
+    counts: list[int] = []
+
+    def known() -> bool:
+        nonlocal counts
+        metadata = client.list_topics(topic=topic, timeout=30).topics[topic]
+        counts = [len(metadata.partitions[p].replicas) for p in sorted(metadata.partitions)]
+        return metadata.error is None and bool(counts)
+
+    eventually(known, message=f"the broker knows the partitions of {topic}")
+    return counts
 
 
 def topic_setting(broker: Broker, topic: str, name: str) -> str:
