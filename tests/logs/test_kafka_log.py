@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from types import SimpleNamespace
 
 import confluent_kafka as ck
 import pytest
@@ -310,3 +312,34 @@ def test_reading_below_the_retained_start_reads_from_the_start(
     client.delete_records([cut])[cut].result()
     assert kafka_log.offsets(topic)[0].start == 3
     assert [r.value for r in kafka_log.read(TopicPartition(topic, 0), 0, 100)] == [b"3", b"4"]
+
+
+class LeaderMoving:
+    """The admin client, with offsets answered as the broker answered them while a killed
+    broker's partitions moved to new leaders (three-broker test): -1001 and no error."""
+
+    def __init__(self, admin_client: object) -> None:
+        self._admin = admin_client
+
+    def list_offsets(self, request: dict[object, object], **_: object) -> dict[object, object]:
+        answers: dict[object, object] = {}
+        for key in request:
+            answer: Future[SimpleNamespace] = Future()
+            answer.set_result(SimpleNamespace(offset=ck.OFFSET_INVALID))
+            answers[key] = answer
+        return answers
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._admin, name)
+
+
+def test_an_offset_the_broker_gives_as_unknown_is_unavailable_not_the_log_end(
+    kafka_log: KafkaLog,
+) -> None:
+    """Taken for the end, -1001 told a resuming worker its stored position lay beyond the log
+    (`PositionAheadOfLogError`), which stopped it for good; unavailable, it tries again."""
+    topic = unique("moving")
+    kafka_log.create_topic(topic, 2)
+    kafka_log._admin = LeaderMoving(kafka_log._admin)  # type: ignore[assignment]
+    with pytest.raises(BackendUnavailableError, match=r"no offset for partition\(s\) \[0, 1\]"):
+        kafka_log.offsets(topic)

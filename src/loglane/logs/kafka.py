@@ -446,7 +446,7 @@ class KafkaLog(Log):
             request_timeout=self.settings.request_timeout,
         )
         try:
-            return {
+            found = {
                 TopicPartition(key.topic, key.partition): future.result().offset
                 for key, future in futures.items()
             }
@@ -454,6 +454,13 @@ class KafkaLog(Log):
             if _code(exc) in _MISSING_TOPIC:
                 raise self._missing(partitions[0].topic) from None
             raise self._unavailable(f"list offsets of {partitions[0].topic!r}", exc) from None
+        unknown = sorted(tp.partition for tp, offset in found.items() if offset < 0)
+        if unknown:  # -1001 with no error: seen while a killed broker's partitions moved
+            raise BackendUnavailableError(
+                f"Kafka at {self.settings.bootstrap_servers} gave no offset for partition(s) "
+                f"{unknown} of {partitions[0].topic!r}; their leaders may be moving"
+            )
+        return found
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         partitions = [ck.TopicPartition(topic, p) for p in range(self.partition_count(topic))]
