@@ -5,19 +5,32 @@ which says how rows travel (SQLite runs each statement at once; PostgreSQL queue
 pipeline and copies large row sets) and adds what only that store has. Loglane's statements
 here are written with `%s` parameters and bare table names; a sink qualifies the names and
 adapts the parameter style. A handler's own statements (`tx.execute`) run as written.
+
+What a commit writes to `loglane_outcomes` is read back here too, once for both stores: the
+outbox (`unpublished_sql`, `read_outbox`, `backlog_sql`), forgetting it (`forget_published`)
+and a request's outcome (`OUTCOME_READ`, `outcome_of`, the inverse of `_outcome_row`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic_core import to_json
 
-from loglane.records import TopicPartition, encode_messages
-from loglane.stores.base import Batch, RequestOutcome, Statement, encode_watermarks, stale_batch
+from loglane.records import TopicPartition, decode_messages, encode_messages
+from loglane.stores.base import (
+    Batch,
+    OutboxEntry,
+    RequestOutcome,
+    RequestStatus,
+    Statement,
+    encode_watermarks,
+    stale_batch,
+)
 from loglane.views import Key, RowImage, View
 
 OUTCOME_COLUMNS = (
@@ -171,6 +184,44 @@ def unpublished_sql(positions: str, outcomes: str) -> str:
         "AND source_partition = %s AND messages IS NOT NULL AND seq > coalesce((SELECT "
         f"published FROM {positions} WHERE service = %s AND topic = %s AND partition = %s), 0) "
         "ORDER BY seq LIMIT %s"
+    )
+
+
+def read_outbox(
+    select: Callable[[tuple[Any, ...]], Iterable[tuple[int, bytes]]],
+    service: str,
+    sources: Collection[TopicPartition],
+    limit: int,
+) -> list[OutboxEntry]:
+    """Up to about `limit` entries of the outboxes of `sources`, source by source, oldest
+    first; `select` runs `unpublished_sql` with the parameters given and yields its rows."""
+    entries: list[OutboxEntry] = []
+    for source in sorted(sources):
+        rows = select((*(service, source.topic, source.partition) * 2, limit - len(entries)))
+        entries.extend(
+            OutboxEntry(seq=seq, source=source, message=message)
+            for seq, messages in rows
+            for message in decode_messages(messages)
+        )
+        if len(entries) >= limit:
+            break
+    return entries
+
+
+OUTCOME_READ = "request_id, status, event_ids, detail, messages"
+"""The columns of an outcome row `outcome_of` reads, for a request's SELECT."""
+
+
+def outcome_of(source: str, row: tuple[Any, ...]) -> RequestOutcome:
+    """The outcome a row of `OUTCOME_READ` holds, of a request posted by `source`."""
+    request_id, status, event_ids, detail, messages = row
+    return RequestOutcome(
+        request_id=request_id,
+        source=source,
+        status=RequestStatus(status),
+        event_ids=tuple(json.loads(event_ids)),
+        detail=detail,
+        events=decode_messages(messages),
     )
 
 

@@ -45,7 +45,6 @@ Each commit notifies the channel `loglane_<service>`: `listen` gives a `CommitLi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import selectors
 import threading
@@ -70,15 +69,17 @@ from loglane.errors import (
 from loglane.migrations import Migration
 from loglane.records import (
     TopicPartition,
-    decode_messages,
 )
 from loglane.stores import _postgres_arrays as arrays
 from loglane.stores._batch import (
+    OUTCOME_READ,
     PruneClock,
     RowSink,
     backlog_sql,
     forget_published,
     outbox_seqs,
+    outcome_of,
+    read_outbox,
     unpublished_sql,
     write_batch,
 )
@@ -104,7 +105,6 @@ from loglane.stores.base import (
     OutboxEntry,
     PendingCommit,
     RequestOutcome,
-    RequestStatus,
     Row,
     Statement,
     Store,
@@ -339,21 +339,11 @@ class PostgresStore(Store):
         self, service: str, sources: Collection[TopicPartition], limit: int
     ) -> list[OutboxEntry]:
         schema = quote(self.schema(service))
-        entries: list[OutboxEntry] = []
+        select = unpublished_sql(f"{schema}.loglane_positions", f"{schema}.loglane_outcomes")
         with self._connection() as conn:
-            for source in sorted(sources):
-                rows = conn.execute(
-                    unpublished_sql(f"{schema}.loglane_positions", f"{schema}.loglane_outcomes"),
-                    (*(service, source.topic, source.partition) * 2, limit - len(entries)),
-                ).fetchall()
-                entries.extend(
-                    OutboxEntry(seq=seq, source=source, message=message)
-                    for seq, messages in rows
-                    for message in decode_messages(messages)
-                )
-                if len(entries) >= limit:
-                    break
-        return entries
+            return read_outbox(
+                lambda params: conn.execute(select, params).fetchall(), service, sources, limit
+            )
 
     def outbox_backlog(self, service: str) -> dict[TopicPartition, int]:
         schema = quote(self.schema(service))
@@ -370,22 +360,11 @@ class PostgresStore(Store):
         schema = quote(self.schema(service))
         with self._connection() as conn:
             rows = conn.execute(  # the latest outcome of a request id reused wins
-                "SELECT request_id, status, event_ids, detail, messages "
-                f"FROM {schema}.loglane_outcomes WHERE service = %s AND request_source = %s "
-                "AND request_id = ANY(%s) ORDER BY seq",
+                f"SELECT {OUTCOME_READ} FROM {schema}.loglane_outcomes WHERE service = %s "
+                "AND request_source = %s AND request_id = ANY(%s) ORDER BY seq",
                 (service, source, list(request_ids)),
             ).fetchall()
-        return {
-            request_id: RequestOutcome(
-                request_id=request_id,
-                source=source,
-                status=RequestStatus(status),
-                event_ids=tuple(json.loads(event_ids)),
-                detail=detail,
-                events=decode_messages(events),
-            )
-            for request_id, status, event_ids, detail, events in rows
-        }
+        return {row[0]: outcome_of(source, row) for row in rows}
 
     # -- writes ---------------------------------------------------------------------------------
 

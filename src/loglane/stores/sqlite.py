@@ -25,7 +25,6 @@ Tables users may query with their own SQL:
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -47,15 +46,17 @@ from loglane.errors import (
 from loglane.migrations import Migration, Migrator
 from loglane.records import (
     TopicPartition,
-    decode_messages,
     pack,
 )
 from loglane.stores._batch import (
+    OUTCOME_READ,
     PruneClock,
     RowSink,
     backlog_sql,
     forget_published,
     outbox_seqs,
+    outcome_of,
+    read_outbox,
     unpublished_sql,
     write_batch,
 )
@@ -65,7 +66,6 @@ from loglane.stores.base import (
     Batch,
     OutboxEntry,
     RequestOutcome,
-    RequestStatus,
     Row,
     Statement,
     Store,
@@ -277,20 +277,7 @@ class SQLiteStore(Store):
         self, service: str, sources: Collection[TopicPartition], limit: int
     ) -> list[OutboxEntry]:
         db = self._file.connection()
-        entries: list[OutboxEntry] = []
-        for source in sorted(sources):
-            rows = db.execute(
-                _UNPUBLISHED,
-                (*(service, source.topic, source.partition) * 2, limit - len(entries)),
-            )
-            entries.extend(
-                OutboxEntry(seq=seq, source=source, message=message)
-                for seq, messages in rows
-                for message in decode_messages(messages)
-            )
-            if len(entries) >= limit:
-                break
-        return entries
+        return read_outbox(lambda params: db.execute(_UNPUBLISHED, params), service, sources, limit)
 
     def delete_outbox(self, service: str, published: Mapping[TopicPartition, int]) -> None:
         statements = forget_published("loglane_positions", "loglane_outcomes", service, published)
@@ -313,20 +300,13 @@ class SQLiteStore(Store):
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             rows = db.execute(  # the latest outcome of a request id reused wins
-                "SELECT request_id, status, event_ids, detail, messages FROM loglane_outcomes "
-                "WHERE service = ? AND request_source = ? "
-                f"AND request_id IN ({','.join('?' * len(chunk))}) ORDER BY seq",
+                f"SELECT {OUTCOME_READ} FROM loglane_outcomes WHERE service = ? "
+                f"AND request_source = ? AND request_id IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY seq",
                 (service, source, *chunk),
             )
-            for request_id, status, event_ids, detail, events in rows:
-                found[request_id] = RequestOutcome(
-                    request_id=request_id,
-                    source=source,
-                    status=RequestStatus(status),
-                    event_ids=tuple(json.loads(event_ids)),
-                    detail=detail,
-                    events=decode_messages(events),
-                )
+            for row in rows:
+                found[row[0]] = outcome_of(source, row)
         return found
 
     def change_marker(self) -> int | None:
