@@ -5,6 +5,9 @@ Counted by the workers as they go:
     loglane_events_total{service,outcome}             handled: done, rejected, failed, duplicate
     loglane_handler_seconds{service,type}             one handler call, retries apart
     loglane_handler_retries_total{service,type}       attempts that failed and were retried
+    loglane_handler_reruns_total{service,type}        coroutine handlers run again: a handler
+                                                      of another partition changed a row
+                                                      they read while they ran
     loglane_dead_letters_total{service}               records sent to the service's DLQ
     loglane_batch_records{service}                    records per store transaction
     loglane_commit_seconds{service}                   writing and committing one transaction
@@ -67,6 +70,13 @@ HANDLER_SECONDS = Histogram(
 RETRIES = Counter(
     "loglane_handler_retries",
     "Handler attempts that failed and were tried again.",
+    ["service", "type"],
+    registry=REGISTRY,
+)
+RERUNS = Counter(
+    "loglane_handler_reruns",
+    "Coroutine handler runs dropped and run again, as a handler of another partition, running "
+    "beside them, changed a view row they read.",
     ["service", "type"],
     registry=REGISTRY,
 )
@@ -145,6 +155,9 @@ class ServiceMeters:
 
     def conflict(self) -> None:
         self._conflicts.inc()
+
+    def rerun(self, event_type: str) -> None:
+        RERUNS.labels(self.service, event_type).inc()
 
 
 Backends = Callable[[], Iterable[tuple[Service, Log, Store]]]

@@ -5,6 +5,12 @@ and, below them, the rows the batch's store transaction reads (under its locks);
 is written in that transaction when the batch commits. Each event's changes stay in its own
 `Transaction` until its handler returns, so a handler that raises (and is retried, or
 dead-lettered) leaves nothing behind.
+
+Coroutine handlers of different partitions run side by side, one partition's one at a time:
+a handler awaiting something lets another partition's run. Their transactions keep what they
+read from the unit (`Transaction.seen`), and one whose reads another handler changed in the
+meantime is not absorbed: the worker runs it again, on the rows as they are now
+(`UnitOfWork.unchanged`). The batch's effect is then that of its handlers run one at a time.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class UnitOfWork:
         self._committed: dict[View[Any], dict[Key, Document | None]] = {}
         self.writes: dict[View[Any], dict[Key, RowImage | None]] = {}
         self.statements: list[Statement] = []
+        self._changes: dict[View[Any], int] = {}  # handlers absorbed that wrote each view
 
     def document(self, view: View[Any], key: Key) -> Document | None:
         """The row's document as the batch sees it: its own writes, else the store's."""
@@ -85,9 +92,23 @@ class UnitOfWork:
                 rows[key] = image.document
         return sorted(rows.items(), key=_by_key)[:limit]
 
+    def changes(self, view: View[Any]) -> int:
+        """How many handlers absorbed so far wrote rows of `view`."""
+        return self._changes.get(view, 0)
+
+    def unchanged(self, tx: Transaction) -> bool:
+        """Whether every row `tx` read from the batch, and every view it searched, is still as
+        it was read: false if a handler running beside it absorbed a change to one."""
+        if tx.seen is None:
+            return True
+        rows = all(self.document(view, key) is seen for (view, key), seen in tx.seen.items())
+        return rows and all(self.changes(view) == n for view, n in tx.searched.items())
+
     def absorb(self, tx: Transaction) -> None:
         for view, rows in tx.writes.items():
-            self.writes.setdefault(view, {}).update(rows)
+            if rows:
+                self.writes.setdefault(view, {}).update(rows)
+                self._changes[view] = self._changes.get(view, 0) + 1
         self.statements.extend(tx.statements)
 
 
@@ -112,6 +133,8 @@ class ViewAccess(Generic[Row]):
         image = self._rows.get(key, _ABSENT)
         if image is _ABSENT:
             document = self._tx.unit.document(self._view, key)
+            if self._tx.seen is not None:  # run beside other handlers: checked as it ends
+                self._tx.seen.setdefault((self._view, key), document)
         else:
             document = None if image is None else image.document
         return None if document is None else self._view.load(document, key)
@@ -138,6 +161,8 @@ class ViewAccess(Generic[Row]):
         view.check_filters(where)
         if limit < 1:
             raise ValueError(f"find: limit must be at least 1, not {limit}")
+        if self._tx.seen is not None:
+            self._tx.searched.setdefault(view, self._tx.unit.changes(view))
         found = self._tx.unit.find(view, where, limit, self._rows)
         return [view.load(document, key) for key, document in found]
 
@@ -170,10 +195,12 @@ class Transaction:
         key: bytes | None,
         origin: str,
         read_key: Key | None = None,
+        beside_others: bool = False,
     ) -> None:
         """`key` is the message key of emitted events unless `emit` is given one; `origin`
         (`topic/partition/offset`) is where the event being handled sits in the log;
-        `read_key` is the event's own key, at which the worker learns what to prefetch."""
+        `read_key` is the event's own key, at which the worker learns what to prefetch.
+        A handler run `beside_others` (other partitions' handlers) keeps what it reads."""
         self.unit = unit
         self.writes: dict[View[Any], dict[Key, RowImage | None]] = {}
         self.messages: list[Message] = []
@@ -187,6 +214,12 @@ class Transaction:
         self._origin = origin
         self.read_key = read_key
         self.keyed_reads: set[View[Any]] = set()
+        # the rows read from the unit, as first read, and the views searched, with the unit's
+        # count of their changes then; kept only for a handler run beside others
+        self.seen: dict[tuple[View[Any], Key], Document | None] | None = None
+        self.searched: dict[View[Any], int] = {}
+        if beside_others:
+            self.seen = {}
 
     @property
     def event_id(self) -> str:

@@ -5,7 +5,8 @@ One pass of the loop (`run_once`), top to bottom:
 1. poll records from the partitions this worker owns, and read their envelopes and events;
 2. open ONE store transaction for the batches of every partition polled, fenced on the
    position each began at, and run the handlers, each partition's in offset order, against
-   one unit of work whose reads come from it;
+   one unit of work whose reads come from it (coroutine handlers of different partitions
+   side by side, on one event loop; see `loglane.transaction`);
 3. write the view changes, the new input positions, the outbox rows, request outcomes and
    the ids of applied events in that transaction, mark published the outbox rows the log has
    acknowledged since the last commit, and commit;
@@ -41,12 +42,13 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from loglane import tracing
@@ -82,6 +84,9 @@ from loglane.transaction import CommandRejected, Emitter, Transaction, UnitOfWor
 from loglane.views import Key, View
 
 logger = logging.getLogger("loglane.worker")
+
+# errors after which the batch's store transaction is gone: the whole batch runs again
+_BATCH_GONE = (BackendUnavailableError, BatchConflictError, BatchRejectedError)
 
 _OUTBOX_CHUNK = 1000
 
@@ -137,6 +142,7 @@ class Worker:
         self._in_flight: dict[TopicPartition, int] = {}
         self._published: dict[TopicPartition, int] = {}
         self._async: asyncio.Runner | None = None
+        self._any_async = any(handler.is_async for handler in service.handlers)
         self._sent: _Sent | None = None  # the commit sent ahead, not yet confirmed
         self._reads: dict[int, _Read] = {}  # by id(record): this pass's records, read as polled
         self._sought: set[TopicPartition] = set()  # seeked back by `_resume` since the poll
@@ -452,6 +458,9 @@ class Worker:
         is known to read at its key are fetched in one query per view, then the handlers run.
         A command of a parked key waits (`loglane.parking`) unless it is the key's dead
         letter, re-driven; if that one passes, the commands that waited run after it.
+        When some handlers are coroutines, the partitions' records are stepped through side
+        by side (`_side_by_side`), so one partition's handler awaiting a reply does not hold
+        the others up.
         """
         decoded = {
             source: self._decode(
@@ -461,23 +470,79 @@ class Worker:
         }
         self._prefetch([work for works in decoded.values() for work in works], unit)
         emitter = Emitter.of(self.service.name, self.service.output_topic, now_rfc3339())
+        if self._side_by_side(decoded):
+            steps = [
+                self._step_partition(works, source, batches[source], unit, store_tx, emitter)
+                for source, works in decoded.items()
+            ]
+            self._run_async(_all_of(steps))
+            return
         for source, works in decoded.items():
-            batch, parking = batches[source], self._parking[source]
             for work in works:
-                record = work.record
-                if isinstance(work, _Release):  # the head of its key was dropped
-                    self._release(work.key, work.head, source, batch, store_tx, unit)
+                self._step(work, source, batches[source], unit, store_tx, emitter)
+
+    def _step(
+        self,
+        work: _Work | _Refused | _Release,
+        source: TopicPartition,
+        batch: Batch,
+        unit: UnitOfWork,
+        store_tx: StoreTransaction,
+        emitter: Emitter,
+    ) -> None:
+        """Handle one record of the batch: run its handler, dead-letter it, or let it wait
+        behind its key's dead letter."""
+        record = work.record
+        if isinstance(work, _Release):  # the head of its key was dropped
+            self._release(work.key, work.head, source, batch, store_tx, unit)
+            return
+        parked = self._parked_head(record, self._parking[source])
+        if parked is not None and record.header(REDRIVEN_HEADER) != parked[1].encode():
+            batch.parked_records.append((parked[0], record.offset, encode_record(record)))
+            return  # it waits behind the head of its key
+        if isinstance(work, _Refused):
+            self._fail(record, work.envelope, batch, work.reason)
+        else:
+            self._handle(work, unit, batch, emitter)
+        if parked is not None:  # the head, re-driven: its key is free if it passed
+            self._release(*parked, source, batch, store_tx, unit)
+
+    def _side_by_side(
+        self, decoded: dict[TopicPartition, list[_Work | _Refused | _Release]]
+    ) -> bool:
+        """Whether to run the poll's handlers on the event loop, each partition's in order
+        and the partitions side by side: when some handlers are coroutines, and nothing in
+        the poll can release a key parked behind a dead letter (`_release` runs the
+        handlers of the records that waited, one at a time): no key of the polled
+        partitions is parked, and no record is a control record or a re-driven one."""
+        if not self._any_async or any(self._parking[source] for source in decoded):
+            return False
+        works = [work for part in decoded.values() for work in part]
+        if any(
+            isinstance(work, _Release) or work.record.header(REDRIVEN_HEADER) is not None
+            for work in works
+        ):
+            return False
+        return any(isinstance(work, _Work) and work.handler.is_async for work in works)
+
+    async def _step_partition(
+        self,
+        works: list[_Work | _Refused | _Release],
+        source: TopicPartition,
+        batch: Batch,
+        unit: UnitOfWork,
+        store_tx: StoreTransaction,
+        emitter: Emitter,
+    ) -> None:
+        """`_step` through one partition's records on the event loop, awaiting coroutine
+        handlers, while other partitions' steps run whenever one awaits."""
+        for work in works:
+            if isinstance(work, _Work) and work.handler.is_async:
+                parked = self._parked_head(work.record, self._parking[source])
+                if parked is None:  # (a key parked by a failure in this batch: it waits)
+                    await self._handle_beside_others(work, unit, batch, emitter)
                     continue
-                parked = self._parked_head(record, parking)
-                if parked is not None and record.header(REDRIVEN_HEADER) != parked[1].encode():
-                    batch.parked_records.append((parked[0], record.offset, encode_record(record)))
-                    continue  # it waits behind the head of its key
-                if isinstance(work, _Refused):
-                    self._fail(record, work.envelope, batch, work.reason)
-                else:
-                    self._handle(work, unit, batch, emitter)
-                if parked is not None:  # the head, re-driven: its key is free if it passed
-                    self._release(*parked, source, batch, store_tx, unit)
+            self._step(work, source, batch, unit, store_tx, emitter)
 
     def _parked_head(self, record: Record, parking: dict[str, str]) -> tuple[str, str] | None:
         """(key, place of its head) if `record`, whose partition parks `parking`, is a
@@ -636,60 +701,115 @@ class Worker:
 
     def _handle(self, work: _Work, unit: UnitOfWork, batch: Batch, emitter: Emitter) -> None:
         """Run the event's handler, with retries; what still fails goes to the DLQ."""
-        record, envelope = work.record, work.envelope
-        retry = self.service.retry
-        latency, retries = self.meters.handler(envelope.type)
-        for attempt in range(retry.attempts):
-            tx = Transaction(
-                unit=unit,
-                emitter=emitter,
-                cause=envelope,
-                key=work.key,
-                origin=f"{record.topic}/{record.partition}/{record.offset}",
-                read_key=work.read_key,
-            )
+        latency, retries = self.meters.handler(work.envelope.type)
+        for attempt in range(self.service.retry.attempts):
+            tx = self._transaction(work, unit, emitter)
             started = time.perf_counter()
             try:
                 with self._span(emitter, work):
                     self._call(work.handler, work.event, tx)
             except CommandRejected:
                 pass  # tx.reject ended the handler; the rejection is recorded below
-            except (BackendUnavailableError, BatchConflictError, BatchRejectedError):
+            except _BATCH_GONE:
                 raise  # the batch's transaction is gone; the whole batch runs again
             except Exception as exc:
                 latency.observe(time.perf_counter() - started)
-                if retry.retries(exc, attempt):
-                    retries.inc()
-                    time.sleep(retry.delay(attempt))
-                    continue
-                given_up = attempt + 1 < retry.attempts  # a permanent error: no retries
-                times = "for good" if given_up else f"{attempt + 1} times"
-                failure = f"handler failed {times}: {exc!r}"
-                self._fail(record, envelope, batch, f"{failure}\n{_users_traceback(exc)}")
-                return
+                delay = self._retry_delay(exc, attempt, work, batch, retries)
+                if delay is None:
+                    return
+                time.sleep(delay)
+                continue
             latency.observe(time.perf_counter() - started)
-            self.meters.tally["done" if tx.rejection is None else "rejected"] += 1
-            if tx.keyed_reads:
-                self._keyed_reads.setdefault(work.handler, set()).update(tx.keyed_reads)
-            if tx.rejection is None:
-                unit.absorb(tx)
-            if self.replay:
-                return  # views only: the events went out, and the request was answered
-            batch.outbox.extend(tx.messages)
-            if work.is_command:
-                batch.requests.append(
-                    RequestOutcome(
-                        request_id=envelope.request_id,
-                        source=envelope.source,
-                        status=RequestStatus.DONE
-                        if tx.rejection is None
-                        else RequestStatus.REJECTED,
-                        event_ids=tuple(tx.event_ids),
-                        detail=tx.rejection,
-                        events=tuple(tx.messages),
-                    )
-                )
+            self._done(work, tx, unit, batch)
             return
+
+    async def _handle_beside_others(
+        self, work: _Work, unit: UnitOfWork, batch: Batch, emitter: Emitter
+    ) -> None:
+        """`_handle` for a coroutine handler run beside other partitions' handlers: one that
+        read rows another handler changed while it ran is run again, on the rows as they
+        are now, and its first run counts for nothing (no attempt, no outcome)."""
+        latency, retries = self.meters.handler(work.envelope.type)
+        attempt = 0
+        while attempt < self.service.retry.attempts:
+            tx = self._transaction(work, unit, emitter, beside_others=True)
+            started = time.perf_counter()
+            try:
+                with self._span(emitter, work):
+                    await work.handler.func(work.event, tx)
+            except CommandRejected:
+                pass
+            except _BATCH_GONE:
+                raise
+            except Exception as exc:
+                latency.observe(time.perf_counter() - started)
+                if not unit.unchanged(tx):  # it may have failed on rows read stale
+                    self.meters.rerun(work.envelope.type)
+                    continue
+                delay = self._retry_delay(exc, attempt, work, batch, retries)
+                if delay is None:
+                    return
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            latency.observe(time.perf_counter() - started)
+            if not unit.unchanged(tx):
+                self.meters.rerun(work.envelope.type)
+                continue
+            self._done(work, tx, unit, batch)
+            return
+
+    def _transaction(
+        self, work: _Work, unit: UnitOfWork, emitter: Emitter, *, beside_others: bool = False
+    ) -> Transaction:
+        record = work.record
+        return Transaction(
+            unit=unit,
+            emitter=emitter,
+            cause=work.envelope,
+            key=work.key,
+            origin=f"{record.topic}/{record.partition}/{record.offset}",
+            read_key=work.read_key,
+            beside_others=beside_others,
+        )
+
+    def _retry_delay(
+        self, error: Exception, attempt: int, work: _Work, batch: Batch, retries: Counter
+    ) -> float | None:
+        """The seconds to wait before attempt `attempt` + 1 after `error`, counted as a
+        retry; None once the handler failed for good, and its record went to the DLQ."""
+        retry = self.service.retry
+        if retry.retries(error, attempt):
+            retries.inc()
+            return retry.delay(attempt)
+        given_up = attempt + 1 < retry.attempts  # a permanent error: no retries
+        times = "for good" if given_up else f"{attempt + 1} times"
+        failure = f"handler failed {times}: {error!r}"
+        self._fail(work.record, work.envelope, batch, f"{failure}\n{_users_traceback(error)}")
+        return None
+
+    def _done(self, work: _Work, tx: Transaction, unit: UnitOfWork, batch: Batch) -> None:
+        """Take in what a handler that returned (or rejected its command) did."""
+        self.meters.tally["done" if tx.rejection is None else "rejected"] += 1
+        if tx.keyed_reads:
+            self._keyed_reads.setdefault(work.handler, set()).update(tx.keyed_reads)
+        if tx.rejection is None:
+            unit.absorb(tx)
+        if self.replay:
+            return  # views only: the events went out, and the request was answered
+        batch.outbox.extend(tx.messages)
+        if work.is_command:
+            envelope = work.envelope
+            batch.requests.append(
+                RequestOutcome(
+                    request_id=envelope.request_id,
+                    source=envelope.source,
+                    status=RequestStatus.DONE if tx.rejection is None else RequestStatus.REJECTED,
+                    event_ids=tuple(tx.event_ids),
+                    detail=tx.rejection,
+                    events=tuple(tx.messages),
+                )
+            )
 
     def _span(self, emitter: Emitter, work: _Work) -> AbstractContextManager[None]:
         """The handler call's span (under the span that emitted its event), if traced."""
@@ -714,11 +834,15 @@ class Worker:
 
     def _call(self, handler: Handler, event: Event, tx: Transaction) -> None:
         if handler.is_async:
-            if self._async is None:
-                self._async = asyncio.Runner()
-            self._async.run(handler.func(event, tx))
+            self._run_async(handler.func(event, tx))
         else:
             handler.func(event, tx)
+
+    def _run_async(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run `coroutine` to its end on the worker's event loop (kept from pass to pass)."""
+        if self._async is None:
+            self._async = asyncio.Runner()
+        self._async.run(coroutine)
 
     def _fail(self, record: Record, envelope: Envelope | None, batch: Batch, error: str) -> None:
         """Dead-letter the record and, for a command with an envelope, mark its request
@@ -963,6 +1087,17 @@ def _event_of(event_type: type[Event], envelope: Envelope) -> Event:
     if not isinstance(data, dict):
         raise EventVersionError(f"{envelope.type} data of version {version} is no object")
     return event_type.model_validate(event_type.upcast(data, version))
+
+
+async def _all_of(steps: list[Coroutine[Any, Any, None]]) -> None:
+    """Run `steps` side by side until all end; the first to raise cancels the others, and its
+    error is raised as it is (a `BatchConflictError` must reach `_commit` as one)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for step in steps:
+                group.create_task(step)
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
 
 
 def _users_traceback(exc: BaseException) -> str:

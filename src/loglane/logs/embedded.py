@@ -344,22 +344,24 @@ class EmbeddedConsumer(Consumer):
                 return
 
     def _fetch_records(self, max_records: int) -> list[Record]:
+        """Up to `max_records` records, shared out among the owned partitions that have any:
+        one partition's backlog does not hold the others' back (and a worker runs the
+        coroutine handlers of different partitions side by side). What one leaves of its
+        share goes to those after it; the partition that comes first rotates."""
         owned = sorted(self._owned)
         if not owned:
             return []
         ends = self._end_offsets()
-        records: list[Record] = []
         self._start = (self._start + 1) % len(owned)
-        for partition in owned[self._start :] + owned[: self._start]:
-            position = self._fetch[partition]
-            if position >= ends.get(partition, 0):
-                continue
-            batch = self._log.read(partition, position, max_records - len(records))
+        rotated = owned[self._start :] + owned[: self._start]
+        waiting = [tp for tp in rotated if self._fetch[tp] < ends.get(tp, 0)]
+        records: list[Record] = []
+        for index, partition in enumerate(waiting):
+            share = (max_records - len(records)) // (len(waiting) - index)
+            batch = self._log.read(partition, self._fetch[partition], share) if share else []
             if batch:
                 records.extend(batch)
                 self._fetch[partition] = batch[-1].offset + 1
-            if len(records) >= max_records:
-                break
         return records
 
     def _end_offsets(self) -> dict[TopicPartition, int]:
