@@ -99,10 +99,11 @@ class UnitOfWork:
     def unchanged(self, tx: Transaction) -> bool:
         """Whether every row `tx` read from the batch, and every view it searched, is still as
         it was read: false if a handler running beside it absorbed a change to one."""
-        if tx.seen is None:
+        seen = tx.seen
+        if seen is None:
             return True
-        rows = all(self.document(view, key) is seen for (view, key), seen in tx.seen.items())
-        return rows and all(self.changes(view) == n for view, n in tx.searched.items())
+        rows = all(self.document(view, key) is doc for (view, key), doc in seen.rows.items())
+        return rows and all(self.changes(view) == n for view, n in seen.views.items())
 
     def absorb(self, tx: Transaction) -> None:
         for view, rows in tx.writes.items():
@@ -114,6 +115,17 @@ class UnitOfWork:
 
 def _by_key(row: tuple[Key, Document]) -> Key:
     return row[0]
+
+
+class Seen:
+    """What a handler run beside others read from its batch's unit of work: each row as it
+    first read it, and each view it searched, with the unit's count of its changes then."""
+
+    __slots__ = ("rows", "views")
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[View[Any], Key], Document | None] = {}
+        self.views: dict[View[Any], int] = {}
 
 
 class ViewAccess(Generic[Row]):
@@ -134,7 +146,7 @@ class ViewAccess(Generic[Row]):
         if image is _ABSENT:
             document = self._tx.unit.document(self._view, key)
             if self._tx.seen is not None:  # run beside other handlers: checked as it ends
-                self._tx.seen.setdefault((self._view, key), document)
+                self._tx.seen.rows.setdefault((self._view, key), document)
         else:
             document = None if image is None else image.document
         return None if document is None else self._view.load(document, key)
@@ -162,7 +174,7 @@ class ViewAccess(Generic[Row]):
         if limit < 1:
             raise ValueError(f"find: limit must be at least 1, not {limit}")
         if self._tx.seen is not None:
-            self._tx.searched.setdefault(view, self._tx.unit.changes(view))
+            self._tx.seen.views.setdefault(view, self._tx.unit.changes(view))
         found = self._tx.unit.find(view, where, limit, self._rows)
         return [view.load(document, key) for key, document in found]
 
@@ -214,12 +226,7 @@ class Transaction:
         self._origin = origin
         self.read_key = read_key
         self.keyed_reads: set[View[Any]] = set()
-        # the rows read from the unit, as first read, and the views searched, with the unit's
-        # count of their changes then; kept only for a handler run beside others
-        self.seen: dict[tuple[View[Any], Key], Document | None] | None = None
-        self.searched: dict[View[Any], int] = {}
-        if beside_others:
-            self.seen = {}
+        self.seen = Seen() if beside_others else None
 
     @property
     def event_id(self) -> str:
