@@ -11,23 +11,37 @@ the same backlog over 4 partitions:
   different partitions run at the same time, so the bound is partitions / N ms per second,
   printed as `bound`.
 
+On the embedded stack by default; `--kafka` runs it on Kafka and PostgreSQL (fresh topics
+and schema per run, deleted afterwards). A poll spreads over as many partitions as the log
+hands it: the embedded log shares a poll out among its partitions, a Kafka consumer with a
+backlog hands over one or two partitions' fetches at a time.
+
     .venv/bin/python bench/a1_async.py --events 20000 --io-ms 1 --runs 3
+    scripts/kafka start && scripts/postgres start
+    .venv/bin/python bench/a1_async.py --events 20000 --io-ms 1 --runs 3 --kafka
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
+from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from loglane import Service, Transaction
-from loglane.logs.embedded import EmbeddedLog
+from loglane.logs.base import Log
 from loglane.runner import freeze_startup_objects
-from loglane.stores.sqlite import SQLiteStore
+from loglane.stores.base import Store
+from loglane.urls import open_log, open_store
 from loglane.worker import Worker, ensure_topics
 from report import print_medians, print_run
 from workload import PARTITIONS, Item, SetValue, ValueSet, commands
@@ -57,23 +71,61 @@ def async_service(name: str, io_seconds: float | None) -> Service:
     return service
 
 
-def run(folder: Path, service: Service, events: int) -> float:
-    log = EmbeddedLog(folder / "log.db", synchronous="NORMAL")
-    ensure_topics(log, [service])
-    for start in range(0, events, 5000):
-        log.append(commands(service, start, min(start + 5000, events)))
-    store = SQLiteStore(folder / "views.db")
-    worker = Worker(service, log, store, batch_size=BATCH)
-    worker.start()
-    freeze_startup_objects()
-    started = time.perf_counter()
-    while worker.handled < events:
-        worker.run_once(timeout=0.1, send_ahead=True)
-    elapsed = time.perf_counter() - started
-    worker.close()
-    store.close()
-    log.close()
-    return events / elapsed
+@contextlib.contextmanager
+def backends(service: Service, kafka: str | None) -> Iterator[tuple[Log, Store]]:
+    """A fresh embedded log and SQLite file, or fresh topics and schema on Kafka and
+    PostgreSQL, removed afterwards."""
+    if kafka is None:
+        with tempfile.TemporaryDirectory(prefix="loglane-a1-") as folder:
+            log, store = (
+                open_log(f"embedded:///{folder}/log.db"),
+                open_store(f"sqlite:///{folder}/views.db", service.name),
+            )
+            yield log, store
+            store.close()
+            log.close()
+        return
+    postgres = _postgres_url()
+    log = open_log(f"kafka://{kafka}")
+    store = open_store(f"{postgres}?schema={service.name}", service.name)
+    try:
+        yield log, store
+    finally:
+        store.close()
+        log.close()
+        topics = [service.input_topic, service.output_topic, service.dlq_topic]
+        admin = AdminClient({"bootstrap.servers": kafka})  # kept until the futures end
+        for deleted in admin.delete_topics(topics).values():
+            deleted.result()
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{service.name}" CASCADE')  # type: ignore[arg-type]
+
+
+def _postgres_url() -> str:
+    script = Path(__file__).resolve().parent.parent / "scripts" / "postgres"
+    return subprocess.run(
+        [script, "url"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def run(service: Service, events: int, kafka: str | None) -> float:
+    """Events/s of one worker draining a backlog of `events` commands; the clock starts
+    with the first records handled, so joining a consumer group is not counted."""
+    with backends(service, kafka) as (log, store):
+        ensure_topics(log, [service])
+        for start in range(0, events, 5000):
+            log.append(commands(service, start, min(start + 5000, events)))
+        worker = Worker(service, log, store, batch_size=BATCH)
+        worker.start()
+        freeze_startup_objects()
+        while worker.handled == 0:
+            worker.run_once(timeout=0.1, send_ahead=True)
+        first, started = worker.handled, time.perf_counter()
+        while worker.handled < events:
+            worker.run_once(timeout=0.1, send_ahead=True)
+        elapsed = time.perf_counter() - started
+        worker.close()
+        return (events - first) / elapsed
 
 
 def main() -> None:
@@ -81,6 +133,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--io-ms", type=float, default=1.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--kafka", nargs="?", const="127.0.0.1:19092", help="on Kafka (bootstrap) and PostgreSQL"
+    )
     args = parser.parse_args()
     io_name = f"async, {args.io_ms:g} ms I/O"
     contenders = {"sync": None, "async": 0.0, io_name: args.io_ms / 1000}
@@ -88,9 +143,8 @@ def main() -> None:
     results: dict[str, list[float]] = {name: [] for name in contenders}
     for number in range(args.runs):
         for name, io_seconds in contenders.items():
-            with tempfile.TemporaryDirectory(prefix="loglane-a1-") as folder:
-                service = async_service("bench", io_seconds)
-                results[name].append(run(Path(folder), service, args.events))
+            service = async_service(f"a1_{uuid.uuid4().hex[:8]}", io_seconds)
+            results[name].append(run(service, args.events, args.kafka))
         print_run(console, number, results)
     bound = PARTITIONS / (args.io_ms / 1000)
     console.print(
@@ -98,7 +152,8 @@ def main() -> None:
     )
     print_medians(
         console,
-        f"A1: {args.events:,} events, one worker process, median of {args.runs}",
+        f"A1: {args.events:,} events, {'Kafka + PostgreSQL' if args.kafka else 'embedded'},"
+        f" one worker process, median of {args.runs}",
         results,
         unit="events/s",
         baselines={"vs sync": "sync"},
