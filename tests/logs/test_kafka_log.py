@@ -12,7 +12,7 @@ from confluent_kafka.admin import ConfigResource
 
 from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError
 from loglane.logs.base import Consumer, Log
-from loglane.logs.kafka import KafkaLog
+from loglane.logs.kafka import KafkaConsumer, KafkaLog, _share_out
 from loglane.logs.kafka_settings import KafkaSettings
 from loglane.partitioner import partition_for
 from loglane.records import Message, Record, TopicPartition
@@ -343,3 +343,48 @@ def test_an_offset_the_broker_gives_as_unknown_is_unavailable_not_the_log_end(
     kafka_log._admin = LeaderMoving(kafka_log._admin)  # type: ignore[assignment]
     with pytest.raises(BackendUnavailableError, match=r"no offset for partition\(s\) \[0, 1\]"):
         kafka_log.offsets(topic)
+
+
+def _at(partition: int, offset: int) -> Record:
+    return Record("t", partition, offset, None, b"", (), 0)
+
+
+def _offsets(records: list[Record], partition: int) -> list[int]:
+    return [record.offset for record in records if record.partition == partition]
+
+
+def test_a_poll_takes_each_partitions_share_first_and_holds_the_rest_back() -> None:
+    fetched = [_at(0, i) for i in range(10)] + [_at(1, i) for i in range(2)]
+    fetched += [_at(2, i) for i in range(10)]
+    taken, held = _share_out(fetched, 12)
+    # a share of 4 each (partition 1 has 2), then the oldest of the rest fill the poll
+    assert [_offsets(taken, p) for p in range(3)] == [[0, 1, 2, 3, 4, 5], [0, 1], [0, 1, 2, 3]]
+    assert [_offsets(held, p) for p in range(3)] == [[6, 7, 8, 9], [], [4, 5, 6, 7, 8, 9]]
+    assert _share_out(fetched, 30) == (fetched, [])
+
+
+def test_records_held_back_are_taken_oldest_first_so_no_partition_starves() -> None:
+    taken, held = _share_out([_at(0, 0), _at(1, 0), _at(0, 1)], 1)
+    assert (taken, held) == ([_at(0, 0)], [_at(1, 0), _at(0, 1)])
+    taken, held = _share_out(held, 1)
+    assert (taken, held) == ([_at(1, 0)], [_at(0, 1)])
+
+
+@pytest.mark.kafka
+def test_a_seek_drops_the_records_a_poll_held_back(kafka_log: KafkaLog) -> None:
+    topic = unique("held")
+    kafka_log.create_topic(topic, 1)
+    kafka_log.append([Message(topic, b"k", str(i).encode()) for i in range(40)])
+    consumer = kafka_log.consumer(unique("group"), [topic], Owner())
+    assert isinstance(consumer, KafkaConsumer)
+    try:
+        got: list[Record] = []
+        while not consumer._held:  # until a poll fetched more than it took
+            got += consumer.poll(1.0, 5)
+            assert len(got) < 40, "no poll held records back"
+        consumer.seek(TopicPartition(topic, 0), 2)
+        after: list[Record] = []
+        poll_until([consumer], lambda: len(after) >= 10, into=after)
+        assert [record.offset for record in after[:10]] == list(range(2, 12))
+    finally:
+        consumer.close()

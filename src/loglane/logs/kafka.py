@@ -574,6 +574,8 @@ class KafkaConsumer(Consumer):
         self._unannounced: set[TopicPartition] = set()
         # while the listener runs inside a rebalance, seeks are collected, not applied
         self._collected: dict[TopicPartition, int] | None = None
+        # records fetched but held back from a poll, to share the next one out (`_share_out`)
+        self._held: list[Record] = []
         self._closed = False
         consumer.subscribe(
             list(topics),
@@ -604,6 +606,7 @@ class KafkaConsumer(Consumer):
 
     def _on_revoke(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
         revoked = [TopicPartition(p.topic, p.partition) for p in partitions]
+        self._drop_held(revoked)
         announced = [tp for tp in revoked if tp in self._owned and tp not in self._unannounced]
         try:
             if announced:
@@ -631,6 +634,7 @@ class KafkaConsumer(Consumer):
         if not self._unannounced:
             return
         pending = sorted(self._unannounced)
+        self._drop_held(pending)
         seeks = self._announce(pending)
         self._unannounced.clear()
         for tp in pending:
@@ -649,6 +653,7 @@ class KafkaConsumer(Consumer):
     # -- the Consumer interface -----------------------------------------------------------------
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._drop_held([partition])
         if self._collected is not None:
             self._collected[partition] = offset
         elif partition in self._owned and partition not in self._unannounced:
@@ -657,9 +662,12 @@ class KafkaConsumer(Consumer):
             logger.debug("ignored a seek of %s, which this member does not own", partition)
 
     def poll(self, timeout: float, max_records: int) -> list[Record]:
+        """Up to `max_records` records shared out among their partitions (`_share_out`): up
+        to twice as many are fetched, and those held back come first in the next poll."""
         self._announce_pending()
-        messages = self._consumer.consume(max_records, 0)
-        if not messages and timeout > 0:
+        # (held records stay in `_held` while librdkafka runs rebalance callbacks in here)
+        messages = self._consumer.consume(2 * max_records - len(self._held), 0)
+        if not messages and not self._held and timeout > 0:
             # consume() would wait out its whole timeout for a full batch; poll() returns
             # on the first record, and the rest of the batch is taken without waiting
             first = self._consumer.poll(timeout)
@@ -675,10 +683,21 @@ class KafkaConsumer(Consumer):
             elif error.code() == ck.KafkaError._MAX_POLL_EXCEEDED:
                 logger.warning("left the group: %s; it rejoins on the next poll", error.str())
             elif error.code() != ck.KafkaError._PARTITION_EOF:
-                self._rewind(records + [_record(m) for m in messages[index + 1 :] if not m.error()])
+                rest = [_record(m) for m in messages[index + 1 :] if not m.error()]
+                self._rewind(self._held + records + rest)
                 raise _consumer_error(error)
         # records fetched for a partition that was revoked during this very poll are not ours
-        return [record for record in records if record.topic_partition in self._owned]
+        held, self._held = self._held, []
+        owned = [record for record in held + records if record.topic_partition in self._owned]
+        taken, self._held = _share_out(owned, max_records)
+        return taken
+
+    def _drop_held(self, partitions: Sequence[TopicPartition]) -> None:
+        """Forget the held records of `partitions`: they are fetched again where they
+        restart, or are no longer this member's."""
+        if self._held:
+            dropped = set(partitions)
+            self._held = [r for r in self._held if r.topic_partition not in dropped]
 
     def _rewind(self, records: list[Record]) -> None:
         """Records fetched but not handed over are fetched again on the next poll."""
@@ -734,6 +753,29 @@ def _on_commit(error: ck.KafkaError | None, partitions: list[ck.TopicPartition])
         logger.warning("Kafka did not take an offset commit: %s", error.str())
     elif failed:
         logger.warning("Kafka did not take the offset commit of %s", ", ".join(failed))
+
+
+def _share_out(records: list[Record], max_records: int) -> tuple[list[Record], list[Record]]:
+    """Up to `max_records` of `records`, and the rest, held back. Each partition's share
+    comes first (a partition with a backlog does not fill the poll alone, and a worker runs
+    the coroutine handlers of several partitions side by side), then the oldest of the rest
+    fill what is left. What is taken of a partition is always its first records."""
+    if len(records) <= max_records:
+        return records, []
+    share = max_records // len({record.topic_partition for record in records})
+    counts: dict[TopicPartition, int] = {}
+    taken: list[Record] = []
+    rest: list[Record] = []
+    for record in records:  # in the order fetched: each partition's in offset order
+        tp = record.topic_partition
+        count = counts.get(tp, 0)
+        if count < share:
+            taken.append(record)
+            counts[tp] = count + 1
+        else:
+            rest.append(record)
+    room = max_records - len(taken)
+    return taken + rest[:room], rest[room:]
 
 
 def _at(partition: TopicPartition, offset: int) -> ck.TopicPartition:
