@@ -12,9 +12,10 @@ the same backlog over 4 partitions:
   printed as `bound`.
 
 On the embedded stack by default; `--kafka` runs it on Kafka and PostgreSQL (fresh topics
-and schema per run, deleted afterwards). A poll spreads over as many partitions as the log
-hands it: the embedded log shares a poll out among its partitions, a Kafka consumer with a
-backlog hands over one or two partitions' fetches at a time.
+and schema per run, deleted afterwards). A worker of coroutine handlers asks its polls to be
+spread over the partitions; how evenly depends on what the log has fetched: the embedded
+log shares each poll out evenly, a Kafka consumer shares out what librdkafka has fetched
+(up to twice the batch), which with a backlog is often two partitions' fetches.
 
     .venv/bin/python bench/a1_async.py --events 20000 --io-ms 1 --runs 3
     scripts/kafka start && scripts/postgres start

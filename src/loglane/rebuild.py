@@ -326,8 +326,8 @@ class _HeldBackConsumer(Consumer):
         self._log = log
         self._consumer = consumer
 
-    def poll(self, timeout: float, max_records: int) -> list[Record]:
-        records = self._consumer.poll(timeout, max_records)
+    def poll(self, timeout: float, max_records: int, *, spread: bool = False) -> list[Record]:
+        records = self._consumer.poll(timeout, max_records, spread=spread)
         limits = self._log.limits
         kept: list[Record] = []
         held: dict[TopicPartition, int] = {}

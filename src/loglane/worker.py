@@ -228,7 +228,8 @@ class Worker:
         consumer = self._require_consumer()
         if self._sent is not None:
             timeout = 0  # a commit waits to be confirmed: take only what has arrived
-        records = consumer.poll(self.poll_timeout if timeout is None else timeout, self.batch_size)
+        timeout = self.poll_timeout if timeout is None else timeout
+        records = consumer.poll(timeout, self.batch_size, spread=self._any_async)
         crash_point("after_poll")
         self._reads = {id(record): self._read(record) for record in records}
         parts = _by_partition(records)

@@ -177,6 +177,24 @@ class LogContract:
         finally:
             consumer.close()
 
+    def test_spread_polls_read_every_partitions_records_once_and_in_order(
+        self, log: Log, topic: str
+    ) -> None:
+        log.append([Message(topic, f"k{i}".encode(), b"v") for i in range(60)])
+        owner = Owner()
+        consumer = log.consumer(unique("group"), [topic], owner)
+        try:
+            records: list[Record] = []
+            deadline = time.monotonic() + 60
+            while len(records) < 60 and time.monotonic() < deadline:
+                records += consumer.poll(0.05, 7, spread=True)  # fewer than a fetch holds
+            assert len(records) == 60
+            for partition in range(3):
+                offsets = [r.offset for r in records if r.partition == partition]
+                assert offsets == list(range(len(offsets)))
+        finally:
+            consumer.close()
+
     def test_poll_returns_nothing_once_it_has_caught_up(self, log: Log, topic: str) -> None:
         owner = Owner()
         consumer = log.consumer(unique("group"), [topic], owner)

@@ -208,3 +208,21 @@ def test_an_explicit_retention_replaces_the_topics_old_one(tmp_path: Path) -> No
     assert log.enforce_retention(now_ms=now_ms + 5000) == 0
     assert log.enforce_retention(now_ms=now_ms + 120_000) == 3
     log.close()
+
+
+def test_a_spread_poll_shares_a_backlog_out_among_the_partitions(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log.db")
+    log.create_topic("t", 3)
+    owner = Owner()
+    consumer = log.consumer("g", ["t"], owner)
+    try:
+        poll_until([consumer], lambda: len(owner.owned) == 3)
+        log.append([Message("t", f"k{i}".encode(), b"v") for i in range(90)])
+        spread = consumer.poll(1.0, 9, spread=True)
+        assert sorted(sum(r.partition == p for r in spread) for p in range(3)) == [3, 3, 3]
+        filled = consumer.poll(1.0, 9)
+        assert len(filled) == 9
+        assert len({r.partition for r in filled}) == 1  # filled from one partition's backlog
+    finally:
+        consumer.close()
+        log.close()

@@ -51,8 +51,12 @@ class Consumer(ABC):
     """One member of a consumer group, reading the partitions it owns."""
 
     @abstractmethod
-    def poll(self, timeout: float, max_records: int) -> list[Record]:
-        """Records from owned partitions, each partition in offset order; [] after `timeout`."""
+    def poll(self, timeout: float, max_records: int, *, spread: bool = False) -> list[Record]:
+        """Records from owned partitions, each partition in offset order; [] after `timeout`.
+
+        With `spread`, the records are shared out among the partitions that have any, as far
+        as the backend knows of them, rather than filled from one partition's backlog (a
+        worker running coroutine handlers side by side asks for it)."""
 
     @abstractmethod
     def seek(self, partition: TopicPartition, offset: int) -> None:

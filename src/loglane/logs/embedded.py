@@ -320,7 +320,7 @@ class EmbeddedConsumer(Consumer):
         if partition in self._owned or partition in self._unannounced:
             self._fetch[partition] = offset
 
-    def poll(self, timeout: float, max_records: int) -> list[Record]:
+    def poll(self, timeout: float, max_records: int, *, spread: bool = False) -> list[Record]:
         deadline = time.monotonic() + timeout
         db = self._log.connection()
         while True:
@@ -328,7 +328,7 @@ class EmbeddedConsumer(Consumer):
                 self._heartbeat()
             self._announce()
             version = db.execute("PRAGMA data_version").fetchone()[0]
-            records = self._fetch_records(max_records)
+            records = self._fetch_records(max_records, spread)
             remaining = deadline - time.monotonic()
             if records or remaining <= 0:
                 return records
@@ -343,11 +343,10 @@ class EmbeddedConsumer(Consumer):
             if db.execute("PRAGMA data_version").fetchone()[0] != version:
                 return
 
-    def _fetch_records(self, max_records: int) -> list[Record]:
-        """Up to `max_records` records, shared out among the owned partitions that have any:
-        one partition's backlog does not hold the others' back (and a worker runs the
-        coroutine handlers of different partitions side by side). What one leaves of its
-        share goes to those after it; the partition that comes first rotates."""
+    def _fetch_records(self, max_records: int, spread: bool) -> list[Record]:
+        """Up to `max_records` records from the owned partitions that have any, the first
+        one's first; `spread`, each one's share first, and what one leaves of it goes to
+        those after it. The partition that comes first rotates."""
         owned = sorted(self._owned)
         if not owned:
             return []
@@ -357,7 +356,8 @@ class EmbeddedConsumer(Consumer):
         waiting = [tp for tp in rotated if self._fetch[tp] < ends.get(tp, 0)]
         records: list[Record] = []
         for index, partition in enumerate(waiting):
-            share = (max_records - len(records)) // (len(waiting) - index)
+            room = max_records - len(records)
+            share = room // (len(waiting) - index) if spread else room
             batch = self._log.read(partition, self._fetch[partition], share) if share else []
             if batch:
                 records.extend(batch)

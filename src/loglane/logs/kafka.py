@@ -661,12 +661,13 @@ class KafkaConsumer(Consumer):
         else:
             logger.debug("ignored a seek of %s, which this member does not own", partition)
 
-    def poll(self, timeout: float, max_records: int) -> list[Record]:
-        """Up to `max_records` records shared out among their partitions (`_share_out`): up
-        to twice as many are fetched, and those held back come first in the next poll."""
+    def poll(self, timeout: float, max_records: int, *, spread: bool = False) -> list[Record]:
+        """`spread`: up to twice `max_records` are fetched, to share them out among their
+        partitions (`_share_out`), and those held back come first in the next poll."""
         self._announce_pending()
         # (held records stay in `_held` while librdkafka runs rebalance callbacks in here)
-        messages = self._consumer.consume(2 * max_records - len(self._held), 0)
+        wanted = (2 if spread else 1) * max_records - len(self._held)
+        messages = self._consumer.consume(wanted, 0) if wanted > 0 else []
         if not messages and not self._held and timeout > 0:
             # consume() would wait out its whole timeout for a full batch; poll() returns
             # on the first record, and the rest of the batch is taken without waiting
@@ -687,8 +688,9 @@ class KafkaConsumer(Consumer):
                 self._rewind(self._held + records + rest)
                 raise _consumer_error(error)
         # records fetched for a partition that was revoked during this very poll are not ours
-        held, self._held = self._held, []
-        owned = [record for record in held + records if record.topic_partition in self._owned]
+        if self._held:
+            records, self._held = self._held + records, []
+        owned = [record for record in records if record.topic_partition in self._owned]
         taken, self._held = _share_out(owned, max_records)
         return taken
 
