@@ -637,9 +637,9 @@ class KafkaConsumer(Consumer):
         self._drop_held(pending)
         seeks = self._announce(pending)
         self._unannounced.clear()
-        for tp in pending:
-            self._restart(tp, seeks.get(tp, ck.OFFSET_INVALID))
         self._consumer.resume([_at(tp, ck.OFFSET_INVALID) for tp in pending])
+        for tp, offset in seeks.items():  # the others start where their assignment put them
+            self._restart(tp, offset)
 
     def _restart(self, partition: TopicPartition, offset: int) -> None:
         """Start fetching `partition` afresh at `offset`, dropping whatever was prefetched.
