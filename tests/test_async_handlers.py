@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 import pytest
 from pydantic import BaseModel
@@ -14,6 +15,7 @@ from loglane import Event, PermanentError, RequestStatus, Service, Transaction
 from loglane.metrics import RERUNS
 from loglane.partitioner import partition_for
 from loglane.testing import LandscapeTest
+from tests.postgres import schemas, with_schema
 
 PARTITIONS = 4
 
@@ -41,6 +43,17 @@ def keys_one_per_partition(count: int = PARTITIONS) -> list[str]:
         key = f"k{index}"
         by_partition.setdefault(partition_for(key.encode(), PARTITIONS), key)
     return [by_partition[partition] for partition in sorted(by_partition)][:count]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The views' store: SQLite (None: LandscapeTest's own), or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    url = request.getfixturevalue("postgres_url")
+    with schemas(url) as prefix:
+        yield with_schema(url, prefix + "{service}")
 
 
 def reruns(service: str) -> float:
@@ -98,7 +111,9 @@ def test_each_partitions_coroutine_handlers_run_in_order_while_partitions_interl
         assert landscape.dead_letters("ordered") == []
 
 
-def test_a_row_that_handlers_of_several_partitions_update_loses_no_update() -> None:
+def test_a_row_that_handlers_of_several_partitions_update_loses_no_update(
+    db_url: str | None,
+) -> None:
     service = Service("shared", partitions=PARTITIONS)
     counted = service.view("counted", Counted, key="key")
 
@@ -109,7 +124,7 @@ def test_a_row_that_handlers_of_several_partitions_update_loses_no_update() -> N
         tx[counted].put(Counted(key="all", visits=total.visits + 1))
 
     before = reruns("shared")
-    with LandscapeTest(service) as landscape:
+    with LandscapeTest(service, db_url=db_url) as landscape:
         for seq in range(10):
             for key in keys_one_per_partition():
                 landscape.send(Visit(key=key, seq=seq))
@@ -118,7 +133,9 @@ def test_a_row_that_handlers_of_several_partitions_update_loses_no_update() -> N
         assert reruns("shared") > before  # the handlers did read the row under each other
 
 
-def test_a_search_that_another_partitions_handler_changes_is_run_again() -> None:
+def test_a_search_that_another_partitions_handler_changes_is_run_again(
+    db_url: str | None,
+) -> None:
     service = Service("unique", partitions=PARTITIONS)
     names = service.view("names", Named, key="key", indexes=["name"])
 
@@ -130,7 +147,7 @@ def test_a_search_that_another_partitions_handler_changes_is_run_again() -> None
             tx.reject(f"{command.name} is taken")
         tx[names].put(Named(name=command.name, key=command.key))
 
-    with LandscapeTest(service) as landscape:
+    with LandscapeTest(service, db_url=db_url) as landscape:
         requests = [landscape.send(Visit(key=key, name="ada")) for key in keys_one_per_partition()]
         landscape.run_until_quiet()
         assert [row.name for row in landscape.view(names).all()] == ["ada"]
