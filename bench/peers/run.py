@@ -381,6 +381,8 @@ def main() -> None:
         if not system.python.exists():
             results[system.slug].append("not installed: run bench/peers/install")
     runnable = [s for s in chosen if s.python.exists()]
+    if not runnable:
+        raise SystemExit("no system to run is installed: run bench/peers/install first")
     logs = REPO / "bench" / "results" / f"peers-{datetime.now():%Y%m%d-%H%M%S}"
     logs.mkdir(parents=True)
     backlog = harness.make_backlog(args.events)
