@@ -27,17 +27,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
-from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
+import servers
 from loglane import Service, Transaction
 from loglane.logs.base import Log
 from loglane.runner import freeze_startup_objects
@@ -45,7 +42,7 @@ from loglane.stores.base import Store
 from loglane.urls import open_log, open_store
 from loglane.worker import Worker, ensure_topics
 from report import print_medians, print_run
-from workload import PARTITIONS, Item, SetValue, ValueSet, commands
+from workload import PARTITIONS, Item, SetValue, ValueSet, commands, drain_rate
 
 BATCH = 1000
 
@@ -86,7 +83,7 @@ def backends(service: Service, kafka: str | None) -> Iterator[tuple[Log, Store]]
             store.close()
             log.close()
         return
-    postgres = _postgres_url()
+    postgres = servers.postgres_url()
     log = open_log(f"kafka://{kafka}")
     store = open_store(f"{postgres}?schema={service.name}", service.name)
     try:
@@ -94,24 +91,13 @@ def backends(service: Service, kafka: str | None) -> Iterator[tuple[Log, Store]]
     finally:
         store.close()
         log.close()
-        topics = [service.input_topic, service.output_topic, service.dlq_topic]
-        admin = AdminClient({"bootstrap.servers": kafka})  # kept until the futures end
-        for deleted in admin.delete_topics(topics).values():
-            deleted.result()
+        servers.delete_topics(kafka, service)
         with psycopg.connect(postgres, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{service.name}" CASCADE')  # type: ignore[arg-type]
 
 
-def _postgres_url() -> str:
-    script = Path(__file__).resolve().parent.parent / "scripts" / "postgres"
-    return subprocess.run(
-        [script, "url"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
 def run(service: Service, events: int, kafka: str | None) -> float:
-    """Events/s of one worker draining a backlog of `events` commands; the clock starts
-    with the first records handled, so joining a consumer group is not counted."""
+    """Events/s of one worker draining a backlog of `events` commands (`drain_rate`)."""
     with backends(service, kafka) as (log, store):
         ensure_topics(log, [service])
         for start in range(0, events, 5000):
@@ -119,14 +105,9 @@ def run(service: Service, events: int, kafka: str | None) -> float:
         worker = Worker(service, log, store, batch_size=BATCH)
         worker.start()
         freeze_startup_objects()
-        while worker.handled == 0:
-            worker.run_once(timeout=0.1, send_ahead=True)
-        first, started = worker.handled, time.perf_counter()
-        while worker.handled < events:
-            worker.run_once(timeout=0.1, send_ahead=True)
-        elapsed = time.perf_counter() - started
+        rate = drain_rate(worker, events)
         worker.close()
-        return (events - first) / elapsed
+        return rate
 
 
 def main() -> None:

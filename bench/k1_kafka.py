@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sqlite3
-import subprocess
 import tempfile
 import time
 import uuid
@@ -31,9 +30,9 @@ from pathlib import Path
 
 import confluent_kafka as ck
 import psycopg
-from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
+import servers
 from loglane import Service
 from loglane.logs.kafka import KafkaLog
 from loglane.runner import freeze_startup_objects
@@ -42,7 +41,7 @@ from loglane.stores.postgres import PostgresStore
 from loglane.stores.sqlite import SQLiteStore
 from loglane.worker import Worker, ensure_topics
 from report import print_medians, print_run
-from workload import bench_service, commands
+from workload import bench_service, commands, drain_rate
 
 BATCH = 1000
 PRODUCER = {
@@ -154,16 +153,11 @@ def run_loglane(bootstrap: str, service: Service, database: Database, events: in
     worker = Worker(service, log, store, batch_size=BATCH)
     worker.start()
     freeze_startup_objects()  # as `loglane run` and `loglane worker` do
-    while worker.handled == 0:
-        worker.run_once(timeout=0.1, send_ahead=True)  # as `Worker.run` makes its passes
-    first, started = worker.handled, time.perf_counter()
-    while worker.handled < events:
-        worker.run_once(timeout=0.1, send_ahead=True)  # as `Worker.run` makes its passes
-    elapsed = time.perf_counter() - started
+    rate = drain_rate(worker, events)
     worker.close()
     store.close()
     log.close()
-    return (events - first) / elapsed
+    return rate
 
 
 def run_raw(bootstrap: str, service: Service, database: Database, events: int) -> float:
@@ -212,21 +206,7 @@ def run_raw(bootstrap: str, service: Service, database: Database, events: int) -
     return (events - first) / elapsed
 
 
-def delete_topics(bootstrap: str, service: Service) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    topics = [service.input_topic, service.output_topic, service.dlq_topic]
-    for future in admin.delete_topics(topics, operation_timeout=30).values():
-        future.result()
-
-
 Runner = Callable[[str, Service, Database, int], float]
-
-
-def _postgres_url() -> str:
-    script = Path(__file__).resolve().parent.parent / "scripts" / "postgres"
-    return subprocess.run(
-        [str(script), "url"], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def main() -> None:
@@ -241,7 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     postgres_url = None
     if args.store == "postgresql":
-        postgres_url = args.postgres_url or os.environ.get("LOGLANE_PG") or _postgres_url()
+        postgres_url = args.postgres_url or servers.postgres_url()
     console = Console()
     runners: dict[str, Runner] = {"loglane": run_loglane, "raw confluent-kafka loop": run_raw}
     results: dict[str, list[float]] = {name: [] for name in runners}
@@ -254,7 +234,7 @@ def main() -> None:
                 try:
                     results[name].append(runner(args.bootstrap, service, database, args.events))
                 finally:
-                    delete_topics(args.bootstrap, service)
+                    servers.delete_topics(args.bootstrap, service)
                     database.drop()
         print_run(console, run, results)
     print_medians(

@@ -634,7 +634,6 @@ class KafkaConsumer(Consumer):
         if not self._unannounced:
             return
         pending = sorted(self._unannounced)
-        self._drop_held(pending)
         seeks = self._announce(pending)
         self._unannounced.clear()
         self._consumer.resume([_at(tp, ck.OFFSET_INVALID) for tp in pending])
