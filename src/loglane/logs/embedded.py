@@ -87,18 +87,11 @@ _RETENTION_CHECK_SECONDS = 60.0
 _IDLE_CHECK_SECONDS = 0.005
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class _Topic:
+@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity, in C: an append hashes
+class _Topic:  # its topics a few times per message (two of one topic reserve two offset ranges)
     id: int
     name: str
     partitions: int
-
-    # the topic's id says which it is: an append hashes it a few times per message
-    def __hash__(self) -> int:
-        return self.id
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Topic) and other.id == self.id
 
 
 _APPEND_SIGNALS: dict[Path, threading.Condition] = {}
@@ -192,6 +185,7 @@ class EmbeddedLog(Log):
             return []
         now_ms = int(time.time() * 1000)
         placed = [self._place(message) for message in messages]
+        headers = [encode_headers(message.headers) for message in messages]  # before the lock
         counts: dict[tuple[_Topic, int], int] = defaultdict(int)
         for topic, partition in placed:
             counts[topic, partition] += 1
@@ -206,20 +200,12 @@ class EmbeddedLog(Log):
                 next_offset[topic, partition] = end - count
             rows = []
             positions = []
-            for message, slot in zip(messages, placed, strict=True):
+            for message, slot, packed in zip(messages, placed, headers, strict=True):
                 offset = next_offset[slot]
                 next_offset[slot] = offset + 1
                 topic, partition = slot
                 rows.append(
-                    (
-                        topic.id,
-                        partition,
-                        offset,
-                        message.key,
-                        message.value,
-                        encode_headers(message.headers),
-                        now_ms,
-                    )
+                    (topic.id, partition, offset, message.key, message.value, packed, now_ms)
                 )
                 positions.append(Position(topic.name, partition, offset))
             db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
