@@ -12,10 +12,11 @@ the same backlog over 4 partitions:
   printed as `bound`.
 
 On the embedded stack by default; `--kafka` runs it on Kafka and PostgreSQL (fresh topics
-and schema per run, deleted afterwards). A worker of coroutine handlers asks its polls to be
-spread over the partitions; how evenly depends on what the log has fetched: the embedded
-log shares each poll out evenly, a Kafka consumer shares out what librdkafka has fetched
-(up to twice the batch), which with a backlog is often two partitions' fetches.
+and schema per run, deleted afterwards). A worker of coroutine handlers asks for a consumer
+that spreads its polls over the partitions; how evenly depends on what the log has fetched:
+the embedded log shares each poll out evenly, a Kafka consumer shares out what librdkafka
+has fetched (up to twice the batch; it fetches 64 KiB of a partition at a time for such a
+consumer, not 1 MiB, so that holds records of more partitions).
 
     .venv/bin/python bench/a1_async.py --events 20000 --io-ms 1 --runs 3
     scripts/kafka start && scripts/postgres start

@@ -291,8 +291,16 @@ class _HeldBackLog(Log):
         """How many partitions the replay's consumer owns."""
         return sum(len(consumer.assignment()) for consumer in self._consumers)
 
-    def consumer(self, group: str, topics: Sequence[str], listener: RebalanceListener) -> Consumer:
-        consumer = _HeldBackConsumer(self, self._log.consumer(group, topics, listener))
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        spread: bool = False,
+    ) -> Consumer:
+        made = self._log.consumer(group, topics, listener, spread=spread)
+        consumer = _HeldBackConsumer(self, made)
         self._consumers.append(consumer)
         return consumer
 
@@ -326,8 +334,8 @@ class _HeldBackConsumer(Consumer):
         self._log = log
         self._consumer = consumer
 
-    def poll(self, timeout: float, max_records: int, *, spread: bool = False) -> list[Record]:
-        records = self._consumer.poll(timeout, max_records, spread=spread)
+    def poll(self, timeout: float, max_records: int) -> list[Record]:
+        records = self._consumer.poll(timeout, max_records)
         limits = self._log.limits
         kept: list[Record] = []
         held: dict[TopicPartition, int] = {}

@@ -159,7 +159,8 @@ class Worker:
         ensure_topics(self.log, [self.service])
         views = list(self.service.views.values())
         self.store.prepare(self.service.name, views, self.service.migrations)
-        self._consumer = self.log.consumer(self.group, self.service.topics, self)
+        topics = self.service.topics
+        self._consumer = self.log.consumer(self.group, topics, self, spread=self._any_async)
 
     def run(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; back off and recover while a backend is unreachable.
@@ -229,7 +230,7 @@ class Worker:
         if self._sent is not None:
             timeout = 0  # a commit waits to be confirmed: take only what has arrived
         timeout = self.poll_timeout if timeout is None else timeout
-        records = consumer.poll(timeout, self.batch_size, spread=self._any_async)
+        records = consumer.poll(timeout, self.batch_size)
         crash_point("after_poll")
         self._reads = {id(record): self._read(record) for record in records}
         parts = _by_partition(records)

@@ -177,17 +177,17 @@ class LogContract:
         finally:
             consumer.close()
 
-    def test_spread_polls_read_every_partitions_records_once_and_in_order(
+    def test_a_spread_consumer_reads_every_partitions_records_once_and_in_order(
         self, log: Log, topic: str
     ) -> None:
         log.append([Message(topic, f"k{i}".encode(), b"v") for i in range(60)])
         owner = Owner()
-        consumer = log.consumer(unique("group"), [topic], owner)
+        consumer = log.consumer(unique("group"), [topic], owner, spread=True)
         try:
             records: list[Record] = []
             deadline = time.monotonic() + 60
             while len(records) < 60 and time.monotonic() < deadline:
-                records += consumer.poll(0.05, 7, spread=True)  # fewer than a fetch holds
+                records += consumer.poll(0.05, 7)  # fewer than a fetch holds
             assert len(records) == 60
             for partition in range(3):
                 offsets = [r.offset for r in records if r.partition == partition]

@@ -210,19 +210,21 @@ def test_an_explicit_retention_replaces_the_topics_old_one(tmp_path: Path) -> No
     log.close()
 
 
-def test_a_spread_poll_shares_a_backlog_out_among_the_partitions(tmp_path: Path) -> None:
+def test_a_spread_consumer_shares_a_backlog_out_among_the_partitions(tmp_path: Path) -> None:
     log = EmbeddedLog(tmp_path / "log.db")
     log.create_topic("t", 3)
-    owner = Owner()
-    consumer = log.consumer("g", ["t"], owner)
+    spreading, filling = Owner(), Owner()
+    spread = log.consumer("spread", ["t"], spreading, spread=True)
+    filled = log.consumer("filled", ["t"], filling)
     try:
-        poll_until([consumer], lambda: len(owner.owned) == 3)
+        poll_until([spread, filled], lambda: len(spreading.owned) == len(filling.owned) == 3)
         log.append([Message("t", f"k{i}".encode(), b"v") for i in range(90)])
-        spread = consumer.poll(1.0, 9, spread=True)
-        assert sorted(sum(r.partition == p for r in spread) for p in range(3)) == [3, 3, 3]
-        filled = consumer.poll(1.0, 9)
-        assert len(filled) == 9
-        assert len({r.partition for r in filled}) == 1  # filled from one partition's backlog
+        taken = spread.poll(1.0, 9)
+        assert sorted(sum(r.partition == p for r in taken) for p in range(3)) == [3, 3, 3]
+        taken = filled.poll(1.0, 9)
+        assert len(taken) == 9
+        assert len({r.partition for r in taken}) == 1  # filled from one partition's backlog
     finally:
-        consumer.close()
+        spread.close()
+        filled.close()
         log.close()

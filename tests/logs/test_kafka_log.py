@@ -375,12 +375,12 @@ def test_a_seek_drops_the_records_a_poll_held_back(kafka_log: KafkaLog) -> None:
     topic = unique("held")
     kafka_log.create_topic(topic, 1)
     kafka_log.append([Message(topic, b"k", str(i).encode()) for i in range(40)])
-    consumer = kafka_log.consumer(unique("group"), [topic], Owner())
+    consumer = kafka_log.consumer(unique("group"), [topic], Owner(), spread=True)
     assert isinstance(consumer, KafkaConsumer)
     try:
         got: list[Record] = []
         while not consumer._held:  # until a poll fetched more than it took
-            got += consumer.poll(1.0, 5, spread=True)
+            got += consumer.poll(1.0, 5)
             assert len(got) < 40, "no poll held records back"
         consumer.seek(TopicPartition(topic, 0), 2)
         after: list[Record] = []

@@ -51,12 +51,10 @@ class Consumer(ABC):
     """One member of a consumer group, reading the partitions it owns."""
 
     @abstractmethod
-    def poll(self, timeout: float, max_records: int, *, spread: bool = False) -> list[Record]:
+    def poll(self, timeout: float, max_records: int) -> list[Record]:
         """Records from owned partitions, each partition in offset order; [] after `timeout`.
-
-        With `spread`, the records are shared out among the partitions that have any, as far
-        as the backend knows of them, rather than filled from one partition's backlog (a
-        worker running coroutine handlers side by side asks for it)."""
+        A consumer made to `spread` shares them out among the partitions that have any (see
+        `Log.consumer`)."""
 
     @abstractmethod
     def seek(self, partition: TopicPartition, offset: int) -> None:
@@ -114,8 +112,20 @@ class Log(ABC):
         """The offsets `group` committed for the partitions of `topic` it has committed."""
 
     @abstractmethod
-    def consumer(self, group: str, topics: Sequence[str], listener: RebalanceListener) -> Consumer:
-        """Join `group` as a new member consuming `topics`."""
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        spread: bool = False,
+    ) -> Consumer:
+        """Join `group` as a new member consuming `topics`.
+
+        A consumer made to `spread` shares each poll out among the partitions that have
+        records, as far as the backend knows of them, rather than filling it from one
+        partition's backlog: a worker that runs coroutine handlers side by side asks for it,
+        as its pass lasts as long as the longest partition's share."""
 
     @abstractmethod
     def close(self) -> None:

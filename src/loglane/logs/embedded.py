@@ -274,21 +274,34 @@ class EmbeddedLog(Log):
             self._appended.wait(timeout)
 
     def consumer(
-        self, group: str, topics: Sequence[str], listener: RebalanceListener
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        spread: bool = False,
     ) -> EmbeddedConsumer:
-        return EmbeddedConsumer(self, group, [self._topic(name) for name in topics], listener)
+        topics_ = [self._topic(name) for name in topics]
+        return EmbeddedConsumer(self, group, topics_, listener, spread=spread)
 
 
 class EmbeddedConsumer(Consumer):
     """A consumer group member whose partition ownership is a lease row in the log file."""
 
     def __init__(
-        self, log: EmbeddedLog, group: str, topics: list[_Topic], listener: RebalanceListener
+        self,
+        log: EmbeddedLog,
+        group: str,
+        topics: list[_Topic],
+        listener: RebalanceListener,
+        *,
+        spread: bool = False,
     ) -> None:
         self._log = log
         self._group = group
         self._topics = {topic.id: topic for topic in topics}
         self._listener = listener
+        self._spread = spread
         self.member_id = str(uuid.uuid4())
         self._owned: set[TopicPartition] = set()
         # leased, but the listener has not taken them yet (or raised): where each will start
@@ -306,7 +319,7 @@ class EmbeddedConsumer(Consumer):
         if partition in self._owned or partition in self._unannounced:
             self._fetch[partition] = offset
 
-    def poll(self, timeout: float, max_records: int, *, spread: bool = False) -> list[Record]:
+    def poll(self, timeout: float, max_records: int) -> list[Record]:
         deadline = time.monotonic() + timeout
         db = self._log.connection()
         while True:
@@ -314,7 +327,7 @@ class EmbeddedConsumer(Consumer):
                 self._heartbeat()
             self._announce()
             version = db.execute("PRAGMA data_version").fetchone()[0]
-            records = self._fetch_records(max_records, spread)
+            records = self._fetch_records(max_records)
             remaining = deadline - time.monotonic()
             if records or remaining <= 0:
                 return records
@@ -329,9 +342,9 @@ class EmbeddedConsumer(Consumer):
             if db.execute("PRAGMA data_version").fetchone()[0] != version:
                 return
 
-    def _fetch_records(self, max_records: int, spread: bool) -> list[Record]:
+    def _fetch_records(self, max_records: int) -> list[Record]:
         """Up to `max_records` records from the owned partitions that have any, the first
-        one's first; `spread`, each one's share first, and what one leaves of it goes to
+        one's first; spread, each one's share first, and what one leaves of it goes to
         those after it. The partition that comes first rotates."""
         owned = sorted(self._owned)
         if not owned:
@@ -343,7 +356,7 @@ class EmbeddedConsumer(Consumer):
         records: list[Record] = []
         for index, partition in enumerate(waiting):
             room = max_records - len(records)
-            share = room // (len(waiting) - index) if spread else room
+            share = room // (len(waiting) - index) if self._spread else room
             batch = self._log.read(partition, self._fetch[partition], share) if share else []
             if batch:
                 records.extend(batch)

@@ -66,6 +66,9 @@ _MOVING = {
 _MISSING_TOPIC = {ck.KafkaError.UNKNOWN_TOPIC_OR_PART, ck.KafkaError._UNKNOWN_TOPIC}
 SAFE_REPLICATION_FACTOR = 3
 """Copies of each partition that new topics get on a cluster of this many brokers or more."""
+_SPREAD_FETCH_BYTES = 65536
+"""A spread consumer's `max.partition.fetch.bytes` (librdkafka's default is 1 MiB): with
+coroutine handlers awaiting 1 ms of I/O on 4 partitions, A1 ran about 1.3x faster with it."""
 _EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 _LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
@@ -477,8 +480,16 @@ class KafkaLog(Log):
     # -- consume --------------------------------------------------------------------------------
 
     def consumer(
-        self, group: str, topics: Sequence[str], listener: RebalanceListener
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        spread: bool = False,
     ) -> KafkaConsumer:
+        """A consumer made to `spread` fetches less of a partition at a time (64 KiB unless
+        `max.partition.fetch.bytes` is set), so that what librdkafka has fetched, which is
+        all a poll can share out, holds records of more partitions."""
         self._require_topics(topics)
         config = self._config(
             {
@@ -492,6 +503,9 @@ class KafkaLog(Log):
             },
             self.settings.consumer,
         )
+        configured = {**self.settings.client, **self.settings.consumer}
+        if spread and "max.partition.fetch.bytes" not in configured:
+            config["max.partition.fetch.bytes"] = _SPREAD_FETCH_BYTES
         if config.get("group.protocol") == "consumer":
             # KIP-848: the broker assigns partitions (always incrementally) and owns timeouts
             for name in (
@@ -505,7 +519,7 @@ class KafkaLog(Log):
                 "Loglane's Kafka consumer needs partition.assignment.strategy="
                 "cooperative-sticky (or group.protocol=consumer); remove the override"
             )
-        return KafkaConsumer(ck.Consumer(config), topics, listener)
+        return KafkaConsumer(ck.Consumer(config), topics, listener, spread=spread)
 
     def close(self) -> None:
         with self._producer_lock:
@@ -565,10 +579,16 @@ class KafkaConsumer(Consumer):
     """A member of a Kafka consumer group; rebalances reach the listener inside `poll`."""
 
     def __init__(
-        self, consumer: ck.Consumer, topics: Sequence[str], listener: RebalanceListener
+        self,
+        consumer: ck.Consumer,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        spread: bool = False,
     ) -> None:
         self._consumer = consumer
         self._listener = listener
+        self._spread = spread
         self._owned: set[TopicPartition] = set()
         # partitions assigned but not yet accepted by the listener (it raised): kept paused
         self._unannounced: set[TopicPartition] = set()
@@ -660,12 +680,12 @@ class KafkaConsumer(Consumer):
         else:
             logger.debug("ignored a seek of %s, which this member does not own", partition)
 
-    def poll(self, timeout: float, max_records: int, *, spread: bool = False) -> list[Record]:
-        """`spread`: up to twice `max_records` are fetched, to share them out among their
+    def poll(self, timeout: float, max_records: int) -> list[Record]:
+        """Spread, up to twice `max_records` are fetched, to share them out among their
         partitions (`_share_out`), and those held back come first in the next poll."""
         self._announce_pending()
         # (held records stay in `_held` while librdkafka runs rebalance callbacks in here)
-        wanted = (2 if spread else 1) * max_records - len(self._held)
+        wanted = (2 if self._spread else 1) * max_records - len(self._held)
         messages = self._consumer.consume(wanted, 0) if wanted > 0 else []
         if not messages and not self._held and timeout > 0:
             # consume() would wait out its whole timeout for a full batch; poll() returns
