@@ -283,6 +283,40 @@ def test_a_batch_that_lost_its_partition_commits_nothing(tmp_path: Path) -> None
     zombie.close()
 
 
+def test_a_pass_that_finds_its_partition_moved_publishes_the_last_commit_once(
+    tmp_path: Path,
+) -> None:
+    log = EmbeddedLog(tmp_path / "log.db")
+    worker = Worker(ledger, log, SQLiteStore(tmp_path / "ledger.db"), batch_size=5)
+    heir = SQLiteStore(tmp_path / "ledger.db")
+    worker.start()
+    log.append([command_message(ledger, d)[1] for d in deposits(accounts_count=1, per_account=10)])
+    assert worker.run_once(timeout=5, send_ahead=True) == 5  # committed; published next pass
+    real_transaction = worker.store.transaction
+
+    def heir_moves_on(
+        service: str, fences: Mapping[TopicPartition, int | None]
+    ) -> AbstractContextManager[StoreTransaction]:
+        worker.store.transaction = real_transaction  # type: ignore[method-assign]
+        for source, expected in fences.items():
+            heir.commit(
+                Batch(service=service, source=source, expected_position=expected, position=10)
+            )
+        return real_transaction(service, fences)
+
+    worker.store.transaction = heir_moves_on  # type: ignore[method-assign]
+    worker.run_once(timeout=5, send_ahead=True)  # polls 5-9, finds them taken: resumes at 10
+    worker.close()
+    outputs = [
+        read_envelope(record).id
+        for p in range(ledger.partitions)
+        for record in log.read(TopicPartition("ledger.out", p), 0, 100)
+    ]
+    assert len(outputs) == 5, "the first pass's events went out once"
+    assert len(set(outputs)) == 5
+    heir.close()
+
+
 def test_a_stale_store_commit_is_refused_and_leaves_the_batch_unapplied(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "ledger.db")
     store.prepare("ledger", [accounts])

@@ -249,6 +249,9 @@ class Worker:
         # sent ahead, the database commits while the worker publishes. (Should this pass
         # fail first, the outbox still holds it, for `_resume` to publish.)
         committed = self._commit_poll(parts, send_ahead=send_ahead)
+        # a partition found moved meanwhile published its outbox, the last commit's rows
+        # with it, as it resumed (`_resume`): those go out once
+        confirmed = [batch for batch in confirmed if batch.source not in self._sought]
         self._hand_on(confirmed + committed, wait=not send_ahead)
         return sum(len(part) for part in parts.values())
 
