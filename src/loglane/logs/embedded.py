@@ -281,8 +281,8 @@ class EmbeddedLog(Log):
         *,
         spread: bool = False,
     ) -> EmbeddedConsumer:
-        topics_ = [self._topic(name) for name in topics]
-        return EmbeddedConsumer(self, group, topics_, listener, spread=spread)
+        subscribed = [self._topic(name) for name in topics]
+        return EmbeddedConsumer(self, group, subscribed, listener, spread=spread)
 
 
 class EmbeddedConsumer(Consumer):
@@ -344,8 +344,8 @@ class EmbeddedConsumer(Consumer):
 
     def _fetch_records(self, max_records: int) -> list[Record]:
         """Up to `max_records` records from the owned partitions that have any, the first
-        one's first; spread, each one's share first, and what one leaves of it goes to
-        those after it. The partition that comes first rotates."""
+        one's first; for a spread consumer, each one's share first, and what one leaves of
+        it goes to those after it. The partition that comes first rotates."""
         owned = sorted(self._owned)
         if not owned:
             return []
