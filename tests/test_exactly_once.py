@@ -379,7 +379,7 @@ def test_a_lock_wait_that_times_out_is_an_outage_not_a_failing_handler(
             with pytest.raises(BackendUnavailableError, match="lock timeout"):
                 run_until_an_error(worker)
             holder.execute("SELECT pg_advisory_unlock_all()")
-        worker._resume(sorted(worker._positions))  # as Worker.run does after an outage
+        worker._resume(sorted(worker._owned))  # as Worker.run does after an outage
         wait_while_progressing(lambda: drained(worker), 2)
         assert sum(o.end for o in log.offsets(tills.dlq_topic).values()) == 0
         total = store.get(totals, "eu")

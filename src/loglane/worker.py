@@ -126,12 +126,8 @@ class Worker:
         self.group = group or service.name
         self.replay = replay
         self._consumer: Consumer | None = None
-        self._positions: dict[TopicPartition, int | None] = {}
-        self._applied: dict[TopicPartition, AppliedWindow] = {}
-        self._origins: dict[TopicPartition, Watermarks] = {}
-        # keys of the input parked behind a dead letter (key -> its head's place), and the
-        # same as the transaction being run changes them
-        self._parked: dict[TopicPartition, dict[str, str]] = {}
+        self._owned: dict[TopicPartition, _Owned] = {}  # what it keeps of each partition
+        # the parked keys of each partition as the transaction being run changes them
         self._parking: dict[TopicPartition, dict[str, str]] = {}
         # the views each handler was seen to read at its event's key: prefetched per batch
         self._keyed_reads: dict[Handler, set[View[Any]]] = {}
@@ -176,7 +172,7 @@ class Worker:
                 try:
                     if recovering:  # the failed batch may or may not have committed
                         self._hand_on(self._confirm())  # one sent ahead is known first
-                        self._resume(sorted(self._positions))
+                        self._resume(sorted(self._owned))
                         recovering = False
                     self.run_once(send_ahead=True)
                     self.trouble = None
@@ -348,7 +344,8 @@ class Worker:
         parts = {source: records for source, records in parts.items() if records}
         if not parts:
             return []
-        fences = {source: self._positions[source] for source in parts}
+        owned = {source: self._owned[source] for source in parts}
+        fences = {source: partition.position for source, partition in owned.items()}
         while True:
             batches = {
                 source: Batch(
@@ -356,12 +353,12 @@ class Worker:
                     source=source,
                     expected_position=fences[source],
                     position=records[-1].offset + 1,
-                    forget_applied_before=self._applied[source].horizon(records[-1].offset + 1),
+                    forget_applied_before=owned[source].applied.horizon(records[-1].offset + 1),
                 )
                 for source, records in parts.items()
             }
-            origins = {source: dict(self._origins[source]) for source in parts}
-            self._parking = {s: dict(self._parked.get(s, {})) for s in parts}
+            origins = {source: dict(partition.origins) for source, partition in owned.items()}
+            self._parking = {source: dict(partition.parked) for source, partition in owned.items()}
             self.meters.tally.clear()
             try:
                 with self.store.transaction(self.service.name, fences) as store_tx:
@@ -370,7 +367,7 @@ class Worker:
                     last = batches[next(reversed(batches))]
                     last.writes, last.statements = unit.writes, unit.statements
                     for source, batch in batches.items():
-                        if origins[source] != self._origins[source]:
+                        if origins[source] != owned[source].origins:
                             batch.origins = origins[source]
                     if not send_ahead:  # the rows of the last publish go with this commit
                         self._settle()  # (sent ahead, it forgets those that have landed)
@@ -424,11 +421,12 @@ class Worker:
         }
         committed: list[Committed] = []
         for source, batch in sent.batches.items():
-            self._positions[source] = batch.position
+            partition = self._owned[source]
+            partition.position = batch.position
+            partition.origins = sent.origins[source]
+            partition.parked = sent.parking[source]
+            partition.applied.add(batch.position, batch.applied_ids)
             self._log_offsets[source] = batch.position
-            self._origins[source] = sent.origins[source]
-            self._parked[source] = sent.parking[source]
-            self._applied[source].add(batch.position, batch.applied_ids)
             self.handled += len(sent.parts[source])
             if self.on_commit is not None:
                 self._tell_committed(self.on_commit, batch)
@@ -437,9 +435,9 @@ class Worker:
 
     def _unseen(self, source: TopicPartition, records: list[Record]) -> list[Record]:
         """The records of `source` at or beyond its stored position; none if revoked."""
-        if source not in self._positions:
+        if source not in self._owned:
             return []  # revoked while these records were in flight
-        expected = self._positions[source]
+        expected = self._owned[source].position
         ahead = [record for record in records if record.offset >= (expected or 0)]
         if len(ahead) < len(records) and expected is not None:
             # records below the stored position: stale fetches after a seek, or a log that
@@ -469,7 +467,7 @@ class Worker:
         """
         decoded = {
             source: self._decode(
-                records, batches[source], poison, self._applied[source], origins[source]
+                records, batches[source], poison, self._owned[source].applied, origins[source]
             )
             for source, records in parts.items()
         }
@@ -947,11 +945,8 @@ class Worker:
                 extra={"service": self.service.name},
             )
         for tp in partitions:
-            self._positions.pop(tp, None)
+            self._owned.pop(tp, None)
             self._log_offsets.pop(tp, None)
-            self._applied.pop(tp, None)
-            self._origins.pop(tp, None)
-            self._parked.pop(tp, None)
 
     def _resume(self, partitions: Sequence[TopicPartition]) -> None:
         """Seek `partitions` to their stored positions and publish what their outbox holds."""
@@ -962,12 +957,14 @@ class Worker:
         self._check_within_log(partitions, stored)
         for tp in partitions:
             position = stored.get(tp, 0)
-            self._positions[tp] = stored.get(tp)
             consumer.seek(tp, position)
             recent = self.store.applied(self.service.name, tp, position - self.dedupe_window)
-            self._applied[tp] = AppliedWindow(self.dedupe_window, recent)
-            self._origins[tp] = self.store.watermarks(self.service.name, tp)
-            self._parked[tp] = self.store.parked(self.service.name, tp)
+            self._owned[tp] = _Owned(
+                position=stored.get(tp),
+                applied=AppliedWindow(self.dedupe_window, recent),
+                origins=self.store.watermarks(self.service.name, tp),
+                parked=self.store.parked(self.service.name, tp),
+            )
         self._sought.update(partitions)
         crash_point("in_assign")
         self._flush_outbox(partitions)
@@ -1019,6 +1016,19 @@ class _Work:
     key: bytes | None
     read_key: Key | None
     is_command: bool
+
+
+@dataclass(slots=True)
+class _Owned:
+    """What the worker keeps of a partition it owns, as of its last commit: the stored
+    position (None before the first), the ids applied lately (to drop duplicates), how far
+    each source's events were applied (`loglane.dedupe`), and the keys parked behind a dead
+    letter (key -> its head's place)."""
+
+    position: int | None
+    applied: AppliedWindow
+    origins: Watermarks
+    parked: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
