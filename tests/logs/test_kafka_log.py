@@ -11,8 +11,9 @@ import pytest
 from confluent_kafka.admin import ConfigResource
 
 from loglane.errors import BackendUnavailableError, BadURLError, ConfigurationError
+from loglane.logs._kafka_consumer import KafkaConsumer, share_out
 from loglane.logs.base import Consumer, Log
-from loglane.logs.kafka import KafkaConsumer, KafkaLog, _share_out
+from loglane.logs.kafka import KafkaLog
 from loglane.logs.kafka_settings import KafkaSettings
 from loglane.partitioner import partition_for
 from loglane.records import Message, Record, TopicPartition
@@ -356,17 +357,17 @@ def _offsets(records: list[Record], partition: int) -> list[int]:
 def test_a_poll_takes_each_partitions_share_first_and_holds_the_rest_back() -> None:
     fetched = [_at(0, i) for i in range(10)] + [_at(1, i) for i in range(2)]
     fetched += [_at(2, i) for i in range(10)]
-    taken, held = _share_out(fetched, 12)
+    taken, held = share_out(fetched, 12)
     # a share of 4 each (partition 1 has 2), then the oldest of the rest fill the poll
     assert [_offsets(taken, p) for p in range(3)] == [[0, 1, 2, 3, 4, 5], [0, 1], [0, 1, 2, 3]]
     assert [_offsets(held, p) for p in range(3)] == [[6, 7, 8, 9], [], [4, 5, 6, 7, 8, 9]]
-    assert _share_out(fetched, 30) == (fetched, [])
+    assert share_out(fetched, 30) == (fetched, [])
 
 
 def test_records_held_back_are_taken_oldest_first_so_no_partition_starves() -> None:
-    taken, held = _share_out([_at(0, 0), _at(1, 0), _at(0, 1)], 1)
+    taken, held = share_out([_at(0, 0), _at(1, 0), _at(0, 1)], 1)
     assert (taken, held) == ([_at(0, 0)], [_at(1, 0), _at(0, 1)])
-    taken, held = _share_out(held, 1)
+    taken, held = share_out(held, 1)
     assert (taken, held) == ([_at(1, 0)], [_at(0, 1)])
 
 

@@ -39,31 +39,27 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # stubs lack 
 )
 
 from loglane.errors import BackendUnavailableError, ConfigurationError
+from loglane.logs._kafka_consumer import KafkaConsumer, on_commit, to_record
+from loglane.logs._kafka_errors import (
+    MISSING_TOPIC,
+    consumer_error,
+    error_code,
+    error_of,
+    on_client_error,
+    reason,
+)
 from loglane.logs.base import (
     PUBLISHED,
-    Consumer,
     Log,
     PartitionOffsets,
     Publishing,
     RebalanceListener,
 )
 from loglane.logs.kafka_settings import KafkaSettings
-from loglane.records import Headers, Message, Position, Record, TopicPartition
+from loglane.records import Message, Position, Record, TopicPartition
 
 logger = logging.getLogger("loglane.kafka")
 
-# The partitions are moving: a commit for them is moot, the next owner commits its own.
-_MOVING = {
-    ck.KafkaError.REBALANCE_IN_PROGRESS,
-    ck.KafkaError.ILLEGAL_GENERATION,
-    ck.KafkaError.UNKNOWN_MEMBER_ID,
-    ck.KafkaError.FENCED_INSTANCE_ID,
-    ck.KafkaError.STALE_MEMBER_EPOCH,
-    ck.KafkaError.UNKNOWN_TOPIC_OR_PART,
-    ck.KafkaError._NO_OFFSET,
-    ck.KafkaError._STATE,
-}
-_MISSING_TOPIC = {ck.KafkaError.UNKNOWN_TOPIC_OR_PART, ck.KafkaError._UNKNOWN_TOPIC}
 SAFE_REPLICATION_FACTOR = 3
 """Copies of each partition that new topics get on a cluster of this many brokers or more."""
 _SPREAD_FETCH_BYTES = 65536
@@ -72,35 +68,6 @@ coroutine handlers awaiting 1 ms of I/O on 4 partitions, A1 went from 1,238 to 2
 events/s with it."""
 _EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 _LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-
-
-def _on_client_error(error: ck.KafkaError) -> None:
-    """librdkafka reports broker trouble here and keeps retrying on its own.
-
-    Each failed connection is in librdkafka's own log already (forwarded to `logger`), so
-    only the summary that every broker is down and fatal errors are worth a line of their own.
-    """
-    if error.fatal():
-        logger.error("kafka client: %s", error.str())
-    elif error.code() == ck.KafkaError._ALL_BROKERS_DOWN:
-        logger.warning("kafka client: %s", error.str())
-    else:
-        logger.debug("kafka client: %s", error.str())
-
-
-def _reason(exc: ck.KafkaException) -> str:
-    error = _error_of(exc)
-    return str(exc) if error is None else error.str()
-
-
-def _error_of(exc: ck.KafkaException) -> ck.KafkaError | None:
-    error = exc.args[0] if exc.args else None
-    return error if isinstance(error, ck.KafkaError) else None
-
-
-def _code(exc: ck.KafkaException) -> int | None:
-    error = _error_of(exc)
-    return None if error is None else error.code()
 
 
 class KafkaLog(Log):
@@ -125,7 +92,7 @@ class KafkaLog(Log):
         config: dict[str, Any] = {
             "bootstrap.servers": self.settings.bootstrap_servers,
             "client.id": "loglane",
-            "error_cb": _on_client_error,
+            "error_cb": on_client_error,
             "logger": logger,
         }
         config.update(self.settings.client)
@@ -140,13 +107,13 @@ class KafkaLog(Log):
         except ck.KafkaException as exc:
             raise BackendUnavailableError(
                 f"Kafka at {self.settings.bootstrap_servers} did not answer within "
-                f"{self.settings.connect_timeout:g}s ({_reason(exc)}); check the address and "
+                f"{self.settings.connect_timeout:g}s ({reason(exc)}); check the address and "
                 "security options, or start a broker (scripts/kafka start)"
             ) from None
 
     def _unavailable(self, what: str, exc: ck.KafkaException) -> BackendUnavailableError:
         return BackendUnavailableError(
-            f"Kafka at {self.settings.bootstrap_servers} failed to {what}: {_reason(exc)}"
+            f"Kafka at {self.settings.bootstrap_servers} failed to {what}: {reason(exc)}"
         )
 
     # -- topics ---------------------------------------------------------------------------------
@@ -158,7 +125,7 @@ class KafkaLog(Log):
         except ck.KafkaException as exc:
             raise self._unavailable(f"describe topic {topic!r}", exc) from None
         found = metadata.topics.get(topic)
-        if found is None or (found.error is not None and found.error.code() in _MISSING_TOPIC):
+        if found is None or (found.error is not None and found.error.code() in MISSING_TOPIC):
             return None
         self._known.add(topic)
         return len(found.partitions)
@@ -185,7 +152,7 @@ class KafkaLog(Log):
         try:
             futures[name].result()
         except ck.KafkaException as exc:
-            code = _code(exc)
+            code = error_code(exc)
             if code in (
                 ck.KafkaError.INVALID_REPLICATION_FACTOR,
                 ck.KafkaError.INVALID_PARTITIONS,
@@ -194,7 +161,7 @@ class KafkaLog(Log):
                 ck.KafkaError.TOPIC_AUTHORIZATION_FAILED,
                 ck.KafkaError.CLUSTER_AUTHORIZATION_FAILED,
             ):
-                raise ConfigurationError(f"cannot create topic {name!r}: {_reason(exc)}") from None
+                raise ConfigurationError(f"cannot create topic {name!r}: {reason(exc)}") from None
             if code != ck.KafkaError.TOPIC_ALREADY_EXISTS:
                 raise self._unavailable(f"create topic {name!r}", exc) from None
         return self._await_topic(name)
@@ -304,7 +271,7 @@ class KafkaLog(Log):
                 while producer.flush(1.0) > 0 and None in reports:
                     pass
             except ck.KafkaException as exc:
-                self._discard_if_fatal(_error_of(exc))
+                self._discard_if_fatal(error_of(exc))
                 raise self._unavailable(f"append to {messages[0].topic!r}", exc) from None
         positions: list[Position] = []
         for message, outcome in zip(messages, reports, strict=True):
@@ -327,7 +294,7 @@ class KafkaLog(Log):
                 for message in messages:
                     self._produce(producer, message, publishing.report)
             except ck.KafkaException as exc:
-                self._discard_if_fatal(_error_of(exc))
+                self._discard_if_fatal(error_of(exc))
                 raise self._unavailable(f"publish to {messages[0].topic!r}", exc) from None
         return publishing
 
@@ -360,7 +327,7 @@ class KafkaLog(Log):
                 f"{total} records; they may or may not be stored; retry the append"
             )
         self._discard_if_fatal(outcome)
-        if outcome.code() in _MISSING_TOPIC:
+        if outcome.code() in MISSING_TOPIC:
             self._known.discard(message.topic)
             return self._missing(message.topic)
         if outcome.code() == ck.KafkaError.MSG_SIZE_TOO_LARGE:
@@ -426,10 +393,10 @@ class KafkaLog(Log):
                         error = message.error()
                         if error is not None:
                             if error.code() != ck.KafkaError._PARTITION_EOF:
-                                raise _consumer_error(error)
+                                raise consumer_error(error)
                             done = True
                             continue
-                        record = _record(message)
+                        record = to_record(message)
                         records.append(record)
                         done = done or record.offset >= end - 1
             finally:
@@ -455,7 +422,7 @@ class KafkaLog(Log):
                 for key, future in futures.items()
             }
         except ck.KafkaException as exc:
-            if _code(exc) in _MISSING_TOPIC:
+            if error_code(exc) in MISSING_TOPIC:
                 raise self._missing(partitions[0].topic) from None
             raise self._unavailable(f"list offsets of {partitions[0].topic!r}", exc) from None
         unknown = sorted(tp.partition for tp, offset in found.items() if offset < 0)
@@ -500,7 +467,7 @@ class KafkaLog(Log):
                 "auto.offset.reset": "earliest",
                 "partition.assignment.strategy": "cooperative-sticky",
                 "queued.max.messages.kbytes": 16384,
-                "on_commit": _on_commit,
+                "on_commit": on_commit,
             },
             self.settings.consumer,
         )
@@ -565,7 +532,7 @@ class _Publishing:
                 while self._reported < total and producer.flush(1.0) > 0:
                     pass
             except ck.KafkaException as exc:
-                log._discard_if_fatal(_error_of(exc))
+                log._discard_if_fatal(error_of(exc))
                 raise log._unavailable(f"publish to {self._messages[0].topic!r}", exc) from None
         if self._failure is not None:
             error, topic = self._failure
@@ -574,276 +541,3 @@ class _Publishing:
             raise log._delivery_failed(message, error, self._failures, total)
         if self._reported < total:
             raise log._delivery_failed(self._messages[0], None, total - self._reported, total)
-
-
-class KafkaConsumer(Consumer):
-    """A member of a Kafka consumer group; rebalances reach the listener inside `poll`."""
-
-    def __init__(
-        self,
-        consumer: ck.Consumer,
-        topics: Sequence[str],
-        listener: RebalanceListener,
-        *,
-        spread: bool = False,
-    ) -> None:
-        self._consumer = consumer
-        self._listener = listener
-        self._spread = spread
-        self._owned: set[TopicPartition] = set()
-        # partitions assigned but not yet accepted by the listener (it raised): kept paused
-        self._unannounced: set[TopicPartition] = set()
-        # while the listener runs inside a rebalance, seeks are collected, not applied
-        self._collected: dict[TopicPartition, int] | None = None
-        # records fetched but held back from a poll, to share the next one out (`_share_out`)
-        self._held: list[Record] = []
-        self._closed = False
-        consumer.subscribe(
-            list(topics),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
-
-    def assignment(self) -> frozenset[TopicPartition]:
-        return frozenset(self._owned - self._unannounced)
-
-    # -- rebalance callbacks (librdkafka calls them from inside poll or close) --------------------
-
-    def _on_assign(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
-        assigned = [TopicPartition(p.topic, p.partition) for p in partitions]
-        seeks: dict[TopicPartition, int] = {}
-        try:
-            if assigned:
-                seeks = self._announce(assigned)
-        except BaseException:
-            self._owned.update(assigned)
-            self._unannounced.update(assigned)
-            consumer.incremental_assign(partitions)
-            consumer.pause(partitions)
-            raise
-        self._owned.update(assigned)
-        consumer.incremental_assign([_at(tp, seeks.get(tp, ck.OFFSET_INVALID)) for tp in assigned])
-
-    def _on_revoke(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
-        revoked = [TopicPartition(p.topic, p.partition) for p in partitions]
-        self._drop_held(revoked)
-        announced = [tp for tp in revoked if tp in self._owned and tp not in self._unannounced]
-        try:
-            if announced:
-                self._listener.on_revoked(announced)
-        finally:
-            self._owned.difference_update(revoked)
-            self._unannounced.difference_update(revoked)
-            # after a lost session librdkafka may have dropped some of them already
-            current = {(p.topic, p.partition) for p in consumer.assignment()}
-            still = [p for p in partitions if (p.topic, p.partition) in current]
-            if still:
-                consumer.incremental_unassign(still)
-
-    def _announce(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Tell the listener it owns `partitions`; return where it sought them."""
-        self._collected = {}
-        try:
-            self._listener.on_assigned(partitions)
-            return self._collected
-        finally:
-            self._collected = None
-
-    def _announce_pending(self) -> None:
-        """Offer the listener again the partitions it failed to take at assignment."""
-        if not self._unannounced:
-            return
-        pending = sorted(self._unannounced)
-        seeks = self._announce(pending)
-        self._unannounced.clear()
-        self._consumer.resume([_at(tp, ck.OFFSET_INVALID) for tp in pending])
-        for tp, offset in seeks.items():  # the others start where their assignment put them
-            self._restart(tp, offset)
-
-    def _restart(self, partition: TopicPartition, offset: int) -> None:
-        """Start fetching `partition` afresh at `offset`, dropping whatever was prefetched.
-
-        A local re-assignment, not a rebalance: it works whether or not the fetcher has
-        started, which a plain seek right after an assignment does not.
-        """
-        self._consumer.incremental_unassign([_at(partition, ck.OFFSET_INVALID)])
-        self._consumer.incremental_assign([_at(partition, offset)])
-
-    # -- the Consumer interface -----------------------------------------------------------------
-
-    def seek(self, partition: TopicPartition, offset: int) -> None:
-        self._drop_held([partition])
-        if self._collected is not None:
-            self._collected[partition] = offset
-        elif partition in self._owned and partition not in self._unannounced:
-            self._restart(partition, offset)
-        else:
-            logger.debug("ignored a seek of %s, which this member does not own", partition)
-
-    def poll(self, timeout: float, max_records: int) -> list[Record]:
-        """A spread consumer fetches up to twice `max_records`, to share them out among their
-        partitions (`_share_out`); those it holds back come first in the next poll."""
-        self._announce_pending()
-        # (held records stay in `_held` while librdkafka runs rebalance callbacks in here)
-        wanted = (2 if self._spread else 1) * max_records - len(self._held)
-        messages = self._consumer.consume(wanted, 0) if wanted > 0 else []
-        if not messages and not self._held and timeout > 0:
-            # consume() would wait out its whole timeout for a full batch; poll() returns
-            # on the first record, and the rest of the batch is taken without waiting
-            first = self._consumer.poll(timeout)
-            if first is not None:
-                messages = [first]
-                if max_records > 1:
-                    messages += self._consumer.consume(max_records - 1, 0)
-        records: list[Record] = []
-        for index, message in enumerate(messages):
-            error = message.error()
-            if error is None:
-                records.append(_record(message))
-            elif error.code() == ck.KafkaError._MAX_POLL_EXCEEDED:
-                logger.warning("left the group: %s; it rejoins on the next poll", error.str())
-            elif error.code() != ck.KafkaError._PARTITION_EOF:
-                rest = [_record(m) for m in messages[index + 1 :] if not m.error()]
-                self._rewind(self._held + records + rest)
-                raise _consumer_error(error)
-        # records fetched for a partition that was revoked during this very poll are not ours
-        if self._held:
-            records, self._held = self._held + records, []
-        owned = [record for record in records if record.topic_partition in self._owned]
-        taken, self._held = _share_out(owned, max_records)
-        return taken
-
-    def _drop_held(self, partitions: Sequence[TopicPartition]) -> None:
-        """Forget the held records of `partitions`: they are fetched again where they
-        restart, or are no longer this member's."""
-        if self._held:
-            dropped = set(partitions)
-            self._held = [r for r in self._held if r.topic_partition not in dropped]
-
-    def _rewind(self, records: list[Record]) -> None:
-        """Records fetched but not handed over are fetched again on the next poll."""
-        first: dict[TopicPartition, int] = {}
-        for record in records:
-            first.setdefault(record.topic_partition, record.offset)
-        for tp, offset in first.items():
-            self.seek(tp, offset)
-
-    def commit(self, offsets: Mapping[TopicPartition, int], *, wait: bool = True) -> None:
-        mine = [
-            _at(tp, offset)
-            for tp, offset in offsets.items()
-            if tp in self._owned and tp not in self._unannounced
-        ]
-        if not mine:
-            return
-        if not wait:  # its result reaches `_on_commit` in a later poll
-            self._consumer.commit(offsets=mine, asynchronous=True)
-            return
-        try:
-            results = self._consumer.commit(offsets=mine, asynchronous=False)
-        except ck.KafkaException as exc:
-            if _code(exc) in _MOVING:
-                logger.info("offset commit skipped while partitions move: %s", _reason(exc))
-                return
-            raise BackendUnavailableError(
-                f"Kafka did not take the offset commit: {_reason(exc)}"
-            ) from None
-        for result in results or []:
-            if result.error is not None and result.error.code() not in _MOVING:
-                raise BackendUnavailableError(
-                    f"Kafka did not take the offset commit of {result.topic}[{result.partition}]:"
-                    f" {result.error.str()}"
-                )
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._consumer.close()
-
-
-def _on_commit(error: ck.KafkaError | None, partitions: list[ck.TopicPartition]) -> None:
-    """The result of an offset commit made without waiting: a failure is worth a line, as
-    the group's lag reads stale until a later commit lands; the store holds the positions."""
-    failed = [
-        f"{p.topic}[{p.partition}]: {p.error.str()}"
-        for p in partitions
-        if p.error is not None and p.error.code() not in _MOVING
-    ]
-    if error is not None and error.code() not in _MOVING:
-        logger.warning("Kafka did not take an offset commit: %s", error.str())
-    elif failed:
-        logger.warning("Kafka did not take the offset commit of %s", ", ".join(failed))
-
-
-def _share_out(records: list[Record], max_records: int) -> tuple[list[Record], list[Record]]:
-    """Up to `max_records` of `records`, and the rest, held back. Each partition's share
-    comes first (a partition with a backlog does not fill the poll alone, and a worker runs
-    the coroutine handlers of several partitions side by side), then the oldest of the rest
-    fill what is left. What is taken of a partition is always its first records."""
-    if len(records) <= max_records:
-        return records, []
-    share = max_records // len({record.topic_partition for record in records})
-    counts: dict[TopicPartition, int] = {}
-    taken: list[Record] = []
-    rest: list[Record] = []
-    for record in records:  # in the order fetched: each partition's in offset order
-        tp = record.topic_partition
-        count = counts.get(tp, 0)
-        if count < share:
-            taken.append(record)
-            counts[tp] = count + 1
-        else:
-            rest.append(record)
-    room = max_records - len(taken)
-    return taken + rest[:room], rest[room:]
-
-
-def _at(partition: TopicPartition, offset: int) -> ck.TopicPartition:
-    return ck.TopicPartition(partition.topic, partition.partition, offset)
-
-
-def _record(message: ck.Message) -> Record:
-    # set on every record a consumer returns; only error events lack them
-    topic, partition = cast(str, message.topic()), cast(int, message.partition())
-    offset = cast(int, message.offset())
-    _, timestamp_ms = message.timestamp()
-    return Record(
-        topic,
-        partition,
-        offset,
-        message.key(),
-        message.value() or b"",
-        _headers(message.headers()),
-        timestamp_ms,
-    )
-
-
-def _headers(raw: Any) -> Headers:
-    """librdkafka's headers as Loglane's: a tuple of (name, bytes), a null value as b""."""
-    if not raw:
-        return ()
-    pairs = tuple(raw.items() if isinstance(raw, dict) else raw)
-    for _, value in pairs:
-        if not isinstance(value, bytes):
-            break
-    else:
-        return cast(Headers, pairs)  # the common case, checked above: no copy needed
-    return tuple(
-        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs
-    )
-
-
-def _consumer_error(error: ck.KafkaError) -> Exception:
-    if error.code() in _MISSING_TOPIC:
-        return ConfigurationError(
-            f"a consumed topic is missing: {error.str()}; start the service's workers once "
-            "(they create their topics) or create it first"
-        )
-    if error.code() in (
-        ck.KafkaError.TOPIC_AUTHORIZATION_FAILED,
-        ck.KafkaError.GROUP_AUTHORIZATION_FAILED,
-    ):
-        return ConfigurationError(f"Kafka refused access: {error.str()}; check the ACLs")
-    return BackendUnavailableError(f"Kafka consumer error: {error.str()}")
