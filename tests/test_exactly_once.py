@@ -24,8 +24,9 @@ from loglane.envelope import read_envelope
 from loglane.errors import BackendUnavailableError, BatchConflictError, PositionAheadOfLogError
 from loglane.logs.embedded import EmbeddedLog
 from loglane.records import Message, Record, TopicPartition
+from loglane.stores._postgres_batch import row_lock
 from loglane.stores.base import Batch, PendingCommit, StoreTransaction
-from loglane.stores.postgres import PostgresStore, _row_lock
+from loglane.stores.postgres import PostgresStore
 from loglane.stores.sqlite import SQLiteStore
 from loglane.testing import LandscapeTest
 from loglane.transaction import Emitter, UnitOfWork
@@ -374,7 +375,7 @@ def test_a_lock_wait_that_times_out_is_an_outage_not_a_failing_handler(
         wait_while_progressing(lambda: drained(worker), 1)  # it learns what sell reads
         table = store._view_table(totals).name
         with psycopg.connect(postgres_url, autocommit=True) as holder:
-            holder.execute("SELECT pg_advisory_lock(%s)", (_row_lock(table, "eu"),))
+            holder.execute("SELECT pg_advisory_lock(%s)", (row_lock(table, "eu"),))
             log.append([command_message(tills, sale(11))[1]])
             with pytest.raises(BackendUnavailableError, match="lock timeout"):
                 run_until_an_error(worker)

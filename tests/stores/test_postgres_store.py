@@ -24,9 +24,10 @@ from loglane.records import Message, TopicPartition, encode_headers, encode_mess
 from loglane.service import Service
 from loglane.stores import _postgres_arrays as arrays
 from loglane.stores._batch import OUTCOME_COLUMNS
+from loglane.stores._postgres_batch import COLUMN_TYPES
 from loglane.stores._postgres_tables import migrate
 from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Statement, Store
-from loglane.stores.postgres import _TYPES, MIGRATIONS, CommitNotice, PostgresStore
+from loglane.stores.postgres import MIGRATIONS, CommitNotice, PostgresStore
 from loglane.urls import open_store
 from tests.conftest import eventually
 from tests.contracts.ledger_contract import LedgerContract
@@ -608,7 +609,9 @@ def test_rows_are_sent_as_arrays_of_the_types_of_loglanes_tables(postgres_url: s
                     for column in columns
                 ]
                 names = {"double precision": "float8"}
-                assert tuple(names.get(row[0], row[0]) for row in types if row) == _TYPES[table]
+                assert (
+                    tuple(names.get(row[0], row[0]) for row in types if row) == COLUMN_TYPES[table]
+                )
         store.close()
 
 

@@ -44,9 +44,7 @@ Each commit notifies the channel `loglane_<service>`: `listen` gives a `CommitLi
 
 from __future__ import annotations
 
-import hashlib
 import os
-import selectors
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -74,7 +72,6 @@ from loglane.stores import _postgres_arrays as arrays
 from loglane.stores._batch import (
     OUTCOME_READ,
     PruneClock,
-    RowSink,
     backlog_sql,
     forget_published,
     outbox_seqs,
@@ -83,12 +80,21 @@ from loglane.stores._batch import (
     unpublished_sql,
     write_batch,
 )
+from loglane.stores._postgres_batch import (
+    PostgresRows,
+    SentCommit,
+    check_keys,
+    lost_a_race,
+    one_line,
+    roll_back_if_open,
+    row_lock,
+    storable,
+    write_errors,
+)
 from loglane.stores._postgres_notify import (
     ChangeMarker,
     CommitListener,
     CommitNotice,
-    channel,
-    payload,
 )
 from loglane.stores._postgres_tables import (
     MIGRATIONS,
@@ -106,7 +112,6 @@ from loglane.stores.base import (
     PendingCommit,
     RequestOutcome,
     Row,
-    Statement,
     Store,
     StoreTransaction,
     ViewSwap,
@@ -115,7 +120,7 @@ from loglane.stores.base import (
     decode_watermarks,
     stale_batch,
 )
-from loglane.views import Document, Key, OutdatedDocument, RowImage, View
+from loglane.views import Document, Key, OutdatedDocument, View
 
 __all__ = [
     "MIGRATIONS",
@@ -126,7 +131,6 @@ __all__ = [
 ]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
-Cursor = psycopg.Cursor[tuple[Any, ...]]
 
 # A view whose worker has not created its table (or schema) yet reads as empty.
 _NOT_YET_CREATED = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
@@ -182,7 +186,7 @@ class PostgresStore(Store):
             psycopg.connect(self._conninfo).close()
         except psycopg.OperationalError as exc:
             raise BackendUnavailableError(
-                f"cannot connect to PostgreSQL ({self._where}): {_one_line(exc)}; start the "
+                f"cannot connect to PostgreSQL ({self._where}): {one_line(exc)}; start the "
                 "server (scripts/postgres start) or fix --db / LOGLANE_DB"
             ) from None
         self._pool = ConnectionPool(
@@ -209,7 +213,7 @@ class PostgresStore(Store):
             # Drop the pool's other connections to the old server now, not one failure each.
             self._pool.check()
             raise BackendUnavailableError(
-                f"PostgreSQL ({self._where}) is unavailable: {_one_line(exc)}"
+                f"PostgreSQL ({self._where}) is unavailable: {one_line(exc)}"
             ) from exc
 
     def schema(self, service: str) -> str:
@@ -224,7 +228,7 @@ class PostgresStore(Store):
                 except psycopg.errors.InsufficientPrivilege as exc:
                     raise ConfigurationError(
                         f"cannot create Loglane's tables in schema {name!r} on {self._where}: "
-                        f"{_one_line(exc)}; grant CREATE on the database (or create the schema "
+                        f"{one_line(exc)}; grant CREATE on the database (or create the schema "
                         "and grant CREATE on it) to the user in --db"
                     ) from None
         with self._lock:
@@ -376,7 +380,7 @@ class PostgresStore(Store):
         sources = sorted(fences)  # rows locked in one order: two workers cannot deadlock
         with ExitStack() as stack:
             conn = stack.enter_context(self._connection())
-            stack.callback(_roll_back_if_open, conn)  # before it goes back to the pool
+            stack.callback(roll_back_if_open, conn)  # before it goes back to the pool
             try:
                 conn.execute("BEGIN")
                 # The position rows stay locked until the commit: a zombie and a partition's
@@ -403,8 +407,8 @@ class PostgresStore(Store):
                 if not transaction.sent:
                     conn.execute("COMMIT")
             except psycopg.OperationalError as exc:
-                if _lost_a_race(exc):  # raised in the transaction's reads or its write
-                    raise BatchConflictError(_one_line(exc)) from exc
+                if lost_a_race(exc):  # raised in the transaction's reads or its write
+                    raise BatchConflictError(one_line(exc)) from exc
                 raise
 
     def delete_outbox(self, service: str, published: Mapping[TopicPartition, int]) -> None:
@@ -607,12 +611,12 @@ class _PostgresTransaction(StoreTransaction):
         self.sent = False
 
     def get(self, view: View[Any], key: Key) -> Document | None:
-        _check_keys(view, [key])
+        check_keys(view, [key])
         table = self._store._view_table(view)
         cursor = self._conn.cursor()
         try:
             with self._conn.pipeline():  # one round trip: the lock, then a fresh snapshot
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_row_lock(table.name, key),))
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (row_lock(table.name, key),))
                 cursor.execute(table.select_one, (table.key_param(key),))
             row = cursor.fetchone()
         except psycopg.Error as exc:
@@ -623,14 +627,14 @@ class _PostgresTransaction(StoreTransaction):
         """A read's error as the worker must see it, never as the handler's own: the
         transaction is unusable after it, so the whole batch ends, and runs again or is
         halved, and a handler must not be retried on it."""
-        if _lost_a_race(exc):
-            return BatchConflictError(_one_line(exc))
+        if lost_a_race(exc):
+            return BatchConflictError(one_line(exc))
         if isinstance(exc, psycopg.OperationalError):
             self._store._pool.check()
             return BackendUnavailableError(
-                f"PostgreSQL ({self._store._where}) is unavailable: {_one_line(exc)}"
+                f"PostgreSQL ({self._store._where}) is unavailable: {one_line(exc)}"
             )
-        return BatchRejectedError(_one_line(exc))
+        return BatchRejectedError(one_line(exc))
 
     def parked_records(self, service: str, source: TopicPartition, key: str) -> list[bytes]:
         try:
@@ -647,11 +651,11 @@ class _PostgresTransaction(StoreTransaction):
     def get_many(self, view: View[Any], keys: Sequence[Key]) -> dict[Key, Document]:
         # A key no row can have is not found, rather than failing the batch: one command's
         # key must not stop its partition (its handler's write is refused, and dead-lettered).
-        keys = [key for key in keys if _storable(key)]
+        keys = [key for key in keys if storable(key)]
         if not keys:
             return {}
         table = self._store._view_table(view)
-        locks = sorted({_row_lock(table.name, key) for key in keys})  # one order: no deadlock
+        locks = sorted({row_lock(table.name, key) for key in keys})  # one order: no deadlock
         cursor = self._conn.cursor()
         try:
             with self._conn.pipeline():
@@ -673,7 +677,7 @@ class _PostgresTransaction(StoreTransaction):
         self, view: View[Any], where: Mapping[str, Any], limit: int
     ) -> list[tuple[Key, Document]]:
         view.check_filters(where)
-        _check_keys(view, [value for value in where.values() if isinstance(value, str)])
+        check_keys(view, [value for value in where.values() if isinstance(value, str)])
         table = self._store._view_table(view)
         condition, params = table.condition(where)
         key = quote(view.key)
@@ -690,7 +694,7 @@ class _PostgresTransaction(StoreTransaction):
             ]
             if not keys:
                 return []
-            locks = sorted({_row_lock(table.name, found) for found in keys})
+            locks = sorted({row_lock(table.name, found) for found in keys})
             also = f"{condition} AND" if condition else "WHERE"
             with self._conn.pipeline():
                 cursor.execute(
@@ -712,7 +716,7 @@ class _PostgresTransaction(StoreTransaction):
     ) -> dict[TopicPartition, int]:
         with ExitStack() as pipeline:
             rows = self._write(batches, published, pipeline, commit=False)
-            with _write_errors():
+            with write_errors():
                 pipeline.close()  # the results: an error raises here
         return outbox_seqs(batches, rows.last_seq())
 
@@ -725,7 +729,7 @@ class _PostgresTransaction(StoreTransaction):
             rows = self._write(batches, published, pipeline, commit=True)
             held = pipeline.pop_all()
         self.sent = True
-        return _SentCommit(batches, rows, held, self._ending.pop_all())
+        return SentCommit(batches, rows, held, self._ending.pop_all())
 
     def _write(
         self,
@@ -734,7 +738,7 @@ class _PostgresTransaction(StoreTransaction):
         pipeline: ExitStack,
         *,
         commit: bool,
-    ) -> _PostgresRows:
+    ) -> PostgresRows:
         """Send the batches' statements in one pipeline `pipeline` holds open, and the
         COMMIT too if `commit`; their results are read as it closes."""
         store = self._store
@@ -743,216 +747,11 @@ class _PostgresTransaction(StoreTransaction):
         if unprepared:
             store.prepare(batches[0].service, unprepared)
         tables = {view: store._tables[view] for view in written}
-        rows = _PostgresRows(self._conn, self._schema, tables, pipeline, commit=commit)
+        rows = PostgresRows(self._conn, self._schema, tables, pipeline, commit=commit)
         prune = store._prune_clock.due(batches, store.ledger_retention)
-        with _write_errors():
+        with write_errors():
             write_batch(batches, published or {}, rows, prune_requests_before=prune)
         return rows
-
-
-class _SentCommit(PendingCommit):
-    """A batch transaction whose statements and COMMIT went in one pipeline, unread."""
-
-    def __init__(
-        self,
-        batches: Sequence[Batch],
-        rows: _PostgresRows,
-        pipeline: ExitStack,
-        ending: ExitStack,
-    ) -> None:
-        super().__init__({})
-        self._batches = batches
-        self._rows = rows
-        self._pipeline = pipeline
-        self._ending = ending
-
-    def wait(self) -> dict[TopicPartition, int]:
-        with self._ending, _write_errors():  # then the connection goes back to the pool
-            self._pipeline.close()  # Sync, then every result: the first error raises
-            return outbox_seqs(self._batches, self._rows.last_seq())
-
-
-@contextmanager
-def _write_errors() -> Iterator[None]:
-    """A batch write's errors as the worker takes them: a lost lock race is a conflict (the
-    batch runs again), data or SQL the server refuses a rejection (the batch is halved), and
-    a lost server stays an `OperationalError`, for `_connection` to report."""
-    try:
-        yield
-    except psycopg.OperationalError as exc:
-        if _lost_a_race(exc):
-            raise BatchConflictError(_one_line(exc)) from exc
-        raise
-    except (psycopg.Error, OverflowError, ValueError) as exc:
-        raise BatchRejectedError(_one_line(exc)) from exc
-
-
-def _roll_back_if_open(conn: Connection) -> None:
-    """End a transaction a failure left open; a connection that cannot is discarded by the
-    pool as it comes back."""
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        with suppress(psycopg.Error):
-            conn.rollback()
-
-
-def _check_keys(view: View[Any], keys: Sequence[Key]) -> None:
-    """Refuse, before anything is sent, a key PostgreSQL text cannot hold: a NUL sent would
-    abort the batch's transaction; refused here it is only the handler's own error."""
-    if any(isinstance(key, str) and not _storable(key) for key in keys):
-        raise ValueError(f"view {view.name!r}: PostgreSQL keys cannot hold NUL characters")
-
-
-def _storable(key: Key) -> bool:
-    """Whether a view's key column (TEXT or BIGINT) can hold `key`."""
-    if isinstance(key, str):
-        return "\x00" not in key
-    return -(2**63) <= key < 2**63
-
-
-def _lost_a_race(exc: psycopg.Error) -> bool:
-    """A deadlock or a serialization failure (SQLSTATE class 40): the transaction was rolled
-    back and runs again as it is. psycopg does not derive all of them from one class."""
-    return (exc.sqlstate or "").startswith("40")
-
-
-def _row_lock(table: str, key: Key) -> int:
-    """A 64-bit advisory lock id for one row: a collision only serializes two batches more."""
-    digest = hashlib.blake2b(f"{table}\x00{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-class _PostgresRows(RowSink):
-    """A commit's statements, sent in one pipeline as `finish` is called: a set of rows is
-    one statement (`_postgres_arrays`). Only a first position runs at once, for its row
-    count."""
-
-    holds_position_locks = True  # `PostgresStore.transaction` locked them FOR UPDATE
-
-    def __init__(
-        self,
-        conn: Connection,
-        schema: str,
-        tables: Mapping[View[Any], ViewTable],
-        pipeline: ExitStack,
-        *,
-        commit: bool,
-    ) -> None:
-        self.cursor = conn.cursor()
-        self._conn = conn
-        self._schema = schema
-        self._tables = tables
-        self._pipeline = pipeline
-        self._commit = commit
-        self._queued: list[tuple[str, Any]] = []
-        self._any_outbox = False
-
-    def table(self, name: str) -> str:
-        return f"{quote(self._schema)}.{name}"
-
-    def execute_now(self, sql: str, params: Sequence[Any]) -> int:
-        self.cursor.execute(sql, params)
-        return self.cursor.rowcount
-
-    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
-        self._queued.append((sql, params))
-
-    def execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        self._queued.append((sql, rows))
-
-    def insert(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-        self._insert(table, columns, _TYPES[table.rsplit(".", 1)[-1]], rows)
-
-    def _insert(
-        self,
-        table: str,
-        columns: tuple[str, ...],
-        types: tuple[str, ...],
-        rows: list[tuple[Any, ...]],
-        on_conflict: str = "",
-    ) -> None:
-        if rows:
-            self._queued.append(arrays.insert(table, columns, types, rows, on_conflict))
-
-    def write_view(self, view: View[Any], rows: Mapping[Key, RowImage | None]) -> None:
-        table = self._tables[view]
-        upserts = [table.values(key, image) for key, image in rows.items() if image]
-        self._insert(table.name, table.columns, table.types, upserts, table.on_conflict)
-        deletes = [key for key, image in rows.items() if image is None]
-        if deletes:
-            self.execute(table.delete, (table.keys_param(deletes),))
-
-    def run_statements(self, statements: Sequence[Statement]) -> None:
-        # the service's schema first, so a handler's SQL names its tables unqualified
-        self.execute(f"SET LOCAL search_path TO {quote(self._schema)}, public")
-        for statement in statements:
-            self.execute(statement.sql, statement.params)
-
-    id_list_mark = "%b"  # a text[] in binary (`_postgres_arrays`)
-
-    def id_list(self, ids: list[str]) -> bytes:
-        return arrays.encode(ids, arrays.TextArray)
-
-    def finish(self, batches: Sequence[Batch]) -> int | None:
-        """Send what waits (and the COMMIT) in the pipeline; the last seq is `last_seq`'s."""
-        waiting = [o.request_id for b in batches for o in b.requests if o.source == COMMAND_SOURCE]
-        for batch in batches:
-            source = batch.source
-            notice = payload(self._schema, source.topic, source.partition, batch.position, waiting)
-            self.execute("SELECT pg_notify(%s, %s)", (channel(batch.service), notice))
-            waiting = []  # told once
-        self._any_outbox = any(batch.outbox for batch in batches)
-        self._pipeline.enter_context(self._conn.pipeline())
-        for sql, params in self._queued:
-            if isinstance(params, list):
-                self.cursor.executemany(sql, params)
-            else:
-                self.cursor.execute(sql, params)
-        if self._any_outbox:
-            outcomes = self.table("loglane_outcomes")
-            self.cursor.execute(f"SELECT currval(pg_get_serial_sequence('{outcomes}', 'seq'))")
-        if self._commit:
-            self._conn.execute("COMMIT")
-            _flush(self._conn)
-        return None
-
-    def last_seq(self) -> int | None:
-        """The seq of the last outbox row written, None without any; once the pipeline
-        was read."""
-        row = self.cursor.fetchone() if self._any_outbox else None
-        return None if row is None else int(row[0])
-
-
-def _flush(conn: Connection) -> None:
-    """Hand all that the pipeline holds to the socket, without waiting for results."""
-    pgconn = conn.pgconn
-    if not pgconn.flush():  # 0: all sent
-        return
-    with selectors.DefaultSelector() as selector:  # the socket's buffer is full
-        selector.register(pgconn.socket, selectors.EVENT_READ | selectors.EVENT_WRITE)
-        while pgconn.flush():
-            for _, events in selector.select():
-                if events & selectors.EVENT_READ:  # so the server never waits on its writes
-                    pgconn.consume_input()
-
-
-_TYPES = {  # the column types, in OUTCOME_COLUMNS' order
-    "loglane_outcomes": (
-        "text",
-        "text",
-        "integer",
-        "text",
-        "text",
-        "text",
-        "text",
-        "text",
-        "bytea",
-        "float8",
-    ),
-}
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
 
 
 def describe(conninfo: str) -> str:
@@ -961,7 +760,7 @@ def describe(conninfo: str) -> str:
         params = conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
         raise BadURLError(
-            f"not a PostgreSQL URL: {_one_line(exc)}; Loglane's own options are schema, "
+            f"not a PostgreSQL URL: {one_line(exc)}; Loglane's own options are schema, "
             "pool_size, pool_timeout and ledger_retention, the rest must be libpq parameters"
         ) from None
 
