@@ -255,26 +255,31 @@ def test_a_republished_duplicate_is_dropped_by_the_consumer(test_landscape: Land
     assert tally.events == 1
 
 
+def heir_commits_first(worker: Worker, heir: SQLiteStore, *, position: int) -> None:
+    """Before the worker's next store transaction starts, the partitions' new owner (`heir`)
+    commits them up to `position`."""
+    real_transaction = worker.store.transaction
+
+    def transaction(
+        service: str, fences: Mapping[TopicPartition, int | None]
+    ) -> AbstractContextManager[StoreTransaction]:
+        worker.store.transaction = real_transaction  # type: ignore[method-assign]
+        for source, expected in fences.items():
+            heir.commit(
+                Batch(service=service, source=source, expected_position=expected, position=position)
+            )
+        return real_transaction(service, fences)
+
+    worker.store.transaction = transaction  # type: ignore[method-assign]
+
+
 def test_a_batch_that_lost_its_partition_commits_nothing(tmp_path: Path) -> None:
     log = EmbeddedLog(tmp_path / "log.db")
     zombie = Worker(ledger, log, SQLiteStore(tmp_path / "ledger.db"))
     heir = SQLiteStore(tmp_path / "ledger.db")
     zombie.start()
     log.append([command_message(ledger, d)[1] for d in deposits(accounts_count=1, per_account=5)])
-    real_transaction = zombie.store.transaction
-
-    def heir_commits_first(
-        service: str, fences: Mapping[TopicPartition, int | None]
-    ) -> AbstractContextManager[StoreTransaction]:
-        # while the zombie's batch is in flight, the partition's new owner commits past it
-        zombie.store.transaction = real_transaction  # type: ignore[method-assign]
-        for source, expected in fences.items():
-            heir.commit(
-                Batch(service=service, source=source, expected_position=expected, position=5)
-            )
-        return real_transaction(service, fences)
-
-    zombie.store.transaction = heir_commits_first  # type: ignore[method-assign]
+    heir_commits_first(zombie, heir, position=5)  # while the zombie's batch is in flight
     assert zombie.run_once(timeout=5) == 5
     assert zombie.handled == 0, "the zombie's batch was fenced off"
     assert heir.get(accounts, "acct-0") is None
@@ -292,19 +297,7 @@ def test_a_pass_that_finds_its_partition_moved_publishes_the_last_commit_once(
     worker.start()
     log.append([command_message(ledger, d)[1] for d in deposits(accounts_count=1, per_account=10)])
     assert worker.run_once(timeout=5, send_ahead=True) == 5  # committed; published next pass
-    real_transaction = worker.store.transaction
-
-    def heir_moves_on(
-        service: str, fences: Mapping[TopicPartition, int | None]
-    ) -> AbstractContextManager[StoreTransaction]:
-        worker.store.transaction = real_transaction  # type: ignore[method-assign]
-        for source, expected in fences.items():
-            heir.commit(
-                Batch(service=service, source=source, expected_position=expected, position=10)
-            )
-        return real_transaction(service, fences)
-
-    worker.store.transaction = heir_moves_on  # type: ignore[method-assign]
+    heir_commits_first(worker, heir, position=10)
     worker.run_once(timeout=5, send_ahead=True)  # polls 5-9, finds them taken: resumes at 10
     worker.close()
     outputs = [
