@@ -16,7 +16,7 @@ meantime is not absorbed: the worker runs it again, on the rows as they are now
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, NoReturn
 
 from opentelemetry.trace import Tracer
@@ -117,15 +117,13 @@ def _by_key(row: tuple[Key, Document]) -> Key:
     return row[0]
 
 
+@dataclass(slots=True)
 class Seen:
     """What a handler run beside others read from its batch's unit of work: each row as it
     first read it, and each view it searched, with the unit's count of its changes then."""
 
-    __slots__ = ("rows", "views")
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[View[Any], Key], Document | None] = {}
-        self.views: dict[View[Any], int] = {}
+    rows: dict[tuple[View[Any], Key], Document | None] = field(default_factory=dict)
+    views: dict[View[Any], int] = field(default_factory=dict)
 
 
 class ViewAccess(Generic[Row]):

@@ -87,8 +87,10 @@ _RETENTION_CHECK_SECONDS = 60.0
 _IDLE_CHECK_SECONDS = 0.005
 
 
-@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity, in C: an append hashes
-class _Topic:  # its topics a few times per message (two of one topic reserve two offset ranges)
+# Hashed by identity (in C): an append hashes its topics a few times per message. Should two
+# objects of one topic meet in an append, each reserves its own offsets, which is still right.
+@dataclass(frozen=True, slots=True, eq=False)
+class _Topic:
     id: int
     name: str
     partitions: int
