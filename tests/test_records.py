@@ -14,12 +14,14 @@ def test_messages_read_back_as_they_were_written() -> None:
     assert decode_messages(encode_messages(messages)) == messages
 
 
-def test_messages_written_with_their_headers_packed_on_their_own_still_read() -> None:
-    earlier = msgpack.packb([("bank.out", b"k", b"{}", encode_headers(HEADERS))])
-    assert decode_messages(earlier) == (Message("bank.out", b"k", b"{}", HEADERS),)
+def test_messages_keep_their_headers_packed_on_their_own_for_the_log_to_take() -> None:
+    blob = encode_messages([Message("bank.out", b"k", b"{}", HEADERS)])
+    assert blob == msgpack.packb([("bank.out", b"k", b"{}", encode_headers(HEADERS))])
+    (read,) = decode_messages(blob)
+    assert read.packed_headers() == encode_headers(HEADERS)
 
 
-def test_messages_written_with_their_headers_inline_read_back() -> None:
+def test_messages_written_with_their_headers_inline_still_read() -> None:
     earlier = msgpack.packb([("bank.out", b"k", b"{}", [list(pair) for pair in HEADERS])])
     assert decode_messages(earlier) == (Message("bank.out", b"k", b"{}", HEADERS),)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgpack
@@ -31,6 +31,15 @@ class Message:
     key: bytes | None
     value: bytes
     headers: Headers = ()
+    _packed_headers: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def packed_headers(self) -> bytes:
+        """The headers as MessagePack, packed once: an emitted event's go into its outbox
+        row and again, on the embedded log, into its record."""
+        packed = self._packed_headers
+        if packed is None:
+            packed = self._packed_headers = encode_headers(self.headers)
+        return packed
 
 
 @dataclass(slots=True)  # not frozen, as Message; never changed
@@ -76,26 +85,25 @@ def decode_headers(blob: bytes) -> Headers:
 
 def encode_messages(messages: Sequence[Message]) -> bytes | None:
     """Messages as bytes for a database column (MessagePack), None for none; each one's
-    headers inline, as a list of pairs (one packing for all)."""
+    headers packed on their own (`Message.packed_headers`), so a log that keeps them
+    packed takes them as they are."""
     if not messages:
         return None
-    return pack([(m.topic, m.key, m.value, m.headers) for m in messages])
+    return pack([(m.topic, m.key, m.value, m.packed_headers()) for m in messages])
 
 
 def decode_messages(blob: bytes | None) -> tuple[Message, ...]:
     if not blob:
         return ()
-    return tuple(
-        Message(topic, key, value, _headers_of(headers))
-        for topic, key, value, headers in msgpack.unpackb(blob)
-    )
+    return tuple(_message(*fields) for fields in msgpack.unpackb(blob))
 
 
-def _headers_of(packed: bytes | list[list[Any]]) -> Headers:
-    # headers are inline, as a list of pairs; some builds wrote them packed on their own
-    if isinstance(packed, bytes):
-        return decode_headers(packed)
-    return tuple((name, value) for name, value in packed)
+def _message(topic: str, key: bytes | None, value: bytes, headers: Any) -> Message:
+    if not isinstance(headers, bytes):  # inline, as a list of pairs, as some builds wrote them
+        return Message(topic, key, value, tuple((name, data) for name, data in headers))
+    message = Message(topic, key, value, decode_headers(headers))
+    message._packed_headers = headers  # published again from the outbox: not packed again
+    return message
 
 
 def encode_record(record: Record) -> bytes:

@@ -32,7 +32,6 @@ from loglane.records import (
     Record,
     TopicPartition,
     decode_headers,
-    encode_headers,
 )
 
 _SCHEMA = """
@@ -187,7 +186,7 @@ class EmbeddedLog(Log):
             return []
         now_ms = int(time.time() * 1000)
         placed = [self._place(message) for message in messages]
-        headers = [encode_headers(message.headers) for message in messages]  # before the lock
+        headers = [message.packed_headers() for message in messages]  # before the lock
         counts: dict[tuple[_Topic, int], int] = defaultdict(int)
         for topic, partition in placed:
             counts[topic, partition] += 1
