@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from types import SimpleNamespace
@@ -354,14 +356,23 @@ def _offsets(records: list[Record], partition: int) -> list[int]:
     return [record.offset for record in records if record.partition == partition]
 
 
-def test_a_poll_takes_each_partitions_share_first_and_holds_the_rest_back() -> None:
+def test_a_poll_takes_no_more_than_each_partitions_share_and_holds_the_rest_back() -> None:
     fetched = [_at(0, i) for i in range(10)] + [_at(1, i) for i in range(2)]
     fetched += [_at(2, i) for i in range(10)]
     taken, held = share_out(fetched, 12)
-    # a share of 4 each (partition 1 has 2), then the oldest of the rest fill the poll
-    assert [_offsets(taken, p) for p in range(3)] == [[0, 1, 2, 3, 4, 5], [0, 1], [0, 1, 2, 3]]
-    assert [_offsets(held, p) for p in range(3)] == [[6, 7, 8, 9], [], [4, 5, 6, 7, 8, 9]]
+    # a share of 4 each (partition 1 has 2): no partition's backlog lengthens the pass
+    assert [_offsets(taken, p) for p in range(3)] == [[0, 1, 2, 3], [0, 1], [0, 1, 2, 3]]
+    assert [_offsets(held, p) for p in range(3)] == [[4, 5, 6, 7, 8, 9], [], [4, 5, 6, 7, 8, 9]]
     assert share_out(fetched, 30) == (fetched, [])
+
+
+def test_a_partition_fetched_first_leaves_the_busy_partitions_not_fetched_yet_their_shares() -> (
+    None
+):
+    fetched = [_at(0, i) for i in range(10)]
+    taken, held = share_out(fetched, 8, busy=4)
+    assert (_offsets(taken, 0), _offsets(held, 0)) == ([0, 1], [2, 3, 4, 5, 6, 7, 8, 9])
+    assert share_out(fetched, 8) == (fetched[:8], fetched[8:])
 
 
 def test_records_held_back_are_taken_oldest_first_so_no_partition_starves() -> None:
@@ -369,6 +380,43 @@ def test_records_held_back_are_taken_oldest_first_so_no_partition_starves() -> N
     assert (taken, held) == ([_at(0, 0)], [_at(1, 0), _at(0, 1)])
     taken, held = share_out(held, 1)
     assert (taken, held) == ([_at(1, 0)], [_at(0, 1)])
+
+
+class SeeksToStart(Owner):
+    """Seeks each partition it is given to its start, as a worker seeks to its positions."""
+
+    consumer: Consumer | None = None
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        super().on_assigned(partitions)
+        assert self.consumer is not None
+        for tp in partitions:
+            self.consumer.seek(tp, 0)
+
+
+@pytest.mark.kafka
+def test_a_spread_poll_takes_no_more_than_an_equal_share_of_any_partition_while_all_have_records(
+    kafka_log: KafkaLog,
+) -> None:
+    topic = unique("shares")
+    kafka_log.create_topic(topic, 4)
+    kafka_log.append([Message(topic, f"k{i}".encode(), str(i).encode()) for i in range(400)])
+    sizes = {partition: offsets.end for partition, offsets in kafka_log.offsets(topic).items()}
+    owner = SeeksToStart()
+    consumer = owner.consumer = kafka_log.consumer(unique("group"), [topic], owner, spread=True)
+    try:
+        got: list[Record] = []
+        deadline = time.monotonic() + 60
+        while len(got) < 400:
+            assert time.monotonic() < deadline, f"got {len(got)} of 400 records"
+            all_busy = all(_offsets(got, p) != list(range(sizes[p])) for p in range(4))
+            taken = consumer.poll(0.5, 40)
+            if all_busy:  # whichever partitions librdkafka fetched first
+                assert max(Counter(record.partition for record in taken).values(), default=0) <= 10
+            got += taken
+        assert all(_offsets(got, p) == list(range(sizes[p])) for p in range(4))
+    finally:
+        consumer.close()
 
 
 @pytest.mark.kafka

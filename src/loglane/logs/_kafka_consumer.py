@@ -39,6 +39,8 @@ class KafkaConsumer(Consumer):
         self._collected: dict[TopicPartition, int] | None = None
         # records fetched but held back from a poll, to share the next one out (`share_out`)
         self._held: list[Record] = []
+        # a spread consumer's next offset to hand out per partition, where it knows it
+        self._next: dict[TopicPartition, int] = {}
         self._closed = False
         consumer.subscribe(
             list(topics),
@@ -65,6 +67,7 @@ class KafkaConsumer(Consumer):
             consumer.pause(partitions)
             raise
         self._owned.update(assigned)
+        self._next.update(seeks)
         consumer.incremental_assign([_at(tp, seeks.get(tp, ck.OFFSET_INVALID)) for tp in assigned])
 
     def _on_revoke(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
@@ -77,6 +80,8 @@ class KafkaConsumer(Consumer):
         finally:
             self._owned.difference_update(revoked)
             self._unannounced.difference_update(revoked)
+            for tp in revoked:
+                self._next.pop(tp, None)
             # after a lost session librdkafka may have dropped some of them already
             current = {(p.topic, p.partition) for p in consumer.assignment()}
             still = [p for p in partitions if (p.topic, p.partition) in current]
@@ -111,6 +116,7 @@ class KafkaConsumer(Consumer):
         """
         self._consumer.incremental_unassign([_at(partition, ck.OFFSET_INVALID)])
         self._consumer.incremental_assign([_at(partition, offset)])
+        self._next[partition] = offset
 
     # -- the Consumer interface -----------------------------------------------------------------
 
@@ -124,8 +130,9 @@ class KafkaConsumer(Consumer):
             logger.debug("ignored a seek of %s, which this member does not own", partition)
 
     def poll(self, timeout: float, max_records: int) -> list[Record]:
-        """A spread consumer fetches up to twice `max_records`, to share them out among their
-        partitions (`share_out`); those it holds back come first in the next poll."""
+        """A spread consumer fetches up to twice `max_records`, to share them out among the
+        partitions that have records to hand out (`share_out`, `_busy`); those it holds back
+        come first in the next poll."""
         self._announce_pending()
         # (held records stay in `_held` while librdkafka runs rebalance callbacks in here)
         wanted = (2 if self._spread else 1) * max_records - len(self._held)
@@ -153,8 +160,30 @@ class KafkaConsumer(Consumer):
         if self._held:
             records, self._held = self._held + records, []
         owned = [record for record in records if record.topic_partition in self._owned]
-        taken, self._held = share_out(owned, max_records)
+        if not self._spread:
+            return owned
+        taken, self._held = share_out(owned, max_records, self._busy(owned))
+        for record in taken:
+            self._next[record.topic_partition] = record.offset + 1
         return taken
+
+    def _busy(self, records: list[Record]) -> int:
+        """How many owned partitions have records to hand out: some in `records`, or more in
+        the log than this member has handed out, as far as librdkafka's last fetch of it
+        tells (a partition not fetched yet counts). A partition whose records librdkafka has
+        not fetched yet thus keeps its share of the poll, and does not wait a whole pass
+        behind a partition that was fetched first."""
+        present = {record.topic_partition for record in records}
+        waiting = 0
+        for tp in self._owned - self._unannounced - present:
+            try:
+                _, high = self._consumer.get_watermark_offsets(_at(tp, 0), cached=True)
+            except ck.KafkaException:
+                continue
+            handed_out = self._next.get(tp)
+            if high < 0 or (handed_out is not None and high > handed_out):
+                waiting += 1
+        return len(present) + waiting
 
     def _drop_held(self, partitions: Sequence[TopicPartition]) -> None:
         """Forget the held records of `partitions`: they are fetched again where they
@@ -219,14 +248,20 @@ def on_commit(error: ck.KafkaError | None, partitions: list[ck.TopicPartition]) 
         logger.warning("Kafka did not take the offset commit of %s", ", ".join(failed))
 
 
-def share_out(records: list[Record], max_records: int) -> tuple[list[Record], list[Record]]:
-    """Up to `max_records` of `records`, and the rest, held back. Each partition's share
-    comes first (a partition with a backlog does not fill the poll alone, and a worker runs
-    the coroutine handlers of several partitions side by side), then the oldest of the rest
-    fill what is left. What is taken of a partition is always its first records."""
-    if len(records) <= max_records:
+def share_out(
+    records: list[Record], max_records: int, busy: int = 1
+) -> tuple[list[Record], list[Record]]:
+    """Up to `max_records` of `records`, and the rest, held back: from each partition no
+    more than an equal share of `max_records` among `busy` partitions (or those in
+    `records`, if more). A worker runs the coroutine handlers of different partitions side
+    by side, so a pass lasts as long as its largest share: a partition with a backlog does
+    not lengthen the passes of the others. What is taken of a partition is always its
+    first records; fewer records than partitions are taken oldest first."""
+    share = max_records // max(busy, len({record.topic_partition for record in records}), 1)
+    if len(records) <= share:
         return records, []
-    share = max_records // len({record.topic_partition for record in records})
+    if share == 0:
+        return records[:max_records], records[max_records:]
     counts: dict[TopicPartition, int] = {}
     taken: list[Record] = []
     rest: list[Record] = []
@@ -238,8 +273,7 @@ def share_out(records: list[Record], max_records: int) -> tuple[list[Record], li
             counts[tp] = count + 1
         else:
             rest.append(record)
-    room = max_records - len(taken)
-    return taken + rest[:room], rest[room:]
+    return taken, rest
 
 
 def _at(partition: TopicPartition, offset: int) -> ck.TopicPartition:
