@@ -1,21 +1,24 @@
-"""One SQLite file shared by threads and processes: per-thread connections, WAL, write locks."""
+"""One SQLite file shared by threads and processes: per-thread connections, WAL, write locks,
+and commits that a thread of the file's own makes while the writer goes on."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from loglane.errors import BackendUnavailableError, ConfigurationError
 
-_WRITE_LOCKS: dict[Path, threading.RLock] = {}
+_WRITE_LOCKS: dict[Path, threading.Lock] = {}
 _WRITE_LOCKS_GUARD = threading.Lock()
 _WRITE_WAIT_SECONDS = 60.0
 
 
-def _write_lock(path: Path) -> threading.RLock:
+def _write_lock(path: Path) -> threading.Lock:
     """One lock per database file and process, taken around every write transaction.
 
     Writers of one process (worker threads, the HTTP API's thread pool) then queue on it and
@@ -23,9 +26,13 @@ def _write_lock(path: Path) -> threading.RLock:
     on the file lock and back off in its busy handler, sleeping up to 100 ms a retry: a
     convoy that cost `loglane run` most of its throughput and all of its tail latency.
     Writers in other processes still meet on SQLite's own lock.
+
+    Not reentrant: a thread that began a write on a file cannot begin another on it (SQLite
+    would refuse it too), and a commit sent ahead is ended, and the lock released, by the
+    file's committer thread.
     """
     with _WRITE_LOCKS_GUARD:
-        return _WRITE_LOCKS.setdefault(path.resolve(), threading.RLock())
+        return _WRITE_LOCKS.setdefault(path.resolve(), threading.Lock())
 
 
 class SQLiteFile:
@@ -40,6 +47,7 @@ class SQLiteFile:
         self._connections: dict[int, sqlite3.Connection] = {}
         self._lock = threading.Lock()
         self._write_lock = _write_lock(self.path)
+        self._committer: ThreadPoolExecutor | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.connection()
@@ -49,7 +57,12 @@ class SQLiteFile:
             ) from exc
 
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection, in autocommit mode (transactions are explicit)."""
+        """This thread's connection, in autocommit mode (transactions are explicit); once
+        the commit this thread sent ahead on it, if any, has ended."""
+        sending: Future[None] | None = getattr(self._local, "sending", None)
+        if sending is not None:
+            concurrent.futures.wait([sending])  # its outcome is for whoever sent it
+            self._local.sending = None
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(
@@ -73,13 +86,23 @@ class SQLiteFile:
             self._connections.pop(ident).close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; writers of every process queue on the file's lock."""
+    def transaction(
+        self, *, sent: Callable[[Future[None]], None] | None = None
+    ) -> Iterator[sqlite3.Connection]:
+        """One write transaction; writers of every process queue on the file's lock.
+
+        With `sent`, a block that ends normally does not wait for its commit: the file's
+        committer thread makes it (an fsync, with `synchronous=FULL`, during which it does
+        not hold the GIL), and releases the lock; `sent` receives the commit's future, which
+        raises SQLite's error if the commit failed (the transaction is then rolled back).
+        The thread's connection waits for it before its next use.
+        """
         db = self.connection()
         if not self._write_lock.acquire(timeout=_WRITE_WAIT_SECONDS):
             raise BackendUnavailableError(
                 f"cannot write to {self.path}: another thread held it for {_WRITE_WAIT_SECONDS}s"
             )
+        committing = False
         try:
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -90,7 +113,28 @@ class SQLiteFile:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            if sent is None:
+                db.execute("COMMIT")
+            else:
+                if self._committer is None:
+                    self._committer = ThreadPoolExecutor(1, f"loglane-commit-{self.path.name}")
+                future = self._committer.submit(self._commit, db)
+                committing = True  # the committer releases the lock
+                self._local.sending = future
+                sent(future)
+        finally:
+            if not committing:
+                self._write_lock.release()
+
+    def _commit(self, db: sqlite3.Connection) -> None:
+        """On the committer thread: commit the transaction `db` holds, then let the next
+        writer in."""
+        try:
             db.execute("COMMIT")
+        except sqlite3.Error:
+            with suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
         finally:
             self._write_lock.release()
 
@@ -102,6 +146,9 @@ class SQLiteFile:
                     db.execute(statement)
 
     def close(self) -> None:
+        if self._committer is not None:
+            self._committer.shutdown()  # a commit under way ends first
+            self._committer = None
         with self._lock:
             for db in self._connections.values():
                 db.close()

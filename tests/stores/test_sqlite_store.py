@@ -8,19 +8,74 @@ from pathlib import Path
 
 import pytest
 
+from loglane.errors import BatchRejectedError
 from loglane.records import Message, TopicPartition, encode_headers, encode_messages
 from loglane.stores._batch import forget_published
 from loglane.stores._placeholders import to_sqlite
-from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Store
+from loglane.stores.base import Batch, RequestOutcome, RequestStatus, Statement, Store
 from loglane.stores.sqlite import _BACKLOG, _UNPUBLISHED, SQLiteStore
-from tests.contracts.store_contract import StoreContract, check_moved_into_outcome_rows
+from tests.contracts.store_contract import (
+    SOURCE,
+    Account,
+    StoreContract,
+    check_moved_into_outcome_rows,
+    declare_bank,
+)
 
 
 class TestSQLiteStore(StoreContract):
+    store_type: type[SQLiteStore] = SQLiteStore
+
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[Store]:
-        store = SQLiteStore(tmp_path / "views.db")
+        store = self.store_type(tmp_path / "views.db")
         yield store
+        store.close()
+
+
+class _SendingCommitsAhead(SQLiteStore):
+    """Commits as the worker makes them: sent as the transaction's context ends, made by
+    the file's committer thread, and confirmed after."""
+
+    def commit(self, batch: Batch) -> int | None:
+        with self.transaction(batch.service, {batch.source: batch.expected_position}) as tx:
+            sent = tx.send_all([batch])
+        return sent.wait().get(batch.source)
+
+
+class TestSQLiteStoreSendingCommitsAhead(TestSQLiteStore):
+    store_type = _SendingCommitsAhead
+
+
+def test_a_commit_sent_ahead_that_fails_at_commit_raises_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """A deferred constraint fails the COMMIT that the committer thread makes: the error is
+    the confirmation's, the transaction is rolled back, and the file takes the next write."""
+    store = SQLiteStore(tmp_path / "views.db")
+    try:
+        bank = declare_bank(store)
+        store.commit(bank.batch(None, 1))
+        with sqlite3.connect(tmp_path / "views.db") as db:
+            db.execute("CREATE TABLE parents (id INTEGER PRIMARY KEY)")
+            db.execute(
+                "CREATE TABLE vetoes (parent INTEGER REFERENCES parents (id) "
+                "DEFERRABLE INITIALLY DEFERRED)"
+            )
+        store._file.connection().execute("PRAGMA foreign_keys = ON")  # checked at COMMIT
+        row = Account(account_id="a1", owner="ada", balance=1)
+        vetoed = [Statement("INSERT INTO vetoes VALUES (1)")]
+        with store.transaction(bank.name, {SOURCE: 1}) as tx:
+            sent = tx.send_all(
+                [bank.batch(1, 2, writes={bank.accounts: {"a1": row}}, statements=vetoed)]
+            )
+        with pytest.raises(BatchRejectedError, match="FOREIGN KEY"):
+            sent.wait()
+        assert store.get(bank.accounts, "a1") is None
+        assert store.positions(bank.name) == {SOURCE: 1}
+        store.commit(bank.batch(1, 2, writes={bank.accounts: {"a1": row}}))
+        assert store.get(bank.accounts, "a1") == row
+    finally:
         store.close()
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ from loglane.stores.base import (
     AcceptedCommand,
     Batch,
     OutboxEntry,
+    PendingCommit,
     RequestOutcome,
     Row,
     Statement,
@@ -484,6 +486,7 @@ class _SQLiteTransaction(StoreTransaction):
         self._db = db
         self._writing = writing
         self._reads: dict[View[Any], dict[Key, Document | None]] = {}
+        self._sent: _SentCommit | None = None
 
     def get(self, view: View[Any], key: Key) -> Document | None:
         document = None
@@ -556,7 +559,9 @@ class _SQLiteTransaction(StoreTransaction):
         published: Mapping[TopicPartition, int] | None = None,
     ) -> dict[TopicPartition, int]:
         store = self._store
-        db = self._writing.enter_context(store._file.transaction())  # committed on the way out
+        sent = None if self._sent is None else self._sent.committing
+        # committed on the way out; if sent, by the file's committer thread
+        db = self._writing.enter_context(store._file.transaction(sent=sent))
         self._check_reads(db)
         prune = store._prune_clock.due(batches, store.ledger_retention)
         try:
@@ -570,6 +575,41 @@ class _SQLiteTransaction(StoreTransaction):
         except (sqlite3.Error, OverflowError) as exc:
             raise BatchRejectedError(str(exc)) from exc
         return outbox_seqs(batches, last_seq)
+
+    def send_all(
+        self,
+        batches: Sequence[Batch],
+        published: Mapping[TopicPartition, int] | None = None,
+    ) -> PendingCommit:
+        """Write now, and leave the commit, as the transaction's block ends, to the file's
+        committer thread: the worker polls and decodes its next batch meanwhile."""
+        self._sent = _SentCommit(self._store.path)
+        self._sent.seqs = self.write_all(batches, published)
+        return self._sent
+
+
+class _SentCommit(PendingCommit):
+    """A commit the store file's committer thread makes, once the transaction's block ended."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__({})
+        self.seqs: dict[TopicPartition, int] = {}
+        self._path = path
+        self._commit: Future[None] | None = None
+
+    def committing(self, commit: Future[None]) -> None:
+        self._commit = commit
+
+    def wait(self) -> dict[TopicPartition, int]:
+        if self._commit is None:
+            raise RuntimeError("the commit was never sent: its transaction did not end")
+        try:
+            self._commit.result()
+        except sqlite3.IntegrityError as exc:  # a deferred constraint, checked at COMMIT
+            raise BatchRejectedError(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise BackendUnavailableError(f"cannot commit to {self._path}: {exc}") from exc
+        return self.seqs
 
 
 class _SQLiteRows(RowSink):
