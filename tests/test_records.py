@@ -14,16 +14,20 @@ def test_messages_read_back_as_they_were_written() -> None:
     assert decode_messages(encode_messages(messages)) == messages
 
 
-def test_messages_keep_their_headers_packed_on_their_own_for_the_log_to_take() -> None:
-    blob = encode_messages([Message("bank.out", b"k", b"{}", HEADERS)])
+def test_messages_keep_headers_packed_already_as_they_are_for_the_log_to_take() -> None:
+    message = Message("bank.out", b"k", b"{}", HEADERS)
+    message.packed_headers()  # as a worker on a log that keeps headers packed does
+    blob = encode_messages([message])
     assert blob == msgpack.packb([("bank.out", b"k", b"{}", encode_headers(HEADERS))])
     (read,) = decode_messages(blob)
+    assert read == message
     assert read.packed_headers() == encode_headers(HEADERS)
 
 
-def test_messages_written_with_their_headers_inline_still_read() -> None:
-    earlier = msgpack.packb([("bank.out", b"k", b"{}", [list(pair) for pair in HEADERS])])
-    assert decode_messages(earlier) == (Message("bank.out", b"k", b"{}", HEADERS),)
+def test_messages_pack_headers_not_packed_yet_inline() -> None:
+    blob = encode_messages([Message("bank.out", b"k", b"{}", HEADERS)])
+    assert blob == msgpack.packb([("bank.out", b"k", b"{}", [list(pair) for pair in HEADERS])])
+    assert decode_messages(blob) == (Message("bank.out", b"k", b"{}", HEADERS),)
 
 
 def test_no_messages_are_no_bytes() -> None:

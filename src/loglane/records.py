@@ -34,8 +34,7 @@ class Message:
     _packed_headers: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def packed_headers(self) -> bytes:
-        """The headers as MessagePack, packed once: an emitted event's go into its outbox
-        row and again, on the embedded log, into its record."""
+        """The headers as MessagePack, packed once, however many writes take them."""
         packed = self._packed_headers
         if packed is None:
             packed = self._packed_headers = encode_headers(self.headers)
@@ -84,12 +83,18 @@ def decode_headers(blob: bytes) -> Headers:
 
 
 def encode_messages(messages: Sequence[Message]) -> bytes | None:
-    """Messages as bytes for a database column (MessagePack), None for none; each one's
-    headers packed on their own (`Message.packed_headers`), so a log that keeps them
-    packed takes them as they are."""
+    """Messages as bytes for a database column (MessagePack), None for none. Each one's
+    headers are inline, as a list of pairs (one packing for all), unless they were packed
+    already (`Message.packed_headers`): then those bytes, which a log that keeps headers
+    packed takes as they are."""
     if not messages:
         return None
-    return pack([(m.topic, m.key, m.value, m.packed_headers()) for m in messages])
+    return pack([(m.topic, m.key, m.value, _headers_to_pack(m)) for m in messages])
+
+
+def _headers_to_pack(message: Message) -> Headers | bytes:
+    packed = message._packed_headers
+    return message.headers if packed is None else packed
 
 
 def decode_messages(blob: bytes | None) -> tuple[Message, ...]:
@@ -99,7 +104,7 @@ def decode_messages(blob: bytes | None) -> tuple[Message, ...]:
 
 
 def _message(topic: str, key: bytes | None, value: bytes, headers: Any) -> Message:
-    if not isinstance(headers, bytes):  # inline, as a list of pairs, as some builds wrote them
+    if not isinstance(headers, bytes):  # inline, as a list of pairs
         return Message(topic, key, value, tuple((name, data) for name, data in headers))
     message = Message(topic, key, value, decode_headers(headers))
     message._packed_headers = headers  # published again from the outbox: not packed again

@@ -801,6 +801,9 @@ class Worker:
         if self.replay:
             return  # views only: the events went out, and the request was answered
         batch.outbox.extend(tx.messages)
+        if self.log.packs_headers:  # packed once, for the outbox row and the log's record
+            for message in tx.messages:
+                message.packed_headers()
         if work.is_command:
             envelope = work.envelope
             batch.requests.append(

@@ -79,6 +79,11 @@ class Consumer(ABC):
 class Log(ABC):
     """A set of partitioned topics: append, read from a position, consume as a group."""
 
+    packs_headers = False
+    """Whether the log keeps a record's headers packed (`Message.packed_headers`): a worker
+    then packs an emitted event's headers as it takes the event in, for its outbox row and
+    its record to share."""
+
     @abstractmethod
     def create_topic(self, name: str, partitions: int, *, retention_ms: int | None = None) -> int:
         """Create `name` unless it exists; return its actual partition count."""

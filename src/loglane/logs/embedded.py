@@ -110,6 +110,8 @@ def _append_signal(path: Path) -> threading.Condition:
 class EmbeddedLog(Log):
     """A log in the SQLite file at `path`, shared by every process that opens it."""
 
+    packs_headers = True  # a record's headers are one MessagePack column
+
     def __init__(
         self,
         path: Path | str,
