@@ -116,15 +116,19 @@ class SQLiteFile:
             if sent is None:
                 db.execute("COMMIT")
             else:
-                if self._committer is None:
-                    self._committer = ThreadPoolExecutor(1, f"loglane-commit-{self.path.name}")
-                future = self._committer.submit(self._commit, db)
+                future = self._committer_thread().submit(self._commit, db)
                 committing = True  # the committer releases the lock
                 self._local.sending = future
                 sent(future)
         finally:
             if not committing:
                 self._write_lock.release()
+
+    def _committer_thread(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._committer is None:
+                self._committer = ThreadPoolExecutor(1, f"loglane-commit-{self.path.name}")
+            return self._committer
 
     def _commit(self, db: sqlite3.Connection) -> None:
         """On the committer thread: commit the transaction `db` holds, then let the next
@@ -146,9 +150,10 @@ class SQLiteFile:
                     db.execute(statement)
 
     def close(self) -> None:
-        if self._committer is not None:
-            self._committer.shutdown()  # a commit under way ends first
-            self._committer = None
+        with self._lock:
+            committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.shutdown()  # a commit under way ends first
         with self._lock:
             for db in self._connections.values():
                 db.close()

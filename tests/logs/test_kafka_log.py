@@ -382,18 +382,6 @@ def test_records_held_back_are_taken_oldest_first_so_no_partition_starves() -> N
     assert (taken, held) == ([_at(1, 0)], [_at(0, 1)])
 
 
-class SeeksToStart(Owner):
-    """Seeks each partition it is given to its start, as a worker seeks to its positions."""
-
-    consumer: Consumer | None = None
-
-    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
-        super().on_assigned(partitions)
-        assert self.consumer is not None
-        for tp in partitions:
-            self.consumer.seek(tp, 0)
-
-
 @pytest.mark.kafka
 def test_a_spread_poll_takes_no_more_than_an_equal_share_of_any_partition_while_all_have_records(
     kafka_log: KafkaLog,
@@ -402,8 +390,9 @@ def test_a_spread_poll_takes_no_more_than_an_equal_share_of_any_partition_while_
     kafka_log.create_topic(topic, 4)
     kafka_log.append([Message(topic, f"k{i}".encode(), str(i).encode()) for i in range(400)])
     sizes = {partition: offsets.end for partition, offsets in kafka_log.offsets(topic).items()}
-    owner = SeeksToStart()
-    consumer = owner.consumer = kafka_log.consumer(unique("group"), [topic], owner, spread=True)
+    ref: list[object] = []
+    consumer = kafka_log.consumer(unique("group"), [topic], SeekingOwner(ref, 0), spread=True)
+    ref.append(consumer)
     try:
         got: list[Record] = []
         deadline = time.monotonic() + 60
