@@ -103,6 +103,46 @@ def test_a_member_that_lost_its_lease_cannot_commit_offsets(tmp_path: Path) -> N
     log.close()
 
 
+def test_offsets_committed_without_waiting_go_with_the_next_heartbeat_not_a_write_of_their_own(
+    tmp_path: Path,
+) -> None:
+    log = EmbeddedLog(tmp_path / "log.db", heartbeat_interval=0.05)
+    log.create_topic("t", 2)
+    group = unique("group")
+    owner = Owner()
+    consumer = log.consumer(group, ["t"], owner)
+    try:
+        poll_until([consumer], lambda: len(owner.owned) == 2)
+        consumer.commit({TopicPartition("t", 0): 3}, wait=False)
+        assert log.committed(group, "t") == {}, "no fsync of its own: it waits for a heartbeat"
+        poll_until([consumer], lambda: log.committed(group, "t") == {0: 3})
+        consumer.commit({TopicPartition("t", 1): 4}, wait=False)
+    finally:
+        consumer.close()
+    assert log.committed(group, "t") == {0: 3, 1: 4}, "letting go of a partition writes them"
+    log.close()
+
+
+def test_offsets_a_member_deferred_are_not_written_once_its_lease_went_to_another(
+    tmp_path: Path,
+) -> None:
+    log = EmbeddedLog(tmp_path / "log.db", session_timeout=0.5, heartbeat_interval=0.05)
+    log.create_topic("t", 1)
+    group = unique("group")
+    a, b = Owner(), Owner()
+    zombie = log.consumer(group, ["t"], a)
+    poll_until([zombie], lambda: len(a.owned) == 1)
+    zombie.commit({TopicPartition("t", 0): 1}, wait=False)
+    heir = log.consumer(group, ["t"], b)
+    poll_until([heir], lambda: len(b.owned) == 1)  # once the zombie's lease lapsed
+    heir.commit({TopicPartition("t", 0): 5})
+    poll_until([zombie], lambda: not a.owned)  # it finds its lease gone
+    assert log.committed(group, "t") == {0: 5}
+    heir.close()
+    zombie.close()
+    log.close()
+
+
 def test_retention_deletes_old_records_and_moves_the_start_offset(tmp_path: Path) -> None:
     log = EmbeddedLog(tmp_path / "log.db")
     log.create_topic("t", 1, retention_ms=1000)

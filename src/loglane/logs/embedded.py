@@ -310,6 +310,8 @@ class EmbeddedConsumer(Consumer):
         # leased, but the listener has not taken them yet (or raised): where each will start
         self._unannounced: dict[TopicPartition, int] = {}
         self._fetch: dict[TopicPartition, int] = {}
+        # offsets committed without waiting: written with the next heartbeat (`commit`)
+        self._uncommitted: dict[TopicPartition, int] = {}
         self._next_heartbeat = 0.0
         self._next_retention = time.monotonic() + _RETENTION_CHECK_SECONDS
         self._start = 0
@@ -378,19 +380,30 @@ class EmbeddedConsumer(Consumer):
         }
 
     def commit(self, offsets: Mapping[TopicPartition, int], *, wait: bool = True) -> None:
-        rows = [
-            (self._group, self._topic_id(tp), tp.partition, offset, self.member_id)
-            for tp, offset in offsets.items()
-            if tp in self._owned
-        ]
-        with self._log.transaction() as db:
-            db.executemany(
-                "INSERT INTO committed (grp, topic_id, partition, offset) "
-                "SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM leases WHERE grp = ?1 "
-                "AND topic_id = ?2 AND partition = ?3 AND owner = ?5) "
-                "ON CONFLICT (grp, topic_id, partition) DO UPDATE SET offset = excluded.offset",
-                rows,
-            )
+        """Without `wait`, the offsets go into the log with the member's next heartbeat (or
+        an earlier commit that waits, or as it lets the partitions go), rather than in a
+        write of their own: on a log with `synchronous=FULL` that is an fsync saved per
+        pass, for a figure that only tells the lag."""
+        self._uncommitted.update(
+            {tp: offset for tp, offset in offsets.items() if tp in self._owned}
+        )
+        if wait:
+            with self._log.transaction() as db:
+                self._write_offsets(db, self._uncommitted)
+            self._uncommitted = {}
+
+    def _write_offsets(self, db: sqlite3.Connection, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record `offsets`, of the partitions this member still holds the lease of."""
+        db.executemany(
+            "INSERT INTO committed (grp, topic_id, partition, offset) "
+            "SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM leases WHERE grp = ?1 "
+            "AND topic_id = ?2 AND partition = ?3 AND owner = ?5) "
+            "ON CONFLICT (grp, topic_id, partition) DO UPDATE SET offset = excluded.offset",
+            [
+                (self._group, self._topic_id(tp), tp.partition, offset, self.member_id)
+                for tp, offset in offsets.items()
+            ],
+        )
 
     def _topic_id(self, partition: TopicPartition) -> int:
         return self._log._topic(partition.topic).id
@@ -407,6 +420,8 @@ class EmbeddedConsumer(Consumer):
         now = time.time()
         expires = now + self._log.session_timeout
         with self._log.transaction() as db:
+            self._write_offsets(db, self._uncommitted)  # while the leases are still ours
+            self._uncommitted = {}
             db.execute("DELETE FROM members WHERE grp = ? AND expires_at < ?", (self._group, now))
             db.execute(
                 "INSERT INTO members VALUES (?, ?, ?) ON CONFLICT (grp, member) "
@@ -511,14 +526,17 @@ class EmbeddedConsumer(Consumer):
                 self._owned.discard(tp)
                 self._unannounced.pop(tp, None)
                 self._fetch.pop(tp, None)
+                self._uncommitted.pop(tp, None)  # if it comes back, its offsets moved on
 
     def _release(self, partitions: list[TopicPartition]) -> None:
         """Hand `partitions` over: tell the listener first, then drop the leases (either way:
         another member takes them over from the store's positions)."""
+        offsets = {tp: self._uncommitted[tp] for tp in partitions if tp in self._uncommitted}
         try:
             self._revoke(partitions)
         finally:
             with self._log.transaction() as db:
+                self._write_offsets(db, offsets)  # before the leases go
                 db.executemany(
                     "DELETE FROM leases WHERE grp = ? AND topic_id = ? AND partition = ? "
                     "AND owner = ?",
