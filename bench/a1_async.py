@@ -16,7 +16,9 @@ and schema per run, deleted afterwards). A worker of coroutine handlers asks for
 that spreads its polls over the partitions; how evenly depends on what the log has fetched:
 the embedded log shares each poll out evenly, a Kafka consumer shares out what librdkafka
 has fetched (up to twice the batch; it fetches 64 KiB of a partition at a time for such a
-consumer, not 1 MiB, so that holds records of more partitions).
+consumer, not 1 MiB, so that holds records of more partitions), no partition taking more
+than an equal share while others still have records. `asyncio.sleep` itself overshoots:
+1 ms takes about 1.1 ms here, so the true ceiling is a little under the printed bound.
 
     .venv/bin/python bench/a1_async.py --events 20000 --io-ms 1 --runs 3
     scripts/kafka start && scripts/postgres start
