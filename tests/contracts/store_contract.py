@@ -68,6 +68,14 @@ class Declared:
 SOURCE = TopicPartition("bank.in", 2)
 
 
+def commit_sent_ahead(store: Store, batch: Batch) -> int | None:
+    """`Store.commit` as the worker makes it: the commit sent with the writes, and confirmed
+    after the transaction's context ended."""
+    with store.transaction(batch.service, {batch.source: batch.expected_position}) as tx:
+        sent = tx.send_all([batch])
+    return sent.wait().get(batch.source)
+
+
 def declare_bank(store: Store) -> Declared:
     """A service with a uniquely named schema, its views prepared in `store`."""
     service = Service(f"bank_{uuid.uuid4().hex[:8]}")

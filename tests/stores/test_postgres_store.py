@@ -36,6 +36,7 @@ from tests.contracts.store_contract import (
     Account,
     StoreContract,
     check_moved_into_outcome_rows,
+    commit_sent_ahead,
     declare_bank,
 )
 from tests.postgres import schemas, with_schema
@@ -67,13 +68,10 @@ class TestPostgresStore(StoreContract):
 
 
 class _SendingCommitsAhead(PostgresStore):
-    """Commits as the worker makes them: sent with the writes, confirmed after the
-    transaction's context ended."""
+    """Commits as the worker makes them (`commit_sent_ahead`)."""
 
     def commit(self, batch: Batch) -> int | None:
-        with self.transaction(batch.service, {batch.source: batch.expected_position}) as tx:
-            sent = tx.send_all([batch])
-        return sent.wait().get(batch.source)
+        return commit_sent_ahead(self, batch)
 
 
 class TestPostgresStoreSendingCommitsAhead(TestPostgresStore):

@@ -19,6 +19,7 @@ from tests.contracts.store_contract import (
     Account,
     StoreContract,
     check_moved_into_outcome_rows,
+    commit_sent_ahead,
     declare_bank,
 )
 
@@ -34,13 +35,10 @@ class TestSQLiteStore(StoreContract):
 
 
 class _SendingCommitsAhead(SQLiteStore):
-    """Commits as the worker makes them: sent as the transaction's context ends, made by
-    the file's committer thread, and confirmed after."""
+    """Commits as the worker makes them (`commit_sent_ahead`)."""
 
     def commit(self, batch: Batch) -> int | None:
-        with self.transaction(batch.service, {batch.source: batch.expected_position}) as tx:
-            sent = tx.send_all([batch])
-        return sent.wait().get(batch.source)
+        return commit_sent_ahead(self, batch)
 
 
 class TestSQLiteStoreSendingCommitsAhead(TestSQLiteStore):
