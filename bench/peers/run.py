@@ -6,6 +6,9 @@ row of a PostgreSQL table (`count + 1`, `total + amount`), emits one keyed outpu
 the system commits its progress. The systems, one process each:
 
     raw loop            confluent-kafka + psycopg 3, no framework (bench/peers/raw_loop.py)
+    raw loop + outbox   the same, plus CloudEvents headers in and out and an outbox table
+                        (`raw_loop.py --outbox`): what Loglane's wire format and its
+                        no-lost-output guarantee cost without a framework
     FastStream          batch subscriber, asyncpg, manual ack (bench/peers/faststream_app.py)
     faust-streaming     an agent over stream.take, asyncpg (bench/peers/faust_app.py)
     Loglane tx[view]    `loglane worker`, a view read and put per command (loglane_app:by_view)
@@ -121,6 +124,22 @@ def systems(faststream_broker: str) -> list[System]:
                 harness.ACCOUNTS_TABLE,
                 'CREATE TABLE "{schema}".offsets (topic TEXT, partition INT, next BIGINT, '
                 "PRIMARY KEY (topic, partition))",
+            ),
+        ),
+        System(
+            name="raw loop + outbox",
+            slug="raw_outbox",
+            argv=peer("raw_loop.py", ".venv-raw", "--outbox"),
+            python=PEERS / ".venv-raw" / "bin" / "python",
+            guarantees="as the raw loop; outputs in an outbox in the table's txn, CloudEvents "
+            "with ids derived from the command's; no DLQ",
+            tables=(
+                harness.ACCOUNTS_TABLE,
+                'CREATE TABLE "{schema}".offsets (topic TEXT, partition INT, next BIGINT, '
+                "PRIMARY KEY (topic, partition))",
+                'CREATE TABLE "{schema}".outbox (seq BIGSERIAL PRIMARY KEY, key BYTEA, '
+                "value BYTEA NOT NULL, id TEXT NOT NULL, correlation_id TEXT NOT NULL, "
+                "causation_id TEXT NOT NULL)",
             ),
         ),
         System(
@@ -276,6 +295,7 @@ def print_table(
         "events/s",
         "min-max",
         "vs raw",
+        "vs raw + outbox",
         "vs FastStream",
         "worker CPU s",
         "peak RSS MB",
@@ -299,6 +319,7 @@ def print_table(
                 "—",
                 "—",
                 "—",
+                "—",
                 "; ".join(checks) or "not run",
                 system.guarantees,
             )
@@ -308,7 +329,7 @@ def print_table(
 
         ratios = [
             f"{median / medians[base]:.2f}x" if base in medians else "—"
-            for base in ("raw", "faststream")
+            for base in ("raw", "raw_outbox", "faststream")
         ]
         table.add_row(
             escape(system.name),
@@ -356,8 +377,8 @@ def main() -> None:
     parser.add_argument("--postgres-url", help="default: LOGLANE_PG, else scripts/postgres url")
     parser.add_argument(
         "--systems",
-        default="raw,faststream,faust,loglane,loglane_sql",
-        help="comma-separated: raw, faststream, faust, loglane, loglane_sql",
+        default="raw,raw_outbox,faststream,faust,loglane,loglane_sql",
+        help="comma-separated: raw, raw_outbox, faststream, faust, loglane, loglane_sql",
     )
     parser.add_argument(
         "--faststream-broker", choices=("aiokafka", "confluent"), default="aiokafka"
