@@ -6,10 +6,13 @@ commit the view rows with the input position; the raw side is a hand-written loo
 `sqlite3` and `json` with none of Loglane's machinery (no envelope parsing, no validation, no
 outbox, no duplicate tracking, no request tracking).
 
-A second raw loop adds the one write that publishing exactly once costs when the views and the
-log are two files: each output event is also written to an outbox table in the views'
-transaction, and deleted by the next one, once the log holds it. The gap between the two raw
-loops is that guarantee's SQLite work; the rest of Loglane's gap is its own.
+A second raw loop adds by hand what Loglane's wire format and publishing exactly once take per
+event when the views and the log are two files: it reads each command's CloudEvents headers
+and gives each output headers of its own (a uuid5 id derived from the command's, its
+correlation and causation ids), and it also writes each output to an outbox table in the
+views' transaction, deleted by the next one, once the log holds it. The gap between the two
+raw loops is that work's own cost; the rest of Loglane's gap is the framework's (P1's
+`raw_loop.py --outbox` is the same on Kafka and PostgreSQL).
 
     .venv/bin/python bench/e1_embedded.py --events 50000 --runs 5
 """
@@ -21,10 +24,13 @@ import json
 import sqlite3
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+import msgpack
 from rich.console import Console
 
 from loglane.logs.embedded import EmbeddedLog
@@ -90,10 +96,13 @@ def run_raw(folder: Path, events: int, *, outbox: bool = False) -> float:
             if not rows:
                 continue
             upserts, outputs = [], []
+            now = datetime.now(UTC).isoformat().encode()
             for _, key, value, headers in rows:
                 command = json.loads(value)
                 document = json.dumps({"key": command["key"], "value": command["value"]})
                 upserts.append((command["key"], document))
+                if outbox:  # CloudEvents headers read, and written for the output
+                    headers = _output_headers(dict(msgpack.unpackb(headers)), now)
                 outputs.append((key, document.encode(), headers))
             positions[partition] = rows[-1][0] + 1
             views.execute("BEGIN")
@@ -131,6 +140,27 @@ def run_raw(folder: Path, events: int, *, outbox: bool = False) -> float:
     log.close()
     views.close()
     return events / elapsed
+
+
+_OUTPUT_IDS = uuid.UUID("0b6f1e9c-2d4a-4c57-8f3e-7a1d5c9b2e60")  # the raw loop's uuid5 namespace
+
+
+def _output_headers(cause: dict[str, bytes], now: bytes) -> bytes:
+    """The packed CloudEvents headers of the output of the command whose headers are `cause`."""
+    cause_id = cause["ce_id"]
+    output_id = uuid.uuid5(_OUTPUT_IDS, f"bench/{cause_id.decode()}/0")
+    return msgpack.packb(
+        [
+            ("ce_specversion", b"1.0"),
+            ("ce_id", str(output_id).encode()),
+            ("ce_source", b"bench"),
+            ("ce_type", b"ValueSet"),
+            ("ce_time", now),
+            ("content-type", b"application/json"),
+            ("ce_correlationid", cause.get("ce_correlationid") or cause_id),
+            ("ce_causationid", cause_id),
+        ]
+    )
 
 
 def main() -> None:
