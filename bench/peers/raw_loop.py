@@ -96,12 +96,13 @@ def main() -> None:
         outputs: list[tuple[bytes, bytes, list[tuple[str, bytes]] | None]] = []
         offsets: dict[int, int] = {}
         unpublished: list[tuple[bytes, bytes, str, str, str]] = []  # the outbox rows
-        now = datetime.now(UTC).isoformat()
+        now = datetime.now(UTC).isoformat().encode()
         for message in messages:
             if message.error() is not None:
                 continue
             command = json.loads(message.value() or b"{}")
             rows.append((command["key"], command["amount"]))
+            key, body = command["key"].encode(), output_body(command)
             headers = None
             if args.outbox:
                 cause = dict(message.headers() or ())
@@ -113,15 +114,13 @@ def main() -> None:
                     ("ce_id", output_id.encode()),
                     ("ce_source", source),
                     ("ce_type", b"Credited"),
-                    ("ce_time", now.encode()),
+                    ("ce_time", now),
                     ("content-type", b"application/json"),
                     ("ce_correlationid", request_id.encode()),
                     ("ce_causationid", cause_id.encode()),
                 ]
-            key, body = command["key"].encode(), output_body(command)
-            outputs.append((key, body, headers))
-            if args.outbox:
                 unpublished.append((key, body, output_id, request_id, cause_id))
+            outputs.append((key, body, headers))
             offsets[message.partition() or 0] = (message.offset() or 0) + 1
         with conn.transaction(), conn.cursor() as cursor:
             cursor.executemany(upsert, rows)
