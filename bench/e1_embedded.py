@@ -102,8 +102,10 @@ def run_raw(folder: Path, events: int, *, outbox: bool = False) -> float:
                 document = json.dumps({"key": command["key"], "value": command["value"]})
                 upserts.append((command["key"], document))
                 if outbox:  # CloudEvents headers read, and written for the output
-                    headers = _output_headers(dict(msgpack.unpackb(headers)), now)
-                outputs.append((key, document.encode(), headers))
+                    output_headers = _output_headers(dict(msgpack.unpackb(headers)), now)
+                else:  # the command's, as they are
+                    output_headers = headers
+                outputs.append((key, document.encode(), output_headers))
             positions[partition] = rows[-1][0] + 1
             views.execute("BEGIN")
             views.executemany(
