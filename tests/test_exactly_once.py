@@ -22,7 +22,9 @@ from loglane.commands import command_message
 from loglane.dlq import ERROR_HEADER
 from loglane.envelope import read_envelope
 from loglane.errors import BackendUnavailableError, BatchConflictError, PositionAheadOfLogError
+from loglane.logs.base import Consumer, RebalanceListener
 from loglane.logs.embedded import EmbeddedLog
+from loglane.partitioner import partition_for
 from loglane.records import Message, Record, TopicPartition
 from loglane.stores._postgres_batch import row_lock
 from loglane.stores.base import Batch, PendingCommit, StoreTransaction
@@ -476,4 +478,114 @@ def test_records_polled_before_a_partition_is_found_moved_are_not_applied_past_a
         other.close()
         store.close()
         other.store.close()
+        log.close()
+
+
+pair = Service("pair", partitions=2)
+
+
+class Tick(Event):
+    slot: str
+    n: int
+
+
+slots = pair.view("slots", Sum, key="key")
+SECOND = next(s for s in (f"slot-{i}" for i in range(100)) if partition_for(s.encode(), 2) == 1)
+"""A slot whose commands go to the second partition of `pair`'s input."""
+
+
+@pair.handles(Tick, key="slot")
+def tick(command: Tick, tx: Transaction) -> None:
+    row = tx[slots].get(command.slot) or Sum(key=command.slot)
+    tx[slots].put(row.model_copy(update={"count": row.count + 1, "total": row.total + command.n}))
+
+
+class RevokesAfterFetching(Consumer):
+    """A group member that, when told to, serves a revocation inside a poll after it has
+    fetched that poll's records, as a Kafka consumer can: librdkafka runs rebalance
+    callbacks inside `consume()`, behind messages already taken off its queue. Records of
+    the revoked partitions are left out of the poll, as `KafkaConsumer.poll` leaves them."""
+
+    def __init__(self, member: Consumer, listener: RebalanceListener) -> None:
+        self.member, self.listener = member, listener
+        self.revoke_next: list[TopicPartition] = []
+        self.revoked: set[TopicPartition] = set()
+
+    def poll(self, timeout: float, max_records: int) -> list[Record]:
+        records = self.member.poll(timeout, max_records)
+        if self.revoke_next:
+            revoking, self.revoke_next = self.revoke_next, []
+            self.listener.on_revoked(revoking)
+            self.revoked.update(revoking)
+        return [record for record in records if record.topic_partition not in self.revoked]
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.member.seek(partition, offset)
+
+    def commit(self, offsets: Mapping[TopicPartition, int], *, wait: bool = True) -> None:
+        mine = {tp: offset for tp, offset in offsets.items() if tp not in self.revoked}
+        self.member.commit(mine, wait=wait)
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return self.member.assignment() - self.revoked
+
+    def close(self) -> None:
+        self.member.close()
+
+
+class RevokingLog(EmbeddedLog):
+    """The embedded log, whose consumer can serve a revocation after fetching."""
+
+    member: RevokesAfterFetching
+
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        spread: bool = False,
+    ) -> Consumer:
+        member = super().consumer(group, topics, listener, spread=spread)
+        self.member = RevokesAfterFetching(member, listener)
+        return self.member
+
+
+def test_a_lost_commit_confirmed_in_a_revocation_does_not_let_records_apply_past_a_gap(
+    tmp_path: Path,
+) -> None:
+    """As above, but the lost commit is confirmed by a revocation of another partition,
+    served inside the poll after the kept partition's next records were fetched. Run again
+    in the rebalance callback, the lost batch would find the kept partition moved on and
+    seek it back too late for those records; it runs after the poll instead."""
+    log_url = f"embedded:///{tmp_path}/log.db"
+    log = open_log(log_url)
+    ensure_topics(log, [pair])
+    log.append([command_message(pair, Tick(slot=SECOND, n=n))[1] for n in range(10)])
+    store = CommitLostOnce(str(tmp_path / "pair.db"))
+    revoking = RevokingLog(tmp_path / "log.db")
+    worker = Worker(pair, revoking, store, batch_size=5)
+    worker.start()
+    db_url = f"sqlite:///{tmp_path}/{{service}}.db"
+    other = Worker(pair, open_log(log_url), open_store(db_url, "pair"), group="other")
+    other.batch_size = 3
+    other.start()
+    kept = TopicPartition(pair.input_topic, 1)
+    try:
+        store.lose_next = True
+        wait_while_progressing(lambda: worker.run_once(0.05, send_ahead=True), 5)  # 0-4, lost
+        while other.store.positions("pair").get(kept, 0) < 3:
+            other.run_once(0.05)  # the other worker applies 0-2 meanwhile
+        revoking.member.revoke_next = [TopicPartition(pair.input_topic, 0)]
+        worker.run_once(0.05, send_ahead=True)  # fetches 5-9, then serves the revocation
+        wait_while_progressing(lambda: drained(worker), 10)
+        row = store.get(slots, SECOND)
+        assert row is not None
+        assert (row.count, row.total) == (10, sum(range(10)))
+    finally:
+        worker.close()
+        other.close()
+        store.close()
+        other.store.close()
+        revoking.close()
         log.close()

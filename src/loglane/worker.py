@@ -140,6 +140,7 @@ class Worker:
         self._async: asyncio.Runner | None = None
         self._any_async = any(handler.is_async for handler in service.handlers)
         self._sent: _Sent | None = None  # the commit sent ahead, not yet confirmed
+        self._refused: _Sent | None = None  # one the store refused, to run again
         self._reads: dict[int, _Read] = {}  # by id(record): this pass's records, read as polled
         self._sought: set[TopicPartition] = set()  # seeked back by `_resume` since the poll
         self.on_commit = on_commit
@@ -294,20 +295,33 @@ class Worker:
             committed.extend(self._commit_isolating(source, records, {}))
         return committed
 
-    def _confirm(self) -> list[Committed]:
+    def _confirm(self, *, rerun: bool = True) -> list[Committed]:
         """Wait for the commit sent ahead; what it committed. If the store refused it, its
-        records run again now, each partition's on its own if need be."""
+        records run again, each partition's on its own if need be: now, or, in a rebalance
+        callback (not `rerun`), at the next `_confirm`, after the poll. (Run in the callback,
+        they could resume a partition whose further records that poll fetched already.)"""
         sent, self._sent = self._sent, None
-        if sent is None:
+        if sent is not None:
+            try:
+                seqs = self._wait(sent)
+            except (BatchConflictError, BatchRejectedError) as exc:
+                if isinstance(exc, BatchConflictError):
+                    self.meters.conflict()
+                logger.info("the commit sent ahead failed, running its batches again: %s", exc)
+                self._refused = sent
+            else:
+                return self._committed(sent, seqs)
+        refused = self._refused
+        if refused is None or not rerun:
             return []
-        try:
-            seqs = self._wait(sent)
-        except (BatchConflictError, BatchRejectedError) as exc:
-            if isinstance(exc, BatchConflictError):
-                self.meters.conflict()
-            logger.info("the commit sent ahead failed, running its batches again: %s", exc)
-            return self._commit_poll(sent.polled)
-        return self._committed(sent, seqs)
+        self._refused = None
+        # a partition resumed since (revoked, or assigned again) comes again from the log
+        polled = {
+            source: records
+            for source, records in refused.polled.items()
+            if self._owned.get(source) is refused.owned.get(source)
+        }
+        return self._commit_poll(polled)
 
     def _commit_isolating(
         self, source: TopicPartition, records: list[Record], poison: dict[int, str]
@@ -378,6 +392,7 @@ class Worker:
                 sending = time.perf_counter() - started  # a store may commit as it ends
                 sent = _Sent(
                     polled,
+                    owned,
                     parts,
                     batches,
                     origins,
@@ -938,7 +953,7 @@ class Worker:
         )
         crash_point("in_revoke")
         try:  # hand the partitions over with their outbox published and forgotten
-            self._hand_on(self._confirm(), offsets=False)
+            self._hand_on(self._confirm(rerun=False), offsets=False)
             self._settle()
             self._forget_published(partitions)
         except Exception as exc:  # the new owner publishes the rows again; consumers drop copies
@@ -1049,6 +1064,7 @@ class _Sent:
     confirmed; `polled` runs again if it fails."""
 
     polled: dict[TopicPartition, list[Record]]
+    owned: dict[TopicPartition, _Owned]  # the partitions as owned when it was run
     parts: dict[TopicPartition, list[Record]]
     batches: dict[TopicPartition, Batch]
     origins: dict[TopicPartition, Watermarks]
