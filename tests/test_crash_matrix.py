@@ -7,10 +7,14 @@ new one the boundary that has the fewest kills and that no live worker holds, un
 boundary has LOGLANE_MATRIX_KILLS kills; later workers run without faults. The input is
 appended in chunks paced by the kills, so they spread over the whole run; when the workers
 have drained what they got while kills are still wanted, the oldest worker is stopped
-cleanly, so that partitions move (assignment and revocation happen only then); the same
-goes on after the input ran out, until every boundary has been met once. A watch thread
-samples the stored positions and the log's committed offsets all the while. Once the input
-is drained and every worker stopped:
+cleanly, so that partitions move (assignment and revocation happen only then). The last
+twentieth of the input is held back: should the rest drain before some boundary was met,
+workers restarted for such a boundary die at the first pass that meets it, and the reserve
+comes a piece at a time, so that there are passes to meet it in (a boundary of every pass
+needs records to handle; assignment and revocation need only partitions to move). Once
+every boundary was met the reserve comes whole. A watch thread samples the stored positions
+and the log's committed offsets all the while. Once the input is drained and every worker
+stopped:
 
 - every view equals the fold of the input: per-key order held, nothing was applied twice or
   lost, and the rows all partitions share (per-region totals) are exact;
@@ -61,7 +65,7 @@ from loglane.envelope import COMMAND_SOURCE
 from loglane.errors import BackendUnavailableError, ConfigurationError
 from loglane.faults import STEPS, VARIABLE
 from loglane.logs.base import Log
-from loglane.records import Record, TopicPartition
+from loglane.records import Message, Record, TopicPartition
 from loglane.service import Service
 from loglane.stores.base import RequestStatus, Store
 from loglane.urls import open_log, open_store
@@ -96,6 +100,7 @@ POISON = tuple(
 BATCH_SIZE = 200
 CRASH_LOOP = 10  # worker deaths not injected before the run gives up
 EXTRA_MOVES = 30  # workers stopped after the input drained, to meet a boundary not yet met
+RESERVE_PIECES = 10  # the input held back in case a boundary is not met before the rest drains
 
 # The chance of dying each time a worker passes its boundary: high, so that kills come soon
 # after a worker starts; LOGLANE_MATRIX_KILLS bounds how many there are. The per-pass steps
@@ -110,6 +115,9 @@ CHANCES = {
     "in_revoke": 1.0,
 }
 assert set(CHANCES) == set(STEPS), "a new boundary in loglane.faults needs a chance here"
+# The boundaries a worker meets only in a pass that handles records (and, for after_poll,
+# in every pass); the others come when partitions move.
+PER_PASS = ("after_poll", "in_commit", "after_commit", "after_publish", "after_log_commit")
 
 
 @dataclass(frozen=True)
@@ -180,15 +188,19 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MatrixStac
 class CrashingWorker(WorkerProcess):
     """`loglane worker` for one service, with `LOGLANE_CRASH` set to one boundary (or none)."""
 
-    def __init__(self, stack: MatrixStack, service: Service, step: str | None) -> None:
+    def __init__(
+        self, stack: MatrixStack, service: Service, step: str | None, *, certain: bool = False
+    ) -> None:
+        """`certain`: the worker dies the first time it passes `step`."""
         self.service = service.name
         self.step = step
+        self.certain = certain
         self.retired = False
         self.started = time.monotonic()
         env = child_environment()
         env.pop(VARIABLE, None)  # a worker without a boundary runs without faults
         if step is not None:
-            env[VARIABLE] = f"{step}:{CHANCES[step]}"
+            env[VARIABLE] = f"{step}:{1.0 if certain else CHANCES[step]}"
         super().__init__(
             stack,
             "worker",
@@ -235,6 +247,9 @@ class Supervisor:
     kills: Counter[str] = field(default_factory=Counter)
     exits: list[str] = field(default_factory=list)  # deaths that were not injected
     retired: int = 0  # workers stopped with SIGTERM to move partitions
+    # once the input but its reserve drained: workers started for a boundary not met yet
+    # die the first time they pass it
+    certain: bool = False
 
     def start(self, per_service: int) -> None:
         for _ in range(per_service):
@@ -249,8 +264,25 @@ class Supervisor:
             oldest.retired = True
             oldest.process.send_signal(signal.SIGTERM)
 
-    def every_step_hit(self) -> bool:
-        return all(self.kills[step] > 0 for step in STEPS)
+    def unmet(self) -> list[str]:
+        """The boundaries no worker was killed at yet."""
+        return [step for step in STEPS if not self.kills[step]]
+
+    def meet(self, step: str) -> None:
+        """Unless a live worker is certain to die at `step`, stop one cleanly, so that its
+        restart is: the one that has the boundary, else the oldest of a service that passes
+        it."""
+        if any(worker.retired for worker in self.workers):
+            return  # its restart comes first
+        live = [w for w in self.workers if w.process.poll() is None]
+        if any(worker.step == step and worker.certain for worker in live):
+            return
+        able = [w for w in live if step != "after_publish" or w.service == bank.name]
+        holders = [worker for worker in able if worker.step == step]
+        if holders or able:
+            worker = min(holders or able, key=lambda worker: worker.started)
+            worker.retired = True
+            worker.process.send_signal(signal.SIGTERM)
 
     def kills_met(self) -> bool:
         return all(self.kills[step] >= self.kills_wanted for step in STEPS)
@@ -268,7 +300,9 @@ class Supervisor:
 
     def _start(self, service: Service) -> CrashingWorker:
         self.runs += 1
-        return CrashingWorker(self.stack, service, self._next_step(service))
+        step = self._next_step(service)
+        certain = self.certain and step is not None and not self.kills[step]
+        return CrashingWorker(self.stack, service, step, certain=certain)
 
     def restart_the_dead(self) -> None:
         """Replace every worker that died, counting what killed it."""
@@ -447,13 +481,23 @@ class Feeder:
     def __init__(self, stack: MatrixStack, data: MatrixInput, kills_wanted: int) -> None:
         self.log = stack.log()
         self.chunks = max(1, len(STEPS) * kills_wanted * 2)
-        size = -(-len(data.messages) // self.chunks)
-        self._pending = [data.messages[i : i + size] for i in range(0, len(data.messages), size)]
-        self.fed = 0  # chunks appended
+        cut = len(data.messages) - len(data.messages) // 20  # a twentieth held back
+        main, reserve = data.messages[:cut], data.messages[cut:]
+        self._pending = _pieces(main, self.chunks)
+        self.reserve = _pieces(reserve, RESERVE_PIECES)
+        self.fed = 0  # chunks appended, the reserve's pieces included
 
     @property
     def done(self) -> bool:
-        return self.fed == len(self._pending)
+        """Whether all the input but the reserve was appended."""
+        return self.fed >= len(self._pending)
+
+    def feed_reserve(self, *, whole: bool = False) -> None:
+        """Append the next piece of the reserve, or all of it."""
+        pieces, self.reserve = (self.reserve, []) if whole else (self.reserve[:1], self.reserve[1:])
+        for piece in pieces:
+            self.log.append(piece)
+            self.fed += 1
 
     def feed(self, supervisor: Supervisor, drained: bool) -> bool:
         """Append the next chunk if it is due, or if the landscape has drained what it got;
@@ -472,6 +516,12 @@ class Feeder:
         self.log.close()
 
 
+def _pieces(messages: list[Message], count: int) -> list[list[Message]]:
+    """`messages` cut in `count` pieces (the last may be shorter), or fewer if they are few."""
+    size = max(1, -(-len(messages) // count))
+    return [messages[i : i + size] for i in range(0, len(messages), size)]
+
+
 def supervise(stack: MatrixStack, feeder: Feeder, supervisor: Supervisor) -> str | None:
     """Feed, and restart dead workers, until the input is drained; None, or why it stalled."""
     progress: tuple[object, ...] = ()
@@ -483,12 +533,24 @@ def supervise(stack: MatrixStack, feeder: Feeder, supervisor: Supervisor) -> str
         supervisor.restart_the_dead()
         lag = measure(stack)
         if feeder.done and lag.drained:
-            if supervisor.every_step_hit() or extra_moves >= EXTRA_MOVES:
-                return None
-            # the input ran out before some boundary was met (in_revoke needs partitions to
-            # move): move them, by stopping the oldest worker, until it is
-            if time.monotonic() - moved_partitions_at > 2.0:
-                supervisor.retire_oldest()
+            unmet = supervisor.unmet()
+            if not unmet or extra_moves >= EXTRA_MOVES:
+                if not feeder.reserve:
+                    return None
+                feeder.feed_reserve(whole=True)
+            elif time.monotonic() - moved_partitions_at > 2.0:
+                # the input but its reserve ran out before some boundary was met: restart
+                # workers certain to die at a boundary of every pass, and feed them a piece
+                # of the reserve to pass it with; for the others, move partitions by
+                # stopping the oldest worker
+                supervisor.certain = True
+                per_pass = [step for step in unmet if step in PER_PASS]
+                if per_pass and feeder.reserve:
+                    for step in per_pass:
+                        supervisor.meet(step)
+                    feeder.feed_reserve()
+                else:
+                    supervisor.retire_oldest()
                 extra_moves += 1
                 moved_partitions_at = time.monotonic()
         if feeder.feed(supervisor, lag.drained) and lag.drained:
@@ -669,7 +731,7 @@ def test_workers_killed_at_every_step_boundary_leave_views_outputs_and_dlq_exact
         problems.append(
             f"{len(supervisor.exits)} worker exits not injected: {exits.most_common(3)}"
         )
-    unhit = [step for step in STEPS if not supervisor.kills[step]]
+    unhit = supervisor.unmet()
     if unhit and not stalled:
         problems.append(f"no worker was killed at {unhit}: the run did not exercise them")
     counts["problems"] = problems
