@@ -417,9 +417,11 @@ def add(command: Add, tx: Transaction) -> None:
 
 class CommitLostOnce(SQLiteStore):
     """A store whose next transaction's commit, sent ahead, is lost: rolled back, and
-    reported as a lost lock race when the worker confirms it."""
+    reported (as a lost lock race, unless `error` says otherwise) when the worker confirms
+    it."""
 
     lose_next = False
+    error: Exception = BatchConflictError("lost to another transaction")
 
     @contextmanager
     def transaction(
@@ -431,7 +433,8 @@ class CommitLostOnce(SQLiteStore):
             return
         self.lose_next = False
         with suppress(_RolledBack), super().transaction(service, fences) as tx:
-            tx.send_all = lambda batches, published=None: _LostCommit({})  # type: ignore[method-assign]
+            lost = _LostCommit({}, self.error)
+            tx.send_all = lambda batches, published=None: lost  # type: ignore[method-assign]
             yield tx
             raise _RolledBack
 
@@ -441,8 +444,12 @@ class _RolledBack(Exception):
 
 
 class _LostCommit(PendingCommit):
+    def __init__(self, seqs: dict[TopicPartition, int], error: Exception) -> None:
+        super().__init__(seqs)
+        self.error = error
+
     def wait(self) -> dict[TopicPartition, int]:
-        raise BatchConflictError("lost to another transaction")
+        raise self.error
 
 
 def test_records_polled_before_a_partition_is_found_moved_are_not_applied_past_a_gap(
@@ -587,5 +594,37 @@ def test_a_lost_commit_confirmed_in_a_revocation_does_not_let_records_apply_past
         other.close()
         store.close()
         other.store.close()
+        revoking.close()
+        log.close()
+
+
+def test_a_commit_a_revocation_cannot_confirm_leaves_the_kept_partitions_to_the_store(
+    tmp_path: Path,
+) -> None:
+    """A revocation confirms the commit sent ahead; if the store cannot say whether it
+    committed (the connection broke), the partitions the worker keeps resume from their
+    stored positions after the poll, and the records the poll fetched past the lost batch
+    come again from there instead of being applied past it."""
+    log_url = f"embedded:///{tmp_path}/log.db"
+    log = open_log(log_url)
+    ensure_topics(log, [pair])
+    log.append([command_message(pair, Tick(slot=SECOND, n=n))[1] for n in range(10)])
+    store = CommitLostOnce(str(tmp_path / "pair.db"))
+    store.error = BackendUnavailableError("the connection to the database broke")
+    revoking = RevokingLog(tmp_path / "log.db")
+    worker = Worker(pair, revoking, store, batch_size=5)
+    worker.start()
+    try:
+        store.lose_next = True
+        wait_while_progressing(lambda: worker.run_once(0.05, send_ahead=True), 5)  # 0-4, lost
+        revoking.member.revoke_next = [TopicPartition(pair.input_topic, 0)]
+        worker.run_once(0.05, send_ahead=True)  # fetches 5-9, then serves the revocation
+        wait_while_progressing(lambda: drained(worker), 10)
+        row = store.get(slots, SECOND)
+        assert row is not None
+        assert (row.count, row.total) == (10, sum(range(10)))
+    finally:
+        worker.close()
+        store.close()
         revoking.close()
         log.close()

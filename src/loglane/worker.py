@@ -141,6 +141,7 @@ class Worker:
         self._any_async = any(handler.is_async for handler in service.handlers)
         self._sent: _Sent | None = None  # the commit sent ahead, not yet confirmed
         self._refused: _Sent | None = None  # one the store refused, to run again
+        self._unsure = False  # a revocation could not confirm it: resume what is kept
         self._reads: dict[int, _Read] = {}  # by id(record): this pass's records, read as polled
         self._sought: set[TopicPartition] = set()  # seeked back by `_resume` since the poll
         self.on_commit = on_commit
@@ -232,6 +233,9 @@ class Worker:
         self._reads = {id(record): self._read(record) for record in records}
         parts = _by_partition(records)
         self._sought.clear()
+        if self._unsure:  # a revocation in the poll could not confirm or publish the last pass
+            self._unsure = False
+            self._resume(sorted(self._owned))
         confirmed = self._confirm()  # the last pass's commit; it ran while the above did
         for source in self._sought:  # running it again found it moved: its records come again
             parts.pop(source, None)
@@ -958,10 +962,14 @@ class Worker:
             self._forget_published(partitions)
         except Exception as exc:  # the new owner publishes the rows again; consumers drop copies
             logger.warning(
-                "could not finish publishing before handing over: %s",
+                "could not confirm and publish the last pass before handing over: %s; the "
+                "partitions kept resume from the store",
                 exc,
                 extra={"service": self.service.name},
             )
+            # whether that pass committed, and what of it went out, is known only to the
+            # store: the partitions kept start from it again, after the poll (`run_once`)
+            self._unsure = True
         for tp in partitions:
             self._owned.pop(tp, None)
             self._log_offsets.pop(tp, None)
