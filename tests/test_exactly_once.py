@@ -22,7 +22,7 @@ from loglane.commands import command_message
 from loglane.dlq import ERROR_HEADER
 from loglane.envelope import read_envelope
 from loglane.errors import BackendUnavailableError, BatchConflictError, PositionAheadOfLogError
-from loglane.logs.base import Consumer, RebalanceListener
+from loglane.logs.base import Consumer, Publishing, RebalanceListener
 from loglane.logs.embedded import EmbeddedLog
 from loglane.partitioner import partition_for
 from loglane.records import Message, Record, TopicPartition
@@ -496,6 +496,11 @@ class Tick(Event):
     n: int
 
 
+class Ticked(Event):
+    slot: str
+    n: int
+
+
 slots = pair.view("slots", Sum, key="key")
 SECOND = next(s for s in (f"slot-{i}" for i in range(100)) if partition_for(s.encode(), 2) == 1)
 """A slot whose commands go to the second partition of `pair`'s input."""
@@ -505,6 +510,7 @@ SECOND = next(s for s in (f"slot-{i}" for i in range(100)) if partition_for(s.en
 def tick(command: Tick, tx: Transaction) -> None:
     row = tx[slots].get(command.slot) or Sum(key=command.slot)
     tx[slots].put(row.model_copy(update={"count": row.count + 1, "total": row.total + command.n}))
+    tx.emit(Ticked(slot=command.slot, n=command.n))
 
 
 class RevokesAfterFetching(Consumer):
@@ -541,9 +547,17 @@ class RevokesAfterFetching(Consumer):
 
 
 class RevokingLog(EmbeddedLog):
-    """The embedded log, whose consumer can serve a revocation after fetching."""
+    """The embedded log, whose consumer can serve a revocation after fetching, and whose
+    next `publish` can be told to fail: the messages never arrive."""
 
     member: RevokesAfterFetching
+    fail_next_publish = False
+
+    def publish(self, messages: Sequence[Message]) -> Publishing:
+        if not self.fail_next_publish:
+            return super().publish(messages)
+        self.fail_next_publish = False
+        return _NeverArrived()
 
     def consumer(
         self,
@@ -556,6 +570,11 @@ class RevokingLog(EmbeddedLog):
         member = super().consumer(group, topics, listener, spread=spread)
         self.member = RevokesAfterFetching(member, listener)
         return self.member
+
+
+class _NeverArrived:
+    def wait(self) -> None:
+        raise BackendUnavailableError("the log did not acknowledge the messages")
 
 
 def test_a_lost_commit_confirmed_in_a_revocation_does_not_let_records_apply_past_a_gap(
@@ -628,3 +647,40 @@ def test_a_commit_a_revocation_cannot_confirm_leaves_the_kept_partitions_to_the_
         store.close()
         revoking.close()
         log.close()
+
+
+def test_outputs_a_revocation_could_not_publish_go_out_from_the_outbox(tmp_path: Path) -> None:
+    """A revocation publishes the last pass's output; if the log fails it, the outbox rows
+    stay, and the partitions the worker keeps resume and publish them before going on: a
+    later pass's published watermark must not pass over them."""
+    log_url = f"embedded:///{tmp_path}/log.db"
+    log = open_log(log_url)
+    ensure_topics(log, [pair])
+    log.append([command_message(pair, Tick(slot=SECOND, n=n))[1] for n in range(15)])
+    store = SQLiteStore(tmp_path / "pair.db")
+    revoking = RevokingLog(tmp_path / "log.db")
+    worker = Worker(pair, revoking, store, batch_size=5)
+    worker.start()
+    try:
+        wait_while_progressing(lambda: worker.run_once(0.05, send_ahead=True), 5)  # 0-4 sent
+        revoking.fail_next_publish = True
+        worker.run_once(0.05, send_ahead=True)  # 0-4 confirmed, their output never arrives
+        revoking.member.revoke_next = [TopicPartition(pair.input_topic, 0)]
+        worker.run_once(0.05, send_ahead=True)  # the revocation waits for it, and fails
+        wait_while_progressing(lambda: drained(worker), 15)
+        worker.close()
+        outputs = {read_envelope(record).id for record in read_all(log, pair.output_topic)}
+        assert len(outputs) == 15
+    finally:
+        worker.close()
+        store.close()
+        revoking.close()
+        log.close()
+
+
+def read_all(log: EmbeddedLog, topic: str) -> list[Record]:
+    return [
+        record
+        for partition, offsets in log.offsets(topic).items()
+        for record in log.read(TopicPartition(topic, partition), offsets.start, offsets.end)
+    ]
