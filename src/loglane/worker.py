@@ -141,7 +141,7 @@ class Worker:
         self._any_async = any(handler.is_async for handler in service.handlers)
         self._sent: _Sent | None = None  # the commit sent ahead, not yet confirmed
         self._refused: _Sent | None = None  # one the store refused, to run again
-        self._unsure = False  # a revocation could not confirm it: resume what is kept
+        self._unsure = False  # a revocation failed to confirm or publish: resume the rest
         self._reads: dict[int, _Read] = {}  # by id(record): this pass's records, read as polled
         self._sought: set[TopicPartition] = set()  # seeked back by `_resume` since the poll
         self.on_commit = on_commit
