@@ -433,7 +433,7 @@ class CommitLostOnce(SQLiteStore):
             return
         self.lose_next = False
         with suppress(_RolledBack), super().transaction(service, fences) as tx:
-            lost = _LostCommit({}, self.error)
+            lost = _LostCommit(self.error)
             tx.send_all = lambda batches, published=None: lost  # type: ignore[method-assign]
             yield tx
             raise _RolledBack
@@ -444,8 +444,8 @@ class _RolledBack(Exception):
 
 
 class _LostCommit(PendingCommit):
-    def __init__(self, seqs: dict[TopicPartition, int], error: Exception) -> None:
-        super().__init__(seqs)
+    def __init__(self, error: Exception) -> None:
+        super().__init__({})
         self.error = error
 
     def wait(self) -> dict[TopicPartition, int]:
@@ -577,44 +577,62 @@ class _NeverArrived:
         raise BackendUnavailableError("the log did not acknowledge the messages")
 
 
+@contextmanager
+def worker_of_pair(tmp_path: Path, store: SQLiteStore, ticks: int) -> Iterator[Worker]:
+    """A started worker of `pair` on a `RevokingLog` (its `log`), with its views in `store`,
+    and `ticks` commands of the second partition's slot waiting."""
+    log = RevokingLog(tmp_path / "log.db")
+    ensure_topics(log, [pair])
+    log.append([command_message(pair, Tick(slot=SECOND, n=n))[1] for n in range(ticks)])
+    worker = Worker(pair, log, store, batch_size=5)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.close()
+        store.close()
+        log.close()
+
+
+def revoke_the_first_partition_in_the_next_poll(worker: Worker) -> None:
+    assert isinstance(worker.log, RevokingLog)
+    worker.log.member.revoke_next = [TopicPartition(pair.input_topic, 0)]
+
+
 def test_a_lost_commit_confirmed_in_a_revocation_does_not_let_records_apply_past_a_gap(
     tmp_path: Path,
 ) -> None:
     """As above, but the lost commit is confirmed by a revocation of another partition,
     served inside the poll after the kept partition's next records were fetched. Run again
     in the rebalance callback, the lost batch would find the kept partition moved on and
-    seek it back too late for those records; it runs after the poll instead."""
-    log_url = f"embedded:///{tmp_path}/log.db"
-    log = open_log(log_url)
-    ensure_topics(log, [pair])
-    log.append([command_message(pair, Tick(slot=SECOND, n=n))[1] for n in range(10)])
+    seek it back too late for those records; the kept partition resumes from the store
+    after the poll instead."""
     store = CommitLostOnce(str(tmp_path / "pair.db"))
-    revoking = RevokingLog(tmp_path / "log.db")
-    worker = Worker(pair, revoking, store, batch_size=5)
-    worker.start()
-    db_url = f"sqlite:///{tmp_path}/{{service}}.db"
-    other = Worker(pair, open_log(log_url), open_store(db_url, "pair"), group="other")
-    other.batch_size = 3
-    other.start()
+    other = Worker(
+        pair,
+        open_log(f"embedded:///{tmp_path}/log.db"),
+        open_store(f"sqlite:///{tmp_path}/{{service}}.db", "pair"),
+        group="other",
+        batch_size=3,
+    )
     kept = TopicPartition(pair.input_topic, 1)
-    try:
-        store.lose_next = True
-        wait_while_progressing(lambda: worker.run_once(0.05, send_ahead=True), 5)  # 0-4, lost
-        while other.store.positions("pair").get(kept, 0) < 3:
-            other.run_once(0.05)  # the other worker applies 0-2 meanwhile
-        revoking.member.revoke_next = [TopicPartition(pair.input_topic, 0)]
-        worker.run_once(0.05, send_ahead=True)  # fetches 5-9, then serves the revocation
-        wait_while_progressing(lambda: drained(worker), 10)
-        row = store.get(slots, SECOND)
-        assert row is not None
-        assert (row.count, row.total) == (10, sum(range(10)))
-    finally:
-        worker.close()
-        other.close()
-        store.close()
-        other.store.close()
-        revoking.close()
-        log.close()
+    with worker_of_pair(tmp_path, store, 10) as worker:
+        other.start()
+        try:
+            store.lose_next = True
+            wait_while_progressing(lambda: worker.run_once(0.05, send_ahead=True), 5)  # lost
+            while other.store.positions("pair").get(kept, 0) < 3:
+                other.run_once(0.05)  # the other worker applies 0-2 meanwhile
+            revoke_the_first_partition_in_the_next_poll(worker)
+            worker.run_once(0.05, send_ahead=True)  # fetches 5-9, then serves the revocation
+            wait_while_progressing(lambda: drained(worker), 10)
+            row = store.get(slots, SECOND)
+            assert row is not None
+            assert (row.count, row.total) == (10, sum(range(10)))
+        finally:
+            other.close()
+            other.store.close()
+            other.log.close()
 
 
 def test_a_commit_a_revocation_cannot_confirm_leaves_the_kept_partitions_to_the_store(
@@ -624,58 +642,35 @@ def test_a_commit_a_revocation_cannot_confirm_leaves_the_kept_partitions_to_the_
     committed (the connection broke), the partitions the worker keeps resume from their
     stored positions after the poll, and the records the poll fetched past the lost batch
     come again from there instead of being applied past it."""
-    log_url = f"embedded:///{tmp_path}/log.db"
-    log = open_log(log_url)
-    ensure_topics(log, [pair])
-    log.append([command_message(pair, Tick(slot=SECOND, n=n))[1] for n in range(10)])
     store = CommitLostOnce(str(tmp_path / "pair.db"))
     store.error = BackendUnavailableError("the connection to the database broke")
-    revoking = RevokingLog(tmp_path / "log.db")
-    worker = Worker(pair, revoking, store, batch_size=5)
-    worker.start()
-    try:
+    with worker_of_pair(tmp_path, store, 10) as worker:
         store.lose_next = True
         wait_while_progressing(lambda: worker.run_once(0.05, send_ahead=True), 5)  # 0-4, lost
-        revoking.member.revoke_next = [TopicPartition(pair.input_topic, 0)]
+        revoke_the_first_partition_in_the_next_poll(worker)
         worker.run_once(0.05, send_ahead=True)  # fetches 5-9, then serves the revocation
         wait_while_progressing(lambda: drained(worker), 10)
         row = store.get(slots, SECOND)
         assert row is not None
         assert (row.count, row.total) == (10, sum(range(10)))
-    finally:
-        worker.close()
-        store.close()
-        revoking.close()
-        log.close()
 
 
 def test_outputs_a_revocation_could_not_publish_go_out_from_the_outbox(tmp_path: Path) -> None:
     """A revocation publishes the last pass's output; if the log fails it, the outbox rows
     stay, and the partitions the worker keeps resume and publish them before going on: a
     later pass's published watermark must not pass over them."""
-    log_url = f"embedded:///{tmp_path}/log.db"
-    log = open_log(log_url)
-    ensure_topics(log, [pair])
-    log.append([command_message(pair, Tick(slot=SECOND, n=n))[1] for n in range(15)])
-    store = SQLiteStore(tmp_path / "pair.db")
-    revoking = RevokingLog(tmp_path / "log.db")
-    worker = Worker(pair, revoking, store, batch_size=5)
-    worker.start()
-    try:
+    with worker_of_pair(tmp_path, SQLiteStore(tmp_path / "pair.db"), 15) as worker:
+        log = worker.log
+        assert isinstance(log, RevokingLog)
         wait_while_progressing(lambda: worker.run_once(0.05, send_ahead=True), 5)  # 0-4 sent
-        revoking.fail_next_publish = True
+        log.fail_next_publish = True
         worker.run_once(0.05, send_ahead=True)  # 0-4 confirmed, their output never arrives
-        revoking.member.revoke_next = [TopicPartition(pair.input_topic, 0)]
+        revoke_the_first_partition_in_the_next_poll(worker)
         worker.run_once(0.05, send_ahead=True)  # the revocation waits for it, and fails
         wait_while_progressing(lambda: drained(worker), 15)
-        worker.close()
+        worker.close()  # what the last pass published lands
         outputs = {read_envelope(record).id for record in read_all(log, pair.output_topic)}
         assert len(outputs) == 15
-    finally:
-        worker.close()
-        store.close()
-        revoking.close()
-        log.close()
 
 
 def read_all(log: EmbeddedLog, topic: str) -> list[Record]:

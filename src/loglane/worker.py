@@ -140,8 +140,7 @@ class Worker:
         self._async: asyncio.Runner | None = None
         self._any_async = any(handler.is_async for handler in service.handlers)
         self._sent: _Sent | None = None  # the commit sent ahead, not yet confirmed
-        self._refused: _Sent | None = None  # one the store refused, to run again
-        self._unsure = False  # a revocation failed to confirm or publish: resume the rest
+        self._unsure = False  # a revocation failed to confirm or publish: resume the kept
         self._reads: dict[int, _Read] = {}  # by id(record): this pass's records, read as polled
         self._sought: set[TopicPartition] = set()  # seeked back by `_resume` since the poll
         self.on_commit = on_commit
@@ -301,31 +300,22 @@ class Worker:
 
     def _confirm(self, *, rerun: bool = True) -> list[Committed]:
         """Wait for the commit sent ahead; what it committed. If the store refused it, its
-        records run again, each partition's on its own if need be: now, or, in a rebalance
-        callback (not `rerun`), at the next `_confirm`, after the poll. (Run in the callback,
-        they could resume a partition whose further records that poll fetched already.)"""
+        records run again now, each partition's on its own if need be; not in a rebalance
+        callback (`rerun` false), which raises instead: run there, they could resume a
+        partition whose further records the poll has fetched already (`on_revoked`)."""
         sent, self._sent = self._sent, None
-        if sent is not None:
-            try:
-                seqs = self._wait(sent)
-            except (BatchConflictError, BatchRejectedError) as exc:
-                if isinstance(exc, BatchConflictError):
-                    self.meters.conflict()
-                logger.info("the commit sent ahead failed, running its batches again: %s", exc)
-                self._refused = sent
-            else:
-                return self._committed(sent, seqs)
-        refused = self._refused
-        if refused is None or not rerun:
+        if sent is None:
             return []
-        self._refused = None
-        # a partition resumed since (revoked, or assigned again) comes again from the log
-        polled = {
-            source: records
-            for source, records in refused.polled.items()
-            if self._owned.get(source) is refused.owned.get(source)
-        }
-        return self._commit_poll(polled)
+        try:
+            seqs = self._wait(sent)
+        except (BatchConflictError, BatchRejectedError) as exc:
+            if isinstance(exc, BatchConflictError):
+                self.meters.conflict()
+            if not rerun:
+                raise
+            logger.info("the commit sent ahead failed, running its batches again: %s", exc)
+            return self._commit_poll(sent.polled)
+        return self._committed(sent, seqs)
 
     def _commit_isolating(
         self, source: TopicPartition, records: list[Record], poison: dict[int, str]
@@ -396,7 +386,6 @@ class Worker:
                 sending = time.perf_counter() - started  # a store may commit as it ends
                 sent = _Sent(
                     polled,
-                    owned,
                     parts,
                     batches,
                     origins,
@@ -967,8 +956,9 @@ class Worker:
                 exc,
                 extra={"service": self.service.name},
             )
-            # whether that pass committed, and what of it went out, is known only to the
-            # store: the partitions kept start from it again, after the poll (`run_once`)
+            # the last pass was refused, or only the store knows whether it committed and
+            # what of it went out: the partitions kept start from the store again, after
+            # the poll (`run_once`), and their records come again
             self._unsure = True
         for tp in partitions:
             self._owned.pop(tp, None)
@@ -1072,7 +1062,6 @@ class _Sent:
     confirmed; `polled` runs again if it fails."""
 
     polled: dict[TopicPartition, list[Record]]
-    owned: dict[TopicPartition, _Owned]  # the partitions as owned when it was run
     parts: dict[TopicPartition, list[Record]]
     batches: dict[TopicPartition, Batch]
     origins: dict[TopicPartition, Watermarks]
